@@ -1,0 +1,1 @@
+"""gridcloud: the cloud side of the gridedge stack."""

@@ -1,0 +1,1 @@
+"""gridedge: the grid edge unit application."""

@@ -1,0 +1,1 @@
+"""gridsim: a radio module with simulated meters behind a serial port."""

@@ -1,0 +1,1 @@
+"""gridwire: the sans-IO edge-to-cloud protocol."""

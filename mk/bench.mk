@@ -1,0 +1,16 @@
+# Benchmarks: each prints a readable table and, as its very last line, one JSON object.
+
+BENCH_TARGETS := bench-wire bench-radio bench-ingest
+
+.PHONY: bench $(BENCH_TARGETS)
+
+bench: $(BENCH_TARGETS) ## run every benchmark
+
+bench-wire: setup ## bytes per reading on the wire vs MQTT, Sparkplug B, CoAP, HTTPS, Sink; codec speed
+	$(PY) bench/bench_wire.py
+
+bench-radio: setup ## radio frames parsed per second, edge CPU per record and peak RSS with 5,000 meters
+	$(PY) bench/bench_radio.py
+
+bench-ingest: setup ## end-to-end ingest rate vs raw PostgreSQL ceiling; memory per idle TLS edge
+	$(PGCLUSTER) run -- $(PY) bench/bench_ingest.py
