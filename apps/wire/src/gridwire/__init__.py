@@ -1,1 +1,77 @@
-"""gridwire: the sans-IO edge-to-cloud protocol."""
+"""gridwire: the sans-IO edge-to-cloud protocol of the gridedge stack.
+
+Bytes in -> messages out, messages in -> bytes out; no sockets, no Twisted, no
+clock.  The specification is docs/protocol.md; this module is the whole public
+API (everything else is private and may change).
+
+    edge = EdgeSession()
+    wire = edge.send(Hello(min_version=1, max_version=1, firmware_version="1.2.3", boot_slot="A"))
+    for message in edge.receive_data(received): ...
+
+Tests: tests/wire/ (test_api.py pins this surface).
+"""
+
+from ._errors import ErrorCode, ProtocolError, Side
+from ._limits import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limits
+from ._messages import (
+    Ack,
+    AlarmKind,
+    ChunkRequest,
+    Command,
+    CommandKind,
+    CommandResult,
+    CommandStatus,
+    Error,
+    EventReport,
+    FirmwareChunk,
+    FirmwareOffer,
+    FirmwareState,
+    FirmwareStatus,
+    Hello,
+    Message,
+    MessageType,
+    Ping,
+    Pong,
+    ReadingBatch,
+    Welcome,
+)
+from ._records import Flags, IntervalRecord, RecordColumns
+from ._session import CloudSession, EdgeSession, negotiate_version
+from ._state import Role, State
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Ack",
+    "AlarmKind",
+    "ChunkRequest",
+    "CloudSession",
+    "Command",
+    "CommandKind",
+    "CommandResult",
+    "CommandStatus",
+    "EdgeSession",
+    "Error",
+    "ErrorCode",
+    "EventReport",
+    "FirmwareChunk",
+    "FirmwareOffer",
+    "FirmwareState",
+    "FirmwareStatus",
+    "Flags",
+    "Hello",
+    "IntervalRecord",
+    "Limits",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "ReadingBatch",
+    "RecordColumns",
+    "Role",
+    "Side",
+    "State",
+    "Welcome",
+    "negotiate_version",
+]

@@ -1,0 +1,255 @@
+"""The ``gridcloud`` command: ``serve``, ``migrate`` and ``pki``.
+
+Each subcommand is a thin layer over a library module (server, migrations,
+pki, revocation) so that tests call the same code without a subprocess.
+Errors the operator can fix are one line on stderr and exit status 2; keys
+are never printed.  Reference: docs/cloud.md.
+
+Tests: tests/cloud/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from . import migrations, pki, revocation
+from .config import ConfigError, ServerConfig, load_config
+
+DSN_ENV = "GRIDCLOUD_DSN"
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the configuration."""
+
+
+def _dsn(args: argparse.Namespace) -> str:
+    dsn = args.dsn or os.environ.get(DSN_ENV)
+    if not dsn and getattr(args, "config", None):
+        dsn = load_config(args.config).dsn
+    if not dsn:
+        raise UsageError(f"no database: give --dsn, --config or set {DSN_ENV}")
+    return str(dsn)
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+def _serve_config(args: argparse.Namespace) -> ServerConfig:
+    base = load_config(args.config) if args.config else ServerConfig()
+    return base.with_overrides(
+        listen=args.listen, cert=args.cert, key=args.key, ca=args.ca,
+        dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
+        pool_size=args.pool_size, migrate=True if args.migrate else None,
+    ).validate()
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: one socket per edge, thousands of edges."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _serve_config(args)
+    from .server import check_schema
+
+    assert config.dsn
+    check_schema(config.dsn, apply=config.migrate)
+    raise_fd_limit()
+
+    from twisted.internet import task
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    observer: Any = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    def run(reactor: Any) -> Any:
+        from twisted.internet import defer
+
+        from .server import CloudService
+
+        svc = CloudService(reactor, config)
+        svc.startService()
+        finished: defer.Deferred[None] = defer.Deferred()
+
+        def stop() -> Any:
+            d = svc.stopService()
+            d.addBoth(lambda _: finished.callback(None) if not finished.called else None)
+            return d
+
+        reactor.addSystemEventTrigger("before", "shutdown", stop)
+
+        def failed(failure: Any) -> None:
+            print(f"gridcloud serve: {failure.getErrorMessage()}", file=sys.stderr)
+            reactor.stop()
+
+        svc.ready.addErrback(failed)
+        return finished
+
+    task.react(run)
+    return 0
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    dsn = _dsn(args)
+    if args.status:
+        missing = migrations.pending(dsn)
+        for mig in migrations.available():
+            state = "pending" if mig in missing else "applied"
+            print(f"{mig.version:04d}_{mig.name}: {state}")
+        return 1 if missing else 0
+    applied = migrations.migrate(dsn)
+    for mig in applied:
+        print(f"applied {mig.version:04d}_{mig.name}")
+    if not applied:
+        print("schema is up to date")
+    return 0
+
+
+# -- pki ----------------------------------------------------------------------------------
+
+
+def _describe(issued: pki.Issued, what: str, where: Path) -> None:
+    cert = issued.certificate
+    print(f"{what}: {cert.subject.rfc4514_string()}")
+    print(f"  serial      {cert.serial_number}")
+    print(f"  sha256      {issued.fingerprint}")
+    print(f"  valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    print(f"  written to  {where}")
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    folder = pki.PKIDirectory(args.dir) if getattr(args, "dir", None) else None
+    if args.pki_command == "init":
+        assert folder
+        ca = folder.init(days=args.days, common_name=args.name)
+        _describe(ca, "CA", folder.path)
+    elif args.pki_command == "server":
+        assert folder
+        issued = folder.server(args.name, days=args.days)
+        _describe(issued, "server certificate", folder.path)
+    elif args.pki_command == "edge":
+        assert folder
+        issued, target = folder.edge(args.edge_id, args.out, days=args.days,
+                                     overwrite=args.force)
+        _describe(issued, "edge certificate", target)
+    elif args.pki_command == "revoke":
+        dsn = _dsn(args)
+        if args.cert is not None:
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(args.cert.read_bytes())
+            revocation.revoke_certificate(dsn, cert.serial_number,
+                                          pki.edge_id_from_certificate(cert), args.reason)
+            print(f"revoked certificate serial {cert.serial_number}")
+        elif args.serial is not None:
+            revocation.revoke_certificate(dsn, args.serial, args.edge_id, args.reason)
+            print(f"revoked certificate serial {args.serial}")
+        elif args.edge_id is not None:
+            revocation.revoke_edge(dsn, args.edge_id, args.reason)
+            print(f"revoked edge {args.edge_id}")
+        else:
+            raise UsageError("pki revoke needs --edge-id, --serial or --cert")
+    elif args.pki_command == "reinstate":
+        if revocation.reinstate_edge(_dsn(args), args.edge_id):
+            print(f"edge {args.edge_id} may connect again")
+        else:
+            print(f"edge {args.edge_id} was not revoked")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _db_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dsn", help=f"libpq connection string (default: ${DSN_ENV})")
+    p.add_argument("--config", type=Path, help="take the DSN from this serve config file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridcloud", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="accept edges over mutual TLS and ingest their data")
+    serve.add_argument("--config", type=Path, help="TOML config file (docs/cloud.md)")
+    serve.add_argument("--listen", help="Twisted TCP server endpoint, e.g. tcp:7400:interface=::")
+    serve.add_argument("--cert", type=Path, help="server certificate (PEM)")
+    serve.add_argument("--key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--ca", type=Path, help="project CA (PEM): edges must chain to it")
+    serve.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
+    serve.add_argument("--pool-size", type=int, help="PostgreSQL connections (default 4)")
+    serve.add_argument("--migrate", action="store_true",
+                       help="apply pending schema migrations before serving")
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply pending schema migrations")
+    _db_options(mig)
+    mig.add_argument("--status", action="store_true",
+                     help="list migrations and whether each is applied; exit 1 if any is pending")
+    mig.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("pki", help="project CA, server and edge certificates, revocation")
+    psub = p.add_subparsers(dest="pki_command", required=True)
+    init = psub.add_parser("init", help="create the project CA (ca.pem, ca.key 0600)")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--days", type=int, default=pki.CA_DAYS)
+    init.add_argument("--name", default="gridedge project CA", help="the CA's common name")
+    server = psub.add_parser("server", help="issue server.pem / server.key for DNS names")
+    server.add_argument("--dir", type=Path, required=True)
+    server.add_argument("--name", action="append", required=True,
+                        help="DNS name edges connect to (repeat for more)")
+    server.add_argument("--days", type=int, default=pki.SERVER_DAYS)
+    edge = psub.add_parser("edge", help="issue edge.pem / edge.key / ca.pem for one edge")
+    edge.add_argument("--dir", type=Path, required=True)
+    edge.add_argument("--edge-id", required=True)
+    edge.add_argument("--out", type=Path, help="folder to write to (default DIR/edges/EDGE_ID)")
+    edge.add_argument("--days", type=int, default=pki.EDGE_DAYS)
+    edge.add_argument("--force", action="store_true", help="overwrite an existing edge.key")
+    revoke = psub.add_parser("revoke", help="refuse an edge, or one certificate, from now on")
+    _db_options(revoke)
+    revoke.add_argument("--edge-id", help="revoke this edge (all its certificates)")
+    revoke.add_argument("--serial", type=int, help="revoke only the certificate with this serial")
+    revoke.add_argument("--cert", type=Path, help="revoke only this certificate (PEM file)")
+    revoke.add_argument("--reason", default="", help="recorded and logged on refusal")
+    reinstate = psub.add_parser("reinstate", help="lift the revocation of an edge")
+    _db_options(reinstate)
+    reinstate.add_argument("--edge-id", required=True)
+    p.set_defaults(func=cmd_pki)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("days", "pool_size"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            print(f"gridcloud: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    try:
+        return int(args.func(args))
+    except (UsageError, ConfigError, pki.PKIError, migrations.MigrationError) as exc:
+        print(f"gridcloud: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, psycopg2.Error) as exc:
+        print(f"gridcloud: {str(exc).strip()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Configuration of ``gridcloud serve``: a TOML file, overridable by flags.
+
+Why TOML: it is in the standard library (``tomllib``), has comments, and an
+operator can read it.  Every key has a default except the ones that must be
+chosen on purpose (certificate, key, CA and the database), so a missing one is
+a clear error at start, never a surprise later.  The format is documented in
+docs/cloud.md ("Configuration").
+
+Tests: tests/cloud/test_config.py.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+#: The keys each TOML section may hold (each is a ServerConfig attribute).
+_SECTIONS: dict[str, frozenset[str]] = {
+    "server": frozenset({"listen", "cert", "key", "ca", "hello_timeout", "heartbeat_interval",
+                         "max_in_flight", "max_frame_size", "max_batch_records",
+                         "tls_resumption", "tls_session_lifetime", "tls_groups"}),
+    "database": frozenset({"dsn", "pool_size", "migrate"}),
+    "ingest": frozenset({"max_pending_uploads", "partition_days_ahead",
+                         "partition_check_interval"}),
+}
+
+
+class ConfigError(Exception):
+    """The configuration is incomplete or invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything the cloud server needs; see docs/cloud.md for each key."""
+
+    #: Twisted server endpoint for the plain TCP socket; TLS is layered on top by gridcloud.
+    listen: str = "tcp:7400"
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    #: "cache" (server-side session cache, small tickets) or "tickets" (stateless).
+    tls_resumption: str = "cache"
+    tls_session_lifetime: int = 86400
+    #: TLS key-exchange groups, OpenSSL names separated by ':'.
+    tls_groups: str = "X25519:P-256"
+    dsn: str | None = None
+    pool_size: int = 4
+    #: Apply pending schema migrations before listening (else refuse to start).
+    migrate: bool = False
+    #: Seconds a new connection has to finish TLS and say Hello.
+    hello_timeout: float = 30.0
+    #: Told to edges in Welcome; the server drops a connection silent for 3 intervals.
+    heartbeat_interval: int = 300
+    max_in_flight: int = 8
+    max_frame_size: int = 256 * 1024
+    max_batch_records: int = 8192
+    #: Uploads received but not yet committed, per connection, before the server
+    #: stops reading that socket (back-pressure).
+    max_pending_uploads: int = 4
+    partition_days_ahead: int = 7
+    partition_check_interval: float = 3600.0
+
+    def validate(self) -> ServerConfig:
+        """Return self if complete and sensible, else raise ConfigError naming the key."""
+        for name in ("cert", "key", "ca", "dsn"):
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"missing setting: {name} (flag --{name} or the config file)")
+        positive = ("pool_size", "hello_timeout", "heartbeat_interval", "max_in_flight",
+                    "max_frame_size", "max_batch_records", "max_pending_uploads",
+                    "partition_check_interval", "tls_session_lifetime")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.tls_resumption not in ("cache", "tickets"):
+            raise ConfigError("tls_resumption must be \"cache\" or \"tickets\"")
+        if self.partition_days_ahead < 1:
+            raise ConfigError("partition_days_ahead must be at least 1")
+        return self
+
+    def with_overrides(self, **values: Any) -> ServerConfig:
+        """A copy with the given non-None values replaced (command-line flags)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+_TYPES = {f.name: f.type for f in fields(ServerConfig)}
+
+
+def _coerce(name: str, value: Any, base: Path) -> Any:
+    kind = str(_TYPES[name])
+    if "Path" in kind:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a path string")
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        return value
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number")
+        if kind == "int" and not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
+    return value
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Read a TOML config file; relative paths in it are relative to the file's folder."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        keys = _SECTIONS.get(section)
+        if keys is None or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, value in table.items():
+            if key not in keys:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            values[key] = _coerce(key, value, path.parent)
+    return ServerConfig(**values)

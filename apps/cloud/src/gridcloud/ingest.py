@@ -1,0 +1,189 @@
+"""Writing what edges send into PostgreSQL, through a txpostgres connection pool.
+
+Why this shape:
+
+- One batch = one call of the ``ingest_batch()`` SQL function (migration 0001):
+  one round trip, one transaction (psycopg2's asynchronous connections run every
+  statement in its own transaction), a multi-row insert from ``unnest`` of
+  parallel arrays.  The caller acknowledges the batch only once the returned
+  Deferred fires, which is after COMMIT.
+- Exactly once on (edge, seq): the function keeps a per-edge high-water mark
+  under a row lock, see the long comment in 0001_initial.sql and docs/cloud.md.
+- The arrays are sent as PostgreSQL array literals built with ``str.join``:
+  psycopg2's adaptation of Python lists quotes every element in Python and is
+  several times slower, which matters at tens of thousands of rows a second.
+- Connections are re-opened by txpostgres' ``DeadConnectionDetector`` when
+  PostgreSQL restarts; a batch that fails meanwhile fails its Deferred, the
+  server drops that connection and the edge sends the batch again later.
+
+Tests: tests/cloud/test_ingest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore
+from txpostgres import txpostgres
+from txpostgres.reconnection import DeadConnectionDetector
+
+#: Field order of the arrays passed to ingest_batch() (same as gridwire.FIELDS).
+COLUMNS = (
+    "meter_id",
+    "interval_end",
+    "energy_wh",
+    "max_demand_w",
+    "voltage_dv",
+    "current_ma",
+    "power_factor",
+    "flags",
+)
+
+#: The one statement that stores a batch; bench/bench_ingest.py measures the raw
+#: ceiling of PostgreSQL with exactly this statement.
+INGEST_SQL = (
+    "SELECT ingest_batch(%s, %s, %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    " %s::integer[], %s::bigint[], %s::integer[], %s::integer[])"
+)
+
+#: Largest value a bigint column holds; gridwire allows u64 energy registers.
+BIGINT_MAX = 2**63 - 1
+
+_ADMIT_SQL = """
+INSERT INTO edges AS e (edge_id, last_connected_at, last_peer, firmware_version, boot_slot)
+SELECT %(edge_id)s, now(), %(peer)s, %(firmware)s, %(slot)s
+ WHERE NOT EXISTS (SELECT 1 FROM revoked_certificates WHERE serial = %(serial)s)
+ON CONFLICT (edge_id) DO UPDATE
+   SET last_connected_at = excluded.last_connected_at, last_peer = excluded.last_peer,
+       firmware_version = excluded.firmware_version, boot_slot = excluded.boot_slot
+ WHERE e.revoked_at IS NULL
+RETURNING last_seq
+"""
+
+_REFUSAL_SQL = """
+SELECT coalesce(
+    (SELECT 'edge revoked at ' || revoked_at || coalesce(': ' || revoked_reason, '')
+       FROM edges WHERE edge_id = %(edge_id)s AND revoked_at IS NOT NULL),
+    (SELECT 'certificate serial ' || serial || ' revoked at ' || revoked_at
+            || coalesce(': ' || reason, '')
+       FROM revoked_certificates WHERE serial = %(serial)s),
+    'refused')
+"""
+
+
+class EdgeRefused(Exception):
+    """The edge may not connect (revoked); ``str()`` says why."""
+
+
+class BadBatch(ValueError):
+    """A batch holds a value PostgreSQL cannot store; it is refused, not truncated."""
+
+
+def array_literal(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of integers: ``{1,2,3}``."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def batch_parameters(
+    edge_id: str, first_seq: int, columns: Sequence[Sequence[int]]
+) -> tuple[Any, ...]:
+    """The parameters of INGEST_SQL for one batch given as eight columns in COLUMNS order."""
+    if len(columns) != len(COLUMNS):
+        raise BadBatch(f"expected {len(COLUMNS)} columns, got {len(columns)}")
+    energy = columns[2]
+    if energy and max(energy) > BIGINT_MAX:
+        raise BadBatch("energy_wh above 2**63-1 cannot be stored")
+    return (edge_id, first_seq, *map(array_literal, columns))
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeInfo:
+    """What an edge said about itself, recorded in ``edges`` on each connection."""
+
+    edge_id: str
+    serial: int
+    peer: str
+    firmware_version: str = ""
+    boot_slot: str = ""
+
+
+def _first_int(d: Any) -> defer.Deferred[int]:
+    """The integer in the first column of the first row a query returns."""
+    result: defer.Deferred[int] = d.addCallback(lambda rows: int(rows[0][0]))
+    return result
+
+
+class _Pool(txpostgres.ConnectionPool):  # type: ignore[misc]
+    """A pool that uses the injected reactor and reconnects dead connections."""
+
+    def __init__(self, reactor: IReactorCore, dsn: str, size: int) -> None:
+        self.reactor = reactor
+        super().__init__(None, dsn, min=size)
+
+    def connectionFactory(self, reactor: IReactorCore, cooperator: Any) -> txpostgres.Connection:
+        return txpostgres.Connection(
+            reactor, cooperator, detector=DeadConnectionDetector(reactor=reactor)
+        )
+
+
+class IngestStore:
+    """The cloud's asynchronous access to PostgreSQL for edge sessions."""
+
+    def __init__(self, reactor: IReactorCore, dsn: str, pool_size: int = 4) -> None:
+        self._pool = _Pool(reactor, dsn, pool_size)
+
+    def start(self) -> defer.Deferred[IngestStore]:
+        """Open the pool's connections; fails if PostgreSQL cannot be reached."""
+        d: defer.Deferred[IngestStore] = self._pool.start().addCallback(lambda _: self)
+        return d
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @defer.inlineCallbacks
+    def admit(self, info: EdgeInfo) -> Any:
+        """Register or update the edge and return its high-water mark (last committed seq).
+
+        Raises EdgeRefused when the edge or this certificate is revoked.  An edge
+        seen for the first time is created: a valid device certificate from the
+        project CA is the enrolment (docs/cloud.md, "Identity").
+        """
+        params = {
+            "edge_id": info.edge_id,
+            "serial": info.serial,
+            "peer": info.peer,
+            "firmware": info.firmware_version,
+            "slot": info.boot_slot,
+        }
+        rows = yield self._pool.runQuery(_ADMIT_SQL, params)
+        if rows:
+            return int(rows[0][0])
+        why = yield self._pool.runQuery(_REFUSAL_SQL, params)
+        raise EdgeRefused(why[0][0])
+
+    def write_batch(
+        self, edge_id: str, first_seq: int, columns: Sequence[Sequence[int]]
+    ) -> defer.Deferred[int]:
+        """Store one batch; fires with the previous high-water mark after COMMIT."""
+        try:
+            params = batch_parameters(edge_id, first_seq, columns)
+        except BadBatch:
+            return defer.fail()
+        return _first_int(self._pool.runQuery(INGEST_SQL, params))
+
+    def write_event(
+        self, edge_id: str, seq: int, meter_id: int, time: int, kind: int, detail: str
+    ) -> defer.Deferred[int]:
+        """Store one reported event; fires with the previous high-water mark after COMMIT."""
+        return _first_int(self._pool.runQuery(
+            "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
+            (edge_id, seq, meter_id, time, kind, detail),
+        ))
+
+    def ensure_partitions(self, days_ahead: int) -> defer.Deferred[int]:
+        """Create missing daily readings partitions; fires with how many were made."""
+        return _first_int(
+            self._pool.runQuery("SELECT create_readings_partitions(%s)", (days_ahead,)))

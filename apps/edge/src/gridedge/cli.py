@@ -1,0 +1,139 @@
+"""The `gridedge` command: run the unit, ask it whether it is healthy, read its counters.
+
+    gridedge run --config /data/gridedge/gridedge.toml
+    gridedge health --config /data/gridedge/gridedge.toml [--json]
+    gridedge traffic --config /data/gridedge/gridedge.toml
+
+Exit codes: 0 success/healthy, 1 unhealthy (health) or failure, 2 bad usage or
+configuration (the message names the file, section and key).
+
+Tests: tests/edge/test_cli.py, tests/system/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from gridedge.config import Config, ConfigError, load
+
+_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridedge",
+        description="The grid edge unit: radio link -> journal -> TLS uplink to the cloud.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the unit (radio link, journal, uplink) until SIGTERM")
+    health = sub.add_parser(
+        "health", help="ask the running unit whether it is healthy (exit 0 if so, 1 if not)")
+    health.add_argument("--json", action="store_true", help="print the full report as JSON")
+    health.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds to wait for the unit's answer (default 5)")
+    traffic = sub.add_parser("traffic", help="print the bytes sent/received per day")
+    for p in (run, health, traffic):
+        p.add_argument("--config", required=True, type=Path, metavar="FILE",
+                       help="the unit's TOML configuration (see docs/edge.md)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"gridedge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return run(config)
+    if args.command == "health":
+        return health(config, as_json=args.json, timeout=args.timeout)
+    return traffic(config)
+
+
+def run(config: Config) -> int:
+    """Start the supervision tree on the global reactor; stop cleanly on SIGTERM/SIGINT."""
+    from twisted.internet import reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        Logger,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from gridedge.services import build_unit
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(
+        _LEVELS[config.log_level]))
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])],
+        redirectStandardIO=False,
+    )
+    log = Logger(namespace="gridedge")
+    log.info("gridedge {version} (slot {slot}) starting with {config}; data in {data}",
+             version=config.edge.firmware_version, slot=config.edge.boot_slot,
+             config=str(config.source), data=str(config.data_dir))
+    unit = build_unit(config, reactor)
+    reactor.callWhenRunning(unit.root.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", lambda: _stopping(log, unit.root))
+    reactor.run()  # type: ignore[attr-defined]
+    log.info("gridedge stopped")
+    return 0
+
+
+def _stopping(log: Any, root: Any) -> Any:
+    log.info("gridedge stopping")
+    return root.stopService()
+
+
+def health(config: Config, *, as_json: bool, timeout: float) -> int:
+    """Print the verdict of the running unit (see gridedge.health for the rule)."""
+    from gridedge.health import ask
+
+    try:
+        report = ask(config.health.socket, timeout=timeout)
+    except (OSError, ValueError) as exc:
+        print(f"UNHEALTHY: gridedge is not answering on {config.health.socket} ({exc})")
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    elif report["healthy"]:
+        print("healthy")
+    else:
+        print("UNHEALTHY:")
+        for problem in report["problems"]:
+            print(f"  - {problem}")
+    return 0 if report["healthy"] else 1
+
+
+def traffic(config: Config) -> int:
+    """Bytes on the cellular link per UTC day, from the journal (works while running)."""
+    path = config.journal.path
+    if not path.exists():
+        print(f"gridedge: no journal at {path} yet", file=sys.stderr)
+        return 1
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = db.execute(
+            "SELECT day, bytes_sent, bytes_received FROM traffic ORDER BY day").fetchall()
+        db.close()
+    except sqlite3.Error as exc:
+        print(f"gridedge: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'day (UTC)':<12} {'sent':>14} {'received':>14}")
+    for day, sent, received in rows:
+        print(f"{day:<12} {sent:>14,} {received:>14,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Health: is every part of the unit doing its job?  Asked by `gridedge health`.
+
+Why a Unix socket rather than a status file: a file rewritten every few
+seconds wears the flash, and a stale file cannot tell a hung process from a
+healthy one.  The running process answers on ``[health] socket`` with one JSON
+document and closes; if the reactor is hung the question times out, which is
+itself the answer.
+
+The rule (``evaluate``): the unit is healthy when all of these hold
+
+1. every supervised part (journal, radio, uplink) is running, not waiting to
+   be restarted;
+2. the journal is open and its last write did not fail for a full disk;
+3. if a radio port is configured, a good radio frame arrived within
+   ``radio_window`` seconds (default 300);
+4. the uplink is connected (Welcome received) now, or was within
+   ``uplink_window`` seconds (default 900).
+
+Right after boot, 3 and 4 are false until the first frame and the first
+Welcome: the firmware polls `gridedge health` until it passes (or gives up and
+lets the boot count roll back), so a unit only marks a new slot good once it
+has actually heard the meters and reached the cloud.
+
+Tests: tests/edge/test_health.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the rule looks at, taken from the running parts."""
+
+    now: float
+    started_at: float
+    parts: dict[str, dict[str, Any]]
+    journal_open: bool
+    journal_disk_full: bool
+    radio_configured: bool
+    radio_last_frame_at: float | None
+    uplink_connected: bool
+    uplink_last_connected_at: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
+    """The problems that make the unit unhealthy (empty list: healthy)."""
+    problems = [
+        f"{name} is not running (restarts: {p['restarts']}, last error: {p['last_error']})"
+        for name, p in s.parts.items() if not p["running"]
+    ]
+    if not s.journal_open:
+        problems.append("journal is not open")
+    elif s.journal_disk_full:
+        problems.append("journal: data partition is full")
+    if s.radio_configured:
+        if s.radio_last_frame_at is None:
+            problems.append("radio: no frame received yet")
+        elif s.now - s.radio_last_frame_at > radio_window:
+            problems.append(
+                f"radio: no frame for {s.now - s.radio_last_frame_at:.0f} s "
+                f"(window {radio_window:.0f} s)")
+    if not s.uplink_connected:
+        if s.uplink_last_connected_at is None:
+            problems.append("uplink: never connected to the cloud since start")
+        elif s.now - s.uplink_last_connected_at > uplink_window:
+            problems.append(
+                f"uplink: disconnected for {s.now - s.uplink_last_connected_at:.0f} s "
+                f"(window {uplink_window:.0f} s)")
+    return problems
+
+
+class _Answer(Protocol):
+    log = Logger()
+
+    def connectionMade(self) -> None:
+        try:
+            report = self.factory.report()  # type: ignore[attr-defined]
+        except Exception as exc:
+            self.log.failure("health report failed")
+            report = {"healthy": False, "problems": [f"health report failed: {exc!r}"]}
+        assert self.transport is not None
+        self.transport.write(json.dumps(report, sort_keys=True, default=str).encode() + b"\n")
+        self.transport.loseConnection()
+
+
+class HealthService(service.Service):
+    """Watches the parts (radio frames) and answers health questions on a Unix socket."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        socket_path: Path,
+        snapshot: Callable[[], Snapshot],
+        radio_frames: Callable[[], int | None],
+        *,
+        radio_window: float,
+        uplink_window: float,
+        poll: float = 5.0,
+    ) -> None:
+        self.reactor = reactor
+        self.socket_path = socket_path
+        self._snapshot = snapshot
+        self._radio_frames = radio_frames
+        self.radio_window = radio_window
+        self.uplink_window = uplink_window
+        self._poll = poll
+        self._frames: int | None = None
+        self.radio_last_frame_at: float | None = None
+        self._loop: LoopingCall | None = None
+        self._port: Any = None
+
+    def report(self) -> dict[str, Any]:
+        self.watch_radio()
+        snap = self._snapshot()
+        problems = evaluate(snap, self.radio_window, self.uplink_window)
+        return {"healthy": not problems, "problems": problems, "snapshot": asdict(snap)}
+
+    def watch_radio(self) -> None:
+        """Note when the radio link's good-frame counter last moved."""
+        frames = self._radio_frames()
+        if frames is not None and frames != self._frames:
+            if self._frames is not None or frames > 0:
+                self.radio_last_frame_at = self.reactor.seconds()
+            self._frames = frames
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        super().startService()
+        self._loop = LoopingCall(self.watch_radio)
+        self._loop.clock = self.reactor
+        self._loop.start(self._poll, now=True)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.is_socket():
+            self.socket_path.unlink()  # left by a process that was killed
+        factory = Factory.forProtocol(_Answer)
+        factory.noisy = False
+        factory.report = self.report  # type: ignore[attr-defined]
+        endpoint = UNIXServerEndpoint(self.reactor, str(self.socket_path), mode=0o660)
+        self._port = yield endpoint.listen(factory)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        port, self._port = self._port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+
+def ask(socket_path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask the running unit (blocking; for the CLI).  Raises OSError when nobody answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    report: dict[str, Any] = json.loads(b"".join(chunks))
+    return report

@@ -1,0 +1,560 @@
+"""The durable journal: interval records wait here until the cloud has committed them.
+
+Why SQLite in WAL mode: one file on the data partition, atomic multi-row
+transactions, crash safety proven by decades of power-cut testing, and no
+server process on a 512 MB board.
+
+Durability and fsync policy
+---------------------------
+* ``synchronous=FULL`` (the default): every commit fsyncs the write-ahead log
+  before :meth:`Journal.append` returns, so a record the radio link handed over
+  survives a power cut from that instant.  ``NORMAL`` in WAL mode fsyncs only at
+  checkpoints: the database stays consistent after a power cut but the last
+  commits may vanish, which would lose meter readings that nothing will resend;
+  it is offered for bench work only.
+* Flash wear: the cost is per commit, not per record, so the radio link hands
+  over a whole burst in one :meth:`append` call (one transaction, one fsync).
+  Acknowledgements delete in one transaction per Ack.  Traffic counters are
+  kept in memory and written with the next commit or at most once a minute by
+  the journal service, never per packet.
+* ``journal_size_limit`` truncates the WAL after checkpoints so it cannot grow
+  without bound after a long offline period.
+
+Sequence numbers
+----------------
+Readings and events share one sequence space (gridwire's EventReport carries a
+journal sequence number, so one cumulative Ack covers both).  Numbers are
+assigned at append, consecutive and strictly increasing; the next number is
+stored in the ``meta`` table in the same transaction as the records, so a
+number is never reused, even after its record is deleted or the journal is
+emptied.  Pending records are always one consecutive run: deletions (Ack and
+eviction) only ever remove the oldest ones.
+
+Size bound and full disk
+------------------------
+The database is capped with ``PRAGMA max_page_count`` (from ``max_bytes``).
+When an append hits the cap, the oldest entries are evicted in the same
+transaction, counted, and an EVENT_JOURNAL_EVICTED event (meter_id 0) is
+journalled for the cloud; the edge keeps running.  When the *disk* is full
+(``SQLITE_FULL`` below the cap, or an I/O error such as ``EFBIG``), the append
+raises :class:`JournalFullError` with a clear message, nothing already stored
+is harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can
+be written.  The caller (the radio link) keeps the records it could not store
+and re-polls them later.
+
+Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TypeAlias
+
+from gridwire import IntervalRecord
+from twisted.logger import Logger
+
+SCHEMA_VERSION = 1
+_MIN_PAGES = 16  # the schema alone needs a handful of pages
+
+#: EventReport kinds for the edge's own events (meter_id 0).  gridwire's AlarmKind
+#: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
+EVENT_JOURNAL_EVICTED = 0x8001
+EVENT_JOURNAL_DISK_FULL = 0x8002
+
+_READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes
+_EVENT = struct.Struct("<IQH")  # meter_id, time, kind; the UTF-8 detail follows
+
+
+class JournalError(Exception):
+    """The journal could not do what was asked; the message says why and what to do."""
+
+
+class JournalFullError(JournalError):
+    """The disk under the journal is full: nothing new can be stored until space is freed."""
+
+
+class JournalClosedError(JournalError):
+    """The journal is not open (it is starting, restarting or stopped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An alarm or edge event for the cloud, journalled like a reading (sent as EventReport)."""
+
+    meter_id: int
+    time: int
+    kind: int
+    detail: str = ""
+
+
+Entry: TypeAlias = IntervalRecord | Event
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStats:
+    """A snapshot for health checks and logs."""
+
+    next_seq: int
+    first_pending_seq: int | None
+    pending: int
+    evicted_total: int
+    disk_full: bool
+    size_bytes: int
+    max_bytes: int
+
+
+@dataclass(slots=True)
+class _Unsaved:
+    """What waits in memory for the next transaction: traffic counters (batched to spare
+    the flash) and events that could not be written yet (full disk)."""
+
+    traffic: dict[str, list[int]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def merge(self, other: _Unsaved) -> None:
+        for day, (sent, received) in other.traffic.items():
+            t = self.traffic.setdefault(day, [0, 0])
+            t[0] += sent
+            t[1] += received
+        self.events.extend(other.events)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY, is_event INTEGER NOT NULL, body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watermarks (
+    meter_id INTEGER PRIMARY KEY, interval_end INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS traffic (
+    day TEXT PRIMARY KEY, bytes_sent INTEGER NOT NULL, bytes_received INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value)
+    VALUES ('schema', 1), ('next_seq', 1), ('evicted_total', 0);
+"""
+
+
+def encode_event(event: Event) -> bytes:
+    return _EVENT.pack(event.meter_id, event.time, event.kind) + event.detail.encode()
+
+
+def decode_entry(is_event: int, body: bytes) -> Entry:
+    if is_event:
+        meter_id, at, kind = _EVENT.unpack_from(body)
+        return Event(meter_id, at, kind, bytes(body[_EVENT.size:]).decode())
+    return IntervalRecord._make(_READING.unpack(body))
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLite reports its page cap and a full disk as SQLITE_FULL; EFBIG as an I/O error."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return True
+    text = str(exc).lower()
+    return "disk is full" in text or "no space" in text
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) == sqlite3.SQLITE_IOERR
+
+
+@dataclass(slots=True)
+class _Change:
+    """One transaction's work, see Journal._transaction."""
+
+    readings: Sequence[bytes] = ()
+    watermarks: dict[int, int] = field(default_factory=dict)
+    evict: int = 0
+    ack_up_to: int | None = None
+    next_seq_at_least: int = 0
+    shift: int = 0
+
+
+class Journal:
+    """Entries waiting for the cloud, in one SQLite file; implements the radio link's RecordSink
+    (``append`` durable on return, ``watermarks`` per meter)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous.upper()
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._page_size = 4096
+        self._max_pages = 0
+        self._next_seq = 1
+        self._first_pending: int | None = None
+        self._pending = 0
+        self._evicted_total = 0
+        self._unsaved = _Unsaved()
+        self._disk_full = False
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating if needed) the database; raises JournalError with the reason."""
+        if self._db is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchone()
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute(f"PRAGMA journal_size_limit={4 * 1024 * 1024}")
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            self._max_pages = max(_MIN_PAGES, self.max_bytes // self._page_size)
+            db.execute(f"PRAGMA max_page_count={self._max_pages}")
+            db.executescript(_SCHEMA)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta["schema"] != SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {self.path} has schema {meta['schema']}, this gridedge knows "
+                    f"{SCHEMA_VERSION}; move the file away to start a new journal"
+                )
+            first, last, count = db.execute(
+                "SELECT MIN(seq), MAX(seq), COUNT(*) FROM entries"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            db.close()
+            if _is_full(exc):
+                raise JournalFullError(
+                    f"cannot open journal {self.path}: disk full ({exc})"
+                ) from exc
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        except JournalError:
+            db.close()
+            raise
+        self._db = db
+        self._next_seq = max(int(meta["next_seq"]), (last or 0) + 1)
+        self._first_pending = first
+        self._pending = int(count)
+        self._evicted_total = int(meta["evicted_total"])
+        self.log.info(
+            "journal {path} open: {pending} entries pending from seq {first}, next seq {next}",
+            path=str(self.path), pending=self._pending, first=first, next=self._next_seq,
+        )
+
+    def close(self) -> None:
+        """Write what is still in memory (counters, events) and close the database."""
+        if self._db is None:
+            return
+        self.flush()
+        self._db.close()
+        self._db = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalClosedError(f"journal {self.path} is not open")
+        return self._db
+
+    # -- the transaction --------------------------------------------------------------------
+
+    def _transaction(self, change: _Change) -> tuple[int, int]:
+        """Apply ``change`` plus everything waiting in memory in one transaction.
+
+        Returns (first sequence number given to ``change.readings``, entries deleted by
+        the ack).  On failure the in-memory state is exactly as before and the
+        sqlite3.Error propagates.
+        """
+        db = self._conn()
+        unsaved, self._unsaved = self._unsaved, _Unsaved()
+        events = list(unsaved.events)
+        if change.evict:
+            events.append(Event(0, int(self._clock()), EVENT_JOURNAL_EVICTED,
+                                f"journal full: dropped {change.evict} oldest entries "
+                                f"({self._evicted_total + change.evict} so far)"))
+        seq = first = max(self._next_seq, change.next_seq_at_least)
+        deleted = 0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if change.ack_up_to is not None:
+                deleted = db.execute(
+                    "DELETE FROM entries WHERE seq <= ?", (change.ack_up_to,)
+                ).rowcount
+            if change.shift:
+                db.execute("UPDATE entries SET seq = seq + ?", (change.shift,))
+            if change.evict:
+                db.execute(
+                    "DELETE FROM entries WHERE seq IN "
+                    "(SELECT seq FROM entries ORDER BY seq LIMIT ?)", (change.evict,),
+                )
+            rows = [(first + i, 0, body) for i, body in enumerate(change.readings)]
+            seq += len(rows)
+            for event in events:
+                rows.append((seq, 1, encode_event(event)))
+                seq += 1
+            db.executemany("INSERT INTO entries (seq, is_event, body) VALUES (?, ?, ?)", rows)
+            if change.watermarks:
+                db.executemany(
+                    "INSERT INTO watermarks (meter_id, interval_end) VALUES (?, ?) "
+                    "ON CONFLICT (meter_id) DO UPDATE SET "
+                    "interval_end = MAX(interval_end, excluded.interval_end)",
+                    change.watermarks.items(),
+                )
+            db.executemany(
+                "INSERT INTO traffic (day, bytes_sent, bytes_received) VALUES (?, ?, ?) "
+                "ON CONFLICT (day) DO UPDATE SET bytes_sent = bytes_sent + excluded.bytes_sent, "
+                "bytes_received = bytes_received + excluded.bytes_received",
+                [(day, s, r) for day, (s, r) in unsaved.traffic.items()],
+            )
+            if seq != self._next_seq:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+            if change.evict:
+                db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted_total'",
+                           (change.evict,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # SQLite may have rolled back already (IOERR)
+                    self.log.debug("rollback after failure: {error}", error=str(exc))
+            unsaved.merge(self._unsaved)
+            self._unsaved = unsaved
+            raise
+        inserted = len(rows)
+        self._next_seq = seq
+        self._evicted_total += change.evict
+        self._pending += inserted - deleted - change.evict
+        if deleted or change.evict or change.shift:
+            self._first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
+        elif self._first_pending is None and inserted:
+            self._first_pending = first
+        if inserted:
+            for listener in list(self._listeners):
+                listener()
+        return first, deleted
+
+    # -- the RecordSink side ----------------------------------------------------------------
+
+    def append(self, records: Sequence[IntervalRecord]) -> None:
+        """Store ``records`` durably, in one transaction, giving each the next sequence number.
+
+        When this returns the records survive a power cut (with ``synchronous=FULL``).
+        Raises :class:`JournalFullError` when the disk is full, :class:`JournalClosedError`
+        when the journal is not open; in both cases nothing was stored.
+        """
+        if not records:
+            return
+        self._conn()
+        for r in records:
+            if not isinstance(r, IntervalRecord):
+                raise TypeError(f"the journal stores IntervalRecord objects, not {r!r}")
+        bodies = [_READING.pack(*r) for r in records]
+        marks: dict[int, int] = {}
+        for r in records:
+            if r.interval_end > marks.get(r.meter_id, -1):
+                marks[r.meter_id] = r.interval_end
+        self._store(_Change(readings=bodies, watermarks=marks), len(bodies))
+
+    def watermarks(self) -> dict[int, int]:
+        """meter_id -> interval_end of the newest record ever appended for it (RecordSink).
+
+        Kept in its own table, written in the append's transaction, and never
+        deleted by acks or eviction: the radio link relies on it to know what it
+        already delivered across restarts.
+        """
+        rows = self._conn().execute("SELECT meter_id, interval_end FROM watermarks")
+        return {int(m): int(t) for m, t in rows}
+
+    def append_event(self, event: Event) -> None:
+        """Store an event for the cloud, like :meth:`append` (same errors)."""
+        self._unsaved.events.append(event)
+        self._store(_Change(), 1)
+
+    def _store(self, change: _Change, count: int) -> None:
+        while True:
+            try:
+                self._transaction(change)
+                break
+            except sqlite3.Error as exc:
+                if _is_full(exc) and self._at_cap():
+                    more = self._next_eviction(change.evict, count)
+                    if more is not None:
+                        change.evict = more
+                        continue
+                self._storage_failed(exc, count)
+        if change.evict:
+            self.log.warn(
+                "journal full ({max_bytes} bytes): dropped the {n} oldest entries "
+                "({total} so far) to keep running",
+                max_bytes=self.max_bytes, n=change.evict, total=self._evicted_total,
+            )
+        if self._disk_full:
+            self._disk_full = False
+            self.log.info("journal {path} writable again", path=str(self.path))
+
+    def _at_cap(self) -> bool:
+        """True when SQLITE_FULL came from our own page cap rather than from the disk."""
+        try:
+            pages = int(self._conn().execute("PRAGMA page_count").fetchone()[0])
+        except sqlite3.Error:
+            return False
+        return pages >= self._max_pages - 2 and self._pending > 0
+
+    def _next_eviction(self, evicted: int, incoming: int) -> int | None:
+        """How many oldest entries to drop on the next try (growing), or None when hopeless."""
+        if evicted >= self._pending:
+            return None
+        step = max(incoming, self._pending // 100, 1)
+        return min(self._pending, evicted + step)
+
+    def _storage_failed(self, exc: sqlite3.Error, count: int) -> NoReturn:
+        if _is_full(exc) or _is_io_error(exc):
+            if not self._disk_full:
+                self._disk_full = True
+                self._unsaved.events.append(Event(
+                    0, int(self._clock()), EVENT_JOURNAL_DISK_FULL,
+                    f"data partition full: {count} entries could not be stored ({exc})"[:255],
+                ))
+                self.log.error(
+                    "journal {path}: DISK FULL, {n} new entries could not be stored ({error}); "
+                    "free space on the data partition",
+                    path=str(self.path), n=count, error=str(exc),
+                )
+            raise JournalFullError(
+                f"journal {self.path}: disk full, {count} records not stored ({exc})"
+            ) from exc
+        raise JournalError(f"journal {self.path}: append failed: {exc}") from exc
+
+    def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every append that stored entries; returns its remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- the uplink side --------------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def first_pending_seq(self) -> int | None:
+        return self._first_pending
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def read(self, from_seq: int, limit: int) -> list[tuple[int, Entry]]:
+        """Up to ``limit`` pending entries from ``from_seq`` on, in sequence order."""
+        rows = self._conn().execute(
+            "SELECT seq, is_event, body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+            (from_seq, limit),
+        ).fetchall()
+        return [(int(seq), decode_entry(is_event, body)) for seq, is_event, body in rows]
+
+    def ack(self, up_to_seq: int) -> int:
+        """Forget every entry with sequence <= ``up_to_seq`` (the cloud committed them).
+
+        Returns how many were deleted.  A failure to delete is logged, not raised:
+        keeping acknowledged entries only costs a resend the cloud ignores.
+        """
+        if self._first_pending is None or up_to_seq < self._first_pending:
+            return 0
+        try:
+            return self._transaction(_Change(ack_up_to=up_to_seq))[1]
+        except sqlite3.Error as exc:
+            self.log.error(
+                "journal: could not delete acknowledged entries: {error}", error=str(exc)
+            )
+            return 0
+
+    def skip_to(self, seq: int) -> None:
+        """Make the next sequence number at least ``seq`` (the cloud has seen higher ones).
+
+        Used when the cloud acknowledges a sequence this journal never issued, e.g.
+        after the data partition was wiped: new entries must not reuse numbers the
+        cloud would take for duplicates.
+        """
+        if seq > self._next_seq:
+            self._transaction(_Change(next_seq_at_least=seq))
+
+    def rebase(self, after_seq: int) -> None:
+        """Renumber pending entries to follow ``after_seq``, which this journal never issued.
+
+        The cloud acknowledged ``after_seq`` (Welcome), yet this journal's numbering is
+        below it: the data partition was wiped or restored from an old copy.  The
+        pending entries are new to the cloud, so they move past ``after_seq`` instead
+        of being taken for already-committed duplicates.
+        """
+        if after_seq < self._next_seq:
+            return
+        base = self._first_pending if self._first_pending is not None else self._next_seq
+        shift = after_seq + 1 - base
+        self._transaction(_Change(shift=shift, next_seq_at_least=self._next_seq + shift))
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def count_traffic(self, sent: int = 0, received: int = 0) -> None:
+        """Add to today's byte counters (UTC day); written with the next commit or flush."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
+        t = self._unsaved.traffic.setdefault(day, [0, 0])
+        t[0] += sent
+        t[1] += received
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Bytes (sent, received) per UTC day, including what is not written yet."""
+        out: dict[str, tuple[int, int]] = {}
+        if self._db is not None:
+            for day, s, r in self._db.execute(
+                "SELECT day, bytes_sent, bytes_received FROM traffic"
+            ):
+                out[day] = (int(s), int(r))
+        for day, (s, r) in self._unsaved.traffic.items():
+            s0, r0 = out.get(day, (0, 0))
+            out[day] = (s0 + s, r0 + r)
+        return out
+
+    def flush(self) -> None:
+        """Write counters and events kept in memory (called periodically and at close)."""
+        if self._db is None or not (self._unsaved.traffic or self._unsaved.events):
+            return
+        try:
+            self._transaction(_Change())
+        except sqlite3.Error as exc:
+            self.log.warn(
+                "journal: could not save counters and events yet: {error}", error=str(exc)
+            )
+
+    def stats(self) -> JournalStats:
+        size = 0
+        if self._db is not None:
+            try:
+                size = int(self._db.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
+            except sqlite3.Error:
+                size = 0
+        return JournalStats(
+            next_seq=self._next_seq,
+            first_pending_seq=self._first_pending,
+            pending=self._pending,
+            evicted_total=self._evicted_total,
+            disk_full=self._disk_full,
+            size_bytes=size,
+            max_bytes=self.max_bytes,
+        )

@@ -1,0 +1,45 @@
+"""gridedge.radio: the edge's link to the radio module over a serial port.
+
+Public surface (everything else is private):
+
+* frames and codec, sans-IO: :mod:`gridedge.radio.frames` (frame types),
+  :func:`encode`, :class:`FrameDecoder` (bytes in, frames out);
+* :class:`RadioLink`: registry, gap filling, relay commands, delivery to a
+  :class:`RecordSink`; :class:`LinkSettings`, :class:`RelayOutcome`,
+  :class:`MeterStatus`;
+* :class:`RadioService`: the link on a (re)opened serial port, for the
+  supervision tree;
+* :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`.
+
+The protocol is specified in docs/radio.md; ``python -m gridedge.radio`` runs
+the link alone against a port (see ``--help``).
+
+Tests: tests/radio/.
+"""
+
+from .frames import Frame, FrameError
+from .framing import FrameDecoder, encode
+from .link import LinkSettings, RadioLink, RelayOutcome
+from .records import INTERVAL_SECONDS, Flags, IntervalRecord
+from .registry import MeterStatus
+from .service import RadioProtocol, RadioService
+from .sink import MemorySink, RecordSink, SQLiteSink
+
+__all__ = [
+    "INTERVAL_SECONDS",
+    "Flags",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "IntervalRecord",
+    "LinkSettings",
+    "MemorySink",
+    "MeterStatus",
+    "RadioLink",
+    "RadioProtocol",
+    "RadioService",
+    "RecordSink",
+    "RelayOutcome",
+    "SQLiteSink",
+    "encode",
+]

@@ -1,0 +1,308 @@
+"""One uplink connection's logic: what to send next, the window, heartbeats, dead peers.
+
+Why separate from the Twisted protocol: this is where the rules live (resume
+after the cloud's last acknowledged sequence, a bounded in-flight window,
+batching, heartbeats), and it must be tested fast and deterministically with
+``task.Clock`` and a list as the "transport".  It owns a gridwire
+``EdgeSession`` and talks to the outside through three callables: ``write``,
+``close`` (abort the connection) and the injected clock.
+
+Sending policy, tuned for a metered cellular link with ~1 s round trips:
+
+* After Welcome the journal forgets everything <= ``last_acked_seq`` and sending
+  resumes at ``last_acked_seq + 1`` (or the oldest entry still kept, if the size
+  bound evicted some).
+* Up to ``min(Welcome.max_in_flight, max_in_flight)`` uploads are
+  unacknowledged at once; with batches of ``batch_records`` readings that is
+  window x batch per round trip (4 x 500 readings/s by default, far above what
+  1000 meters produce), while a cut connection wastes at most the window.
+* A full batch goes at once; a partial one waits up to ``batch_linger``
+  seconds for more readings, since per-frame overhead is paid per batch.
+* A Ping goes when nothing was sent for ``heartbeat`` seconds (keeps cellular
+  NAT mappings alive); when nothing at all arrives for ``dead_after`` seconds
+  the peer is declared dead and the connection aborted, so the reconnect
+  logic takes over instead of waiting for TCP's own timeouts (hours).
+
+Tests: tests/edge/test_uplink_link.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gridwire import (
+    SUPPORTED_VERSIONS,
+    Ack,
+    Command,
+    CommandResult,
+    CommandStatus,
+    EdgeSession,
+    Error,
+    ErrorCode,
+    EventReport,
+    Hello,
+    IntervalRecord,
+    Limits,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    ReadingBatch,
+    State,
+    Welcome,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gridedge.journal import Event, Journal, JournalError
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """The knobs of one connection (from [uplink] in the configuration)."""
+
+    firmware_version: str
+    boot_slot: str
+    heartbeat: float = 60.0
+    dead_after: float = 180.0
+    welcome_timeout: float = 30.0
+    max_in_flight: int = 4
+    batch_records: int = 500
+    batch_linger: float = 1.0
+
+
+class Link:
+    """The application side of one connection, driven by its adapter."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        journal: Journal,
+        settings: LinkSettings,
+        clock: IReactorTime,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        *,
+        on_ready: Callable[[Welcome], None] = lambda welcome: None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.journal = journal
+        self.settings = settings
+        self.clock = clock
+        self._write = write
+        self._close = close
+        self._on_ready = on_ready
+        self.session = EdgeSession(limits=limits if limits is not None else Limits())
+        self.next_send = 1
+        self.sent_batches = 0
+        self.sent_records = 0
+        self.closed = False
+        self._heartbeat = settings.heartbeat
+        self._nonce = 0
+        self._linger: IDelayedCall | None = None
+        self._linger_done = False
+        self._ping: IDelayedCall | None = None
+        self._dead: IDelayedCall | None = None
+        self._remove_listener: Callable[[], None] | None = None
+
+    # -- events from the adapter -------------------------------------------------------------
+
+    def connected(self) -> None:
+        """The (TLS) connection is up: say Hello and wait for Welcome."""
+        self._dead = self.clock.callLater(self.settings.welcome_timeout, self._timed_out,
+                                          "no Welcome")
+        now = self.clock.seconds()
+        self._send(Hello(
+            min_version=min(SUPPORTED_VERSIONS),
+            max_version=max(SUPPORTED_VERSIONS),
+            firmware_version=self.settings.firmware_version[:64],
+            boot_slot=self.settings.boot_slot[:8],
+            edge_time=int(now) if now > 1e9 else 0,
+        ))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the cloud: feed the session, act on each message."""
+        if self.closed:
+            return
+        try:
+            messages = self.session.receive_data(data)
+            for message in messages:
+                self._handle(message)
+                if self.closed:
+                    return
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        except JournalError as exc:
+            # The journal is restarting (its supervisor retries); drop the connection and
+            # let the reconnect resume from the cloud's last acknowledged sequence.
+            self.log.warn("uplink: journal unavailable ({error}); reconnecting later",
+                          error=str(exc))
+            self._abort()
+            return
+        if self.session.state is State.READY:
+            self._alive()
+
+    def connection_lost(self) -> None:
+        """The connection is gone (for any reason): stop every timer."""
+        self.closed = True
+        for call in (self._linger, self._ping, self._dead):
+            if call is not None and call.active():
+                call.cancel()
+        self._linger = self._ping = self._dead = None
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Welcome):
+            self._welcome(message)
+        elif isinstance(message, Ack):
+            deleted = self.journal.ack(message.up_to_seq)
+            self.log.debug("ack up to {seq}: {n} entries done", seq=message.up_to_seq, n=deleted)
+            self.pump()
+        elif isinstance(message, Ping):
+            self._send(Pong(nonce=message.nonce))
+        elif isinstance(message, Pong):
+            pass  # _alive() already noted it
+        elif isinstance(message, Command):
+            # Commands are executed by later work (relay commands through the radio link);
+            # until then say so, so the cloud does not wait forever.
+            self._send(CommandResult(command_id=message.command_id,
+                                     status=CommandStatus.UNSUPPORTED,
+                                     detail="commands are not executed by this gridedge yet"))
+        elif isinstance(message, Error):
+            self.log.warn("cloud closed the session: {code} {detail}",
+                          code=getattr(message.code, "name", message.code), detail=message.detail)
+            self._abort()
+        # FirmwareOffer and FirmwareChunk: the update agent is later work; ignoring an offer
+        # is allowed (the edge simply never requests chunks).
+
+    def _welcome(self, welcome: Welcome) -> None:
+        acked = welcome.last_acked_seq
+        if acked >= self.journal.next_seq:
+            self.log.warn(
+                "cloud has seen seq {acked} but this journal only issued up to {last}: "
+                "renumbering pending entries after it (was the data partition wiped?)",
+                acked=acked, last=self.journal.next_seq - 1,
+            )
+            self.journal.rebase(acked)
+        else:
+            self.journal.ack(acked)
+        first = self.journal.first_pending_seq
+        self.next_send = max(acked + 1, first if first is not None else acked + 1)
+        self._heartbeat = min(self.settings.heartbeat, float(welcome.heartbeat_interval))
+        self.log.info(
+            "uplink ready: protocol v{version}, cloud has up to seq {acked}, "
+            "{pending} entries to send",
+            version=welcome.version, acked=acked, pending=self.journal.pending,
+        )
+        self._on_ready(welcome)
+        self._remove_listener = self.journal.on_append(self.pump)
+        self._schedule_ping()
+        self.pump()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        return min(self.session.window, self.settings.max_in_flight)
+
+    def pump(self) -> None:
+        """Send uploads while the window has room and the journal has entries."""
+        if self.closed or self.session.state is not State.READY:
+            return
+        try:
+            while self.session.in_flight < self.window:
+                entries = self.journal.read(self.next_send, self.settings.batch_records)
+                if not entries:
+                    return
+                seq, first = entries[0]
+                if isinstance(first, Event):
+                    self._send(EventReport(seq=seq, meter_id=first.meter_id, time=first.time,
+                                           kind=first.kind, detail=first.detail))
+                    self.next_send = seq + 1
+                    continue
+                run: list[IntervalRecord] = []
+                for s, entry in entries:
+                    if s != seq + len(run) or not isinstance(entry, IntervalRecord):
+                        break
+                    run.append(entry)
+                full = len(run) >= self.settings.batch_records or len(run) < len(entries)
+                if not full and not self._linger_done and self.settings.batch_linger > 0:
+                    if self._linger is None:
+                        self._linger = self.clock.callLater(
+                            self.settings.batch_linger, self._linger_expired)
+                    return
+                self._send(ReadingBatch(first_seq=seq, records=run))
+                self.sent_batches += 1
+                self.sent_records += len(run)
+                self.next_send = seq + len(run)
+                self._linger_done = False
+        except JournalError as exc:
+            self.log.warn("uplink cannot read the journal: {error}", error=str(exc))
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        self._linger_done = True
+        self.pump()
+
+    def _send(self, message: Message) -> None:
+        data = self.session.send(message)
+        self._write(data)
+        if not isinstance(message, Hello):
+            self._schedule_ping()
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        """(Re)arm the heartbeat: a Ping goes after ``heartbeat`` seconds of sending nothing."""
+        if self.closed or self.session.state is not State.READY:
+            return
+        if self._ping is not None and self._ping.active():
+            self._ping.reset(self._heartbeat)
+        else:
+            self._ping = self.clock.callLater(self._heartbeat, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping = None
+        self._nonce = (self._nonce + 1) % (1 << 32)
+        self._send(Ping(nonce=self._nonce))
+
+    def _alive(self) -> None:
+        """Something arrived: the peer is alive; re-arm the dead-peer timer."""
+        timeout = (self.settings.dead_after if self.session.state is State.READY
+                   else self.settings.welcome_timeout)
+        if self._dead is not None and self._dead.active():
+            self._dead.reset(timeout)
+        else:
+            self._dead = self.clock.callLater(timeout, self._timed_out, "silence")
+
+    def _timed_out(self, why: str) -> None:
+        self._dead = None
+        self.log.warn("uplink: cloud is not answering ({why}); dropping the connection", why=why)
+        with contextlib.suppress(ProtocolError):
+            self._write(self.session.send(Error(code=ErrorCode.TIMEOUT, detail=why)))
+        self._abort()
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.log.error("uplink protocol error ({side}): {code} {error}",
+                       side=exc.side.value, code=exc.code.name, error=str(exc))
+        with contextlib.suppress(ProtocolError):
+            self._write(self.session.send(Error(code=exc.code, detail=str(exc)[:255])))
+        self._abort()
+
+    def _abort(self) -> None:
+        if not self.closed:
+            self.connection_lost()
+            self._close()
+

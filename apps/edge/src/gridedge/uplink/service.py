@@ -1,0 +1,169 @@
+"""The uplink as a Twisted service: reconnect forever with jittered exponential backoff.
+
+Why ClientService: it owns the reconnect loop (one connection at a time, a
+retry policy, clean stop).  The policy is "equal jitter": the delay before
+attempt n is ``d * U(0.5, 1)`` with ``d = min(backoff_max, backoff_initial *
+factor**n)``, so that a thousand units cut off by one cell outage do not all
+come back in the same second, yet no unit waits longer than ``backoff_max``.
+
+Tests: tests/edge/test_uplink_tls.py (real TLS over loopback), tests/system/.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gridwire import Welcome
+from twisted.application import service
+from twisted.application.internet import ClientService
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from gridedge.journal import Journal
+from gridedge.uplink.link import Link, LinkSettings
+from gridedge.uplink.protocol import CountingEndpoint, UplinkProtocol, raw_counter
+from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStatus:
+    """What `gridedge health` and the logs report about the uplink."""
+
+    connected: bool
+    last_connected_at: float | None
+    connections: int
+    full_handshakes: int
+    resumed_handshakes: int
+    last_handshake_bytes: int | None
+    bytes_sent: int
+    bytes_received: int
+
+
+def backoff_policy(
+    initial: float, maximum: float, factor: float, rng: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """Equal-jitter exponential backoff (see the module docstring)."""
+
+    def delay(attempt: int) -> float:
+        base = min(maximum, initial * factor ** max(0, attempt - 1))
+        return base * (0.5 + 0.5 * rng())
+
+    return delay
+
+
+class UplinkService(service.Service):
+    """Keeps one gridwire session to the cloud alive, sending what the journal holds."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        journal: Journal,
+        *,
+        host: str,
+        port: int,
+        server_name: str,
+        identity_loader: Callable[[], DeviceIdentity],
+        settings: LinkSettings,
+        backoff: Callable[[int], float],
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.journal = journal
+        self.host = host
+        self.port = port
+        self.server_name = server_name
+        self._identity_loader = identity_loader
+        self.settings = settings
+        self._backoff = backoff
+        self._connect_timeout = connect_timeout
+        self._client: ClientService | None = None
+        self._creator: ResumingCreator | None = None
+        self._current: UplinkProtocol | None = None
+        self.last_connected_at: float | None = None
+        self.connections = 0
+        self.last_handshake_bytes: int | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def startService(self) -> None:
+        # Load the certificates first: a missing or bad file fails the start with a clear
+        # message, and the supervisor retries (the unit may be provisioned later).
+        identity = self._identity_loader()
+        self._creator = ResumingCreator(self.server_name, identity)
+        tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self._connect_timeout)
+        endpoint = wrapClientTLS(self._creator, CountingEndpoint(tcp, self._count))
+        factory = Factory.forProtocol(lambda: UplinkProtocol(self._make_link))
+        self._client = ClientService(endpoint, factory, retryPolicy=self._backoff,
+                                     clock=self.reactor)
+        super().startService()
+        self._client.startService()
+        self.log.info("uplink to {host}:{port} (server name {name}) started",
+                      host=self.host, port=self.port, name=self.server_name)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        client, self._client = self._client, None
+        if client is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = client.stopService()
+        return d
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _count(self, sent: int, received: int) -> None:
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.journal.count_traffic(sent=sent, received=received)
+
+    def _make_link(self, proto: UplinkProtocol) -> Link:
+        self._current = proto
+        return Link(
+            self.journal, self.settings, self.reactor, proto.write, proto.abort,
+            on_ready=lambda welcome: self._ready(proto, welcome),
+        )
+
+    def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
+        self.connections += 1
+        self.last_connected_at = self.reactor.seconds()
+        resumed = False
+        connection = proto.tls_connection()
+        if connection is not None and self._creator is not None:
+            resumed = self._creator.remember(connection)
+        counter = raw_counter(proto.transport)
+        sent = received = 0
+        if counter is not None:
+            sent, received = counter.sent, counter.received
+            self.last_handshake_bytes = sent + received
+        self.log.info(
+            "uplink connected ({kind} TLS session; {n} bytes on the wire up to Welcome: "
+            "{sent} sent, {received} received)",
+            kind="resumed" if resumed else "new", n=sent + received, sent=sent,
+            received=received,
+        )
+
+    @property
+    def connected(self) -> bool:
+        link = self._current.link if self._current is not None else None
+        return link is not None and not link.closed and link.session.welcome is not None
+
+    def status(self) -> UplinkStatus:
+        if self.connected:
+            self.last_connected_at = self.reactor.seconds()
+        creator = self._creator
+        return UplinkStatus(
+            connected=self.connected,
+            last_connected_at=self.last_connected_at,
+            connections=self.connections,
+            full_handshakes=creator.full_handshakes if creator else 0,
+            resumed_handshakes=creator.resumed_handshakes if creator else 0,
+            last_handshake_bytes=self.last_handshake_bytes,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+        )

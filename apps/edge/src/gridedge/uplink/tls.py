@@ -1,0 +1,172 @@
+"""Mutual TLS for the uplink, with TLS 1.3 session resumption across reconnects.
+
+Why resumption: the unit reconnects often (cellular drops, NAT timeouts) and
+every byte is paid for.  A full TLS 1.3 handshake with client authentication
+carries both certificate chains and signatures; a resumed one (PSK from a
+session ticket) carries neither.  ``tests/edge/test_uplink_tls.py`` measures
+the difference on the wire.
+
+How: ``optionsForClientTLS`` builds the connection as usual (trust only the
+project CA, check the server name with service_identity, present the device
+certificate); :class:`ResumingCreator` wraps it, hands the session kept from
+the previous connection to ``set_session()`` before the handshake, and keeps
+``get_session()`` once application data has arrived (in TLS 1.3 the ticket
+arrives after the handshake, so not earlier).  The server must issue tickets
+(``enableSessionTickets=True`` in gridcloud).
+
+The catch, found while testing cuts: when a connection ends without a TLS
+close_notify (a cut, exactly the case resumption is for), OpenSSL marks that
+connection's SSL_SESSION "not resumable", and since pyOpenSSL hands out the
+very same object, the kept session is spoiled.  So the session is kept as its
+DER serialisation and a fresh SSL_SESSION is made from it for each connection
+(OpenSSL's i2d/d2i_SSL_SESSION, reached through pyOpenSSL's bindings as
+pyOpenSSL has no public call for them).
+
+Tests: tests/edge/test_uplink_tls.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
+
+CERT_FILE = "edge.pem"
+KEY_FILE = "edge.key"
+CA_FILE = "ca.pem"
+
+
+class TLSFilesError(Exception):
+    """The device certificate, key or CA is missing or unreadable; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """The files the unit keeps in its data directory's tls/ folder, loaded."""
+
+    certificate: ssl.PrivateCertificate
+    ca: ssl.Certificate
+
+    @classmethod
+    def load(cls, tls_dir: Path) -> DeviceIdentity:
+        """Load edge.pem, edge.key and ca.pem from ``tls_dir`` (as `gridcloud pki edge` writes)."""
+        texts = {}
+        for name in (CERT_FILE, KEY_FILE, CA_FILE):
+            path = tls_dir / name
+            try:
+                texts[name] = path.read_bytes()
+            except FileNotFoundError:
+                raise TLSFilesError(
+                    f"{path} is missing: provision the unit with "
+                    f"'gridcloud pki edge --dir PKI --edge-id ID --out {tls_dir}'"
+                ) from None
+            except OSError as exc:
+                raise TLSFilesError(f"cannot read {path}: {exc}") from None
+        try:
+            cert = ssl.PrivateCertificate.loadPEM(texts[CERT_FILE] + texts[KEY_FILE])
+            ca = ssl.Certificate.loadPEM(texts[CA_FILE])
+        except Exception as exc:  # pyOpenSSL raises its own Error types
+            raise TLSFilesError(f"bad certificate or key in {tls_dir}: {exc}") from None
+        return cls(cert, ca)
+
+
+def session_to_der(session: SSL.Session) -> bytes:
+    """OpenSSL's serialised form of a session (ticket and secrets included: keep in memory)."""
+    from OpenSSL._util import ffi, lib
+
+    size = lib.i2d_SSL_SESSION(session._session, ffi.NULL)
+    if size <= 0:
+        return b""
+    buf = ffi.new("unsigned char[]", size)
+    cursor = ffi.new("unsigned char **", buf)
+    lib.i2d_SSL_SESSION(session._session, cursor)
+    return bytes(ffi.buffer(buf, size))
+
+
+def session_from_der(der: bytes, context: SSL.Context) -> SSL.Session | None:
+    """A new, independent session object from :func:`session_to_der` output, for
+    connections of ``context`` (pyOpenSSL pins a session to its context)."""
+    from OpenSSL._util import ffi, lib
+
+    buf = ffi.new("unsigned char[]", der)
+    cursor = ffi.new("unsigned char **", buf)
+    pointer = lib.d2i_SSL_SESSION(ffi.NULL, cursor, len(der))
+    if pointer == ffi.NULL:
+        return None
+    session = SSL.Session.__new__(SSL.Session)
+    session._session = ffi.gc(pointer, lib.SSL_SESSION_free)
+    session._context = context
+    return session
+
+
+#: Key-exchange groups offered: classical only.  OpenSSL's default list starts with the
+#: post-quantum hybrid X25519MLKEM768, whose key share adds about 1.2 KB to every
+#: ClientHello (and as much to the answer): paid on each reconnect of a metered link.
+DEFAULT_GROUPS = "X25519:P-256"
+
+
+def set_groups(connection: SSL.Connection, groups: str) -> None:
+    """Restrict the key-exchange groups of one connection (SSL_set1_groups_list, which
+    pyOpenSSL's bindings expose under its old name SSL_set1_curves_list)."""
+    from OpenSSL._util import lib
+
+    if lib.SSL_set1_curves_list(connection._ssl, groups.encode("ascii")) != 1:
+        raise ValueError(f"unknown TLS group in {groups!r}")
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (pyOpenSSL has no public call for this,
+    so OpenSSL's SSL_session_reused is reached through pyOpenSSL's bindings)."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(connection._ssl))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ResumingCreator:
+    """Client connections that resume the previous TLS session when the server allows it."""
+
+    def __init__(
+        self, server_name: str, identity: DeviceIdentity, groups: str = DEFAULT_GROUPS
+    ) -> None:
+        self.server_name = server_name
+        self.groups = groups
+        self._inner = ssl.optionsForClientTLS(
+            server_name,
+            trustRoot=identity.ca,
+            clientCertificate=identity.certificate,
+        )
+        self._session: bytes | None = None
+        self.full_handshakes = 0
+        self.resumed_handshakes = 0
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        if self.groups:
+            set_groups(connection, self.groups)
+        if self._session:
+            session = session_from_der(self._session, connection.get_context())
+            if session is not None:
+                connection.set_session(session)
+        return connection
+
+    def remember(self, connection: SSL.Connection) -> bool:
+        """Keep this connection's session for the next one; returns whether it was resumed."""
+        resumed = session_reused(connection)
+        if resumed:
+            self.resumed_handshakes += 1
+        else:
+            self.full_handshakes += 1
+        session = connection.get_session()
+        if session is not None:
+            self._session = session_to_der(session)
+        return resumed
+
+    def forget(self) -> None:
+        """Drop the kept session (e.g. after the server refused us)."""
+        self._session = None

@@ -1,0 +1,197 @@
+"""Frames and message bodies: bytes <-> messages, with no state beyond a receive buffer.
+
+Frame (docs/protocol.md, "Frames"):
+
+    length   uvarint, 1..Limits.max_frame_size: bytes of type + body that follow
+    type     u8: MessageType; bit 7 set = optional (skipped when unknown)
+    body     the message's fields in WIRE order, then the extension area:
+             zero or more (tag uvarint, size uvarint, size bytes) up to the frame end;
+             an odd tag is critical (reject when unknown), an even tag optional (skip)
+
+Codec contract (``FrameDecoder.feed``): returns the complete messages found so
+far (possibly none: "need more data") or raises ProtocolError.  Nothing else
+escapes, for any input whatsoever.  The declared length is checked against the
+limit as soon as the length prefix is complete, before the body is buffered.
+
+Tests: tests/wire/test_codec.py, tests/wire/test_fuzz.py, tests/wire/test_corpus.py.
+"""
+
+from __future__ import annotations
+
+from ._batch import decode_batch, encode_batch
+from ._errors import ErrorCode, ProtocolError, Side
+from ._limits import Limits
+from ._messages import MESSAGE_CLASSES, Message, ReadingBatch
+from ._records import RecordColumns
+from ._varint import Reader, uvarint
+
+__all__ = ["OPTIONAL_TYPE_BIT", "FrameDecoder", "decode_body", "encode_message"]
+
+#: A message type with this bit set may be skipped by a peer that does not know it.
+OPTIONAL_TYPE_BIT = 0x80
+#: The length prefix has at most this many bytes (2**21 - 1 is the largest frame).
+MAX_LENGTH_BYTES = 3
+
+
+def encode_body(
+    message: Message, compress: bool | None = None, previous: RecordColumns | None = None
+) -> bytes:
+    """The body bytes of ``message`` (fields in WIRE order, no extensions).
+
+    ``previous``: the columns of the previous ReadingBatch on this connection
+    (the reference for METER_DELTA columns), None for the first one.
+    """
+    if isinstance(message, ReadingBatch):
+        return uvarint(message.first_seq) + encode_batch(message.columns, previous, compress)
+    out = []
+    for name, (kind, _bound) in message.WIRE:
+        value = getattr(message, name)
+        if kind == "uint":
+            out.append(uvarint(value))
+        elif kind == "text":
+            raw = value.encode("utf-8")
+            out.append(uvarint(len(raw)))
+            out.append(raw)
+        elif kind == "blob":
+            out.append(uvarint(len(value)))
+            out.append(value)
+        else:  # fixed
+            out.append(value)
+    return b"".join(out)
+
+
+def frame(message_type: int, body: bytes) -> bytes:
+    """One frame around a body."""
+    return uvarint(len(body) + 1) + bytes((message_type,)) + body
+
+
+def encode_message(
+    message: Message, compress: bool | None = None, previous: RecordColumns | None = None
+) -> bytes:
+    """One complete frame for ``message`` (see encode_body for ``previous``)."""
+    return frame(message.TYPE, encode_body(message, compress, previous))
+
+
+def decode_body(
+    message_type: int,
+    body: bytes | memoryview,
+    limits: Limits,
+    previous: RecordColumns | None = None,
+) -> Message | None:
+    """The message in one frame body, or None for an unknown optional type."""
+    cls = MESSAGE_CLASSES.get(message_type)
+    if cls is None:
+        if message_type & OPTIONAL_TYPE_BIT:
+            return None
+        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type 0x{message_type:02x}")
+    reader = Reader(body)
+    if cls is ReadingBatch:
+        first_seq = reader.uvarint(64)
+        columns = decode_batch(reader, limits.max_batch_records, previous)
+        kwargs: dict[str, object] = {"first_seq": first_seq, "columns": columns}
+    else:
+        kwargs = {}
+        for name, (kind, bound) in cls.WIRE:
+            if kind == "uint":
+                kwargs[name] = reader.uvarint(bound)
+            elif kind == "text":
+                kwargs[name] = reader.text(bound)
+            elif kind == "blob":
+                kwargs[name] = reader.blob(bound)
+            else:
+                kwargs[name] = reader.raw(bound)
+    _skip_extensions(reader, cls.__name__)
+    try:
+        return cls(**kwargs)
+    except ProtocolError as exc:
+        # the constructor blames its caller; here the caller is the peer's bytes
+        raise ProtocolError(exc.code, str(exc), Side.REMOTE) from None
+
+
+def _skip_extensions(reader: Reader, name: str) -> None:
+    """v1 defines no extension fields: skip optional ones, refuse critical ones."""
+    while reader.remaining():
+        tag = reader.uvarint(32)
+        size = reader.uvarint(32)
+        reader.raw(size)
+        if tag & 1:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_EXTENSION, f"{name}: unknown critical extension {tag}"
+            )
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages; keeps only the incomplete tail of it."""
+
+    __slots__ = ("_buffer", "limits", "previous_batch", "skipped")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._buffer = bytearray()
+        #: columns of the last ReadingBatch decoded (METER_DELTA reference of the next one)
+        self.previous_batch: RecordColumns | None = None
+        #: unknown optional messages skipped so far (for logs and metrics)
+        self.skipped = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame waiting for more data."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Messages completed by ``data`` (see the codec contract above)."""
+        buffer = self._buffer
+        buffer += data
+        messages: list[Message] = []
+        pos = 0
+        end = len(buffer)
+        max_frame = self.limits.max_frame_size
+        try:
+            while pos < end:
+                # length prefix: at most MAX_LENGTH_BYTES, checked before the body is awaited
+                length = 0
+                shift = 0
+                cursor = pos
+                while True:
+                    if cursor >= end:
+                        return messages
+                    byte = buffer[cursor]
+                    cursor += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        if byte == 0 and shift:
+                            raise ProtocolError(
+                                ErrorCode.MALFORMED_FRAME, "non-minimal frame length"
+                            )
+                        break
+                    shift += 7
+                    if cursor - pos >= MAX_LENGTH_BYTES:
+                        raise ProtocolError(
+                            ErrorCode.FRAME_TOO_LARGE, "frame length prefix longer than 3 bytes"
+                        )
+                if length == 0:
+                    raise ProtocolError(ErrorCode.MALFORMED_FRAME, "empty frame")
+                if length > max_frame:
+                    raise ProtocolError(
+                        ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {max_frame}"
+                    )
+                if end - cursor < length:
+                    return messages
+                # a copy of the body (slicing a bytearray copies): no buffer export can outlive
+                # this call and block trimming the buffer
+                message = decode_body(
+                    buffer[cursor],
+                    bytes(buffer[cursor + 1 : cursor + length]),
+                    self.limits,
+                    self.previous_batch,
+                )
+                pos = cursor + length
+                if message is None:
+                    self.skipped += 1
+                else:
+                    if isinstance(message, ReadingBatch):
+                        self.previous_batch = message.columns
+                    messages.append(message)
+            return messages
+        finally:
+            del buffer[:pos]

@@ -1,0 +1,541 @@
+"""The messages of gridwire v1: frozen, slotted, keyword-built, validated on construction.
+
+Each class states its wire type code (``TYPE``) and its fields in wire order
+(``WIRE``) as data; the codec (``_codec``) and the docs generator read the same
+data, so the documented layout cannot differ from the encoded one.
+
+Field kinds in ``WIRE``:
+    ("uint", bits)   unsigned varint, value < 2**bits
+    ("text", n)      uvarint length + UTF-8, at most n bytes
+    ("blob", n)      uvarint length + bytes, at most n bytes
+    ("fixed", n)     exactly n raw bytes, no length prefix
+
+Why validate on construction: an invalid message then cannot exist, so a
+sender cannot put it on the wire and a decoder that builds one has checked it.
+Constructors raise ProtocolError(INVALID_FIELD, side=LOCAL); the decoder
+reports the same failure as side=REMOTE.
+
+Tests: tests/wire/test_messages.py (validation), tests/wire/test_roundtrip.py.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from ._errors import ErrorCode, local_error
+from ._limits import MAX_CHUNK, MAX_PAYLOAD, MAX_TEXT
+from ._records import IntervalRecord, RecordColumns
+
+__all__ = [
+    "Ack",
+    "AlarmKind",
+    "ChunkRequest",
+    "Command",
+    "CommandKind",
+    "CommandResult",
+    "CommandStatus",
+    "Error",
+    "EventReport",
+    "FirmwareChunk",
+    "FirmwareOffer",
+    "FirmwareState",
+    "FirmwareStatus",
+    "Hello",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "ReadingBatch",
+    "Welcome",
+]
+
+U16, U32, U64 = ("uint", 16), ("uint", 32), ("uint", 64)
+TEXT = ("text", MAX_TEXT)
+
+
+class MessageType(enum.IntEnum):
+    """Wire type codes.  Codes >= 0x80 are optional: a peer that does not know one skips it."""
+
+    HELLO = 0x01
+    WELCOME = 0x02
+    READING_BATCH = 0x03
+    ACK = 0x04
+    EVENT_REPORT = 0x05
+    COMMAND = 0x06
+    COMMAND_RESULT = 0x07
+    PING = 0x08
+    PONG = 0x09
+    FIRMWARE_OFFER = 0x0A
+    CHUNK_REQUEST = 0x0B
+    FIRMWARE_CHUNK = 0x0C
+    FIRMWARE_STATUS = 0x0D
+    ERROR = 0x0E
+
+
+class AlarmKind(enum.IntEnum):
+    """EventReport.kind codes defined by v1 (other values are carried unchanged)."""
+
+    TAMPER = 1
+    OUTAGE = 2
+    POWER_RESTORED = 3
+    RELAY_OPENED = 4
+    RELAY_CLOSED = 5
+    VOLTAGE_SAG = 6
+    VOLTAGE_SWELL = 7
+    OVERLOAD = 8
+    METER_UNREACHABLE = 9
+    METER_BACK = 10
+    CLOCK_ADJUSTED = 11
+    LOW_CREDIT = 12
+
+
+class CommandKind(enum.IntEnum):
+    """Command.kind codes defined by v1; an edge answers unknown kinds with UNSUPPORTED."""
+
+    RELAY_OPEN = 1  #: open the load relay of meter_id (disconnect)
+    RELAY_CLOSE = 2  #: close the load relay of meter_id (reconnect)
+    SET_TARIFF = 3  #: payload: tariff table for meter_id (application defined)
+    FIRMWARE_UPDATE = 4  #: payload: offer_id (uvarint); fetch it with ChunkRequest
+    REBOOT = 5  #: restart the edge unit (meter_id 0)
+    READ_NOW = 6  #: read meter_id now instead of at the next interval
+    SET_CONFIG = 7  #: payload: configuration document (application defined)
+
+
+class CommandStatus(enum.IntEnum):
+    """CommandResult.status codes."""
+
+    OK = 0  #: done
+    FAILED = 1  #: tried and failed (detail says why)
+    REJECTED = 2  #: refused (invalid for this meter, not permitted)
+    UNSUPPORTED = 3  #: unknown command kind
+    ACCEPTED = 4  #: started; a final result follows later with the same command_id
+
+
+class FirmwareState(enum.IntEnum):
+    """FirmwareStatus.state codes."""
+
+    DOWNLOADING = 1
+    DOWNLOADED = 2  #: all chunks received and the sha256 matches
+    INSTALLING = 3
+    INSTALLED = 4  #: written to the inactive slot; active after reboot
+    FAILED = 5
+    REJECTED = 6  #: refused (wrong platform, not newer, bad signature)
+
+
+def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
+    """Known codes become enum members (readable reprs); unknown ones stay plain ints."""
+    try:
+        return kind(value)
+    except ValueError:
+        return value
+
+
+class Message:
+    """Base of every message: validation driven by the class's WIRE field list."""
+
+    __slots__ = ()
+    TYPE: ClassVar[MessageType]
+    WIRE: ClassVar[tuple[tuple[str, tuple[str, int]], ...]]
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {}
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for attr, (kind, bound) in self.WIRE:
+            value = getattr(self, attr)
+            if kind == "uint":
+                if type(value) is not int and not isinstance(value, enum.IntEnum):
+                    raise local_error(ErrorCode.INVALID_FIELD, f"{name}.{attr} must be an int")
+                if not 0 <= value < (1 << bound):
+                    raise local_error(
+                        ErrorCode.INVALID_FIELD, f"{name}.{attr}={value} not in 0..2**{bound}-1"
+                    )
+            elif kind == "text":
+                if type(value) is not str:
+                    raise local_error(ErrorCode.INVALID_FIELD, f"{name}.{attr} must be a str")
+                try:
+                    size = len(value.encode("utf-8"))
+                except UnicodeEncodeError:
+                    raise local_error(
+                        ErrorCode.INVALID_FIELD, f"{name}.{attr} is not encodable as UTF-8"
+                    ) from None
+                if size > bound:
+                    raise local_error(
+                        ErrorCode.INVALID_FIELD, f"{name}.{attr} is {size} bytes, limit {bound}"
+                    )
+            else:
+                if type(value) is not bytes:
+                    raise local_error(ErrorCode.INVALID_FIELD, f"{name}.{attr} must be bytes")
+                if len(value) > bound or (kind == "fixed" and len(value) != bound):
+                    raise local_error(
+                        ErrorCode.INVALID_FIELD, f"{name}.{attr} has {len(value)} bytes"
+                    )
+        for attr, kind_enum in self.ENUMS.items():
+            object.__setattr__(self, attr, _enum_or_int(kind_enum, getattr(self, attr)))
+        self._check()
+
+    def _check(self) -> None:
+        """Rules between fields; overridden where there are any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Message):
+    """Edge -> cloud, first message: versions spoken, firmware, resume point for commands.
+
+    The edge's identity is not here: it is the TLS client certificate.
+    last_command_id: highest command id the edge has executed (0 = none); the
+    cloud redelivers commands it has no result for, the edge answers repeats
+    from its own record of results (commands are idempotent by id).
+    edge_time: the edge's clock in unix seconds, 0 when it has no trusted time.
+    """
+
+    TYPE = MessageType.HELLO
+    WIRE = (
+        ("min_version", U16),
+        ("max_version", U16),
+        ("firmware_version", ("text", 64)),
+        ("boot_slot", ("text", 8)),
+        ("last_command_id", U64),
+        ("edge_time", U64),
+    )
+    min_version: int
+    max_version: int
+    firmware_version: str
+    boot_slot: str
+    last_command_id: int = 0
+    edge_time: int = 0
+
+    def _check(self) -> None:
+        if not 1 <= self.min_version <= self.max_version:
+            raise local_error(
+                ErrorCode.INVALID_FIELD, "Hello needs 1 <= min_version <= max_version"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome(Message):
+    """Cloud -> edge, answer to Hello: chosen version, time, resume point for readings.
+
+    last_acked_seq: highest journal sequence number the cloud has committed for
+    this edge (0 = none); the edge resumes sending at last_acked_seq + 1 and may
+    drop everything up to it from its journal.
+    heartbeat_interval: seconds; the edge sends Ping when it has sent nothing for
+    this long, and either side may drop the link after 3 intervals of silence.
+    max_in_flight: uploads the edge may have unacknowledged (batches + events).
+    """
+
+    TYPE = MessageType.WELCOME
+    WIRE = (
+        ("version", U16),
+        ("server_time", U64),
+        ("last_acked_seq", U64),
+        ("heartbeat_interval", U32),
+        ("max_in_flight", U16),
+    )
+    version: int
+    server_time: int
+    last_acked_seq: int
+    heartbeat_interval: int = 300
+    max_in_flight: int = 8
+
+    def _check(self) -> None:
+        if self.version < 1 or self.heartbeat_interval < 1 or self.max_in_flight < 1:
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                "Welcome needs version, heartbeat_interval and max_in_flight >= 1",
+            )
+
+
+class ReadingBatch(Message):
+    """Edge -> cloud: interval records with consecutive journal sequence numbers.
+
+    Record i has sequence number first_seq + i.  Build it from records
+    (``records=``) or, faster, from columns (``columns=RecordColumns.build(...)``);
+    read it back either way: ``.records`` (IntervalRecord objects, made on
+    first use) or ``.columns`` / ``.columns.rows()`` (no per-record objects).
+    """
+
+    __slots__ = ("_columns", "_records", "first_seq")
+    TYPE = MessageType.READING_BATCH
+    WIRE = (("first_seq", U64),)
+    first_seq: int
+    _columns: RecordColumns
+    _records: tuple[IntervalRecord, ...] | None
+
+    def __init__(
+        self,
+        *,
+        first_seq: int,
+        records: Iterable[IntervalRecord] | None = None,
+        columns: RecordColumns | None = None,
+    ) -> None:
+        if (records is None) == (columns is None):
+            raise local_error(ErrorCode.INVALID_FIELD, "ReadingBatch needs records or columns")
+        if type(first_seq) is not int or first_seq < 1:
+            raise local_error(ErrorCode.INVALID_FIELD, "ReadingBatch.first_seq must be >= 1")
+        if records is not None:
+            kept = tuple(records)
+            columns = RecordColumns.from_records(kept)
+        else:
+            kept = None
+            if not isinstance(columns, RecordColumns):
+                raise local_error(ErrorCode.INVALID_FIELD, "columns must be RecordColumns")
+        assert columns is not None
+        if len(columns) == 0:
+            raise local_error(ErrorCode.INVALID_FIELD, "a ReadingBatch holds at least one record")
+        if first_seq + len(columns) - 1 >= 1 << 64:
+            raise local_error(ErrorCode.INVALID_FIELD, "ReadingBatch sequence numbers overflow u64")
+        object.__setattr__(self, "first_seq", first_seq)
+        object.__setattr__(self, "_columns", columns)
+        object.__setattr__(self, "_records", kept)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ReadingBatch is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("ReadingBatch is immutable")
+
+    @property
+    def columns(self) -> RecordColumns:
+        """The records field by field."""
+        return self._columns
+
+    @property
+    def records(self) -> tuple[IntervalRecord, ...]:
+        """The records as IntervalRecord objects (built once, on first use)."""
+        if self._records is None:
+            object.__setattr__(self, "_records", self._columns.records())
+        assert self._records is not None
+        return self._records
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record."""
+        return self.first_seq + len(self._columns) - 1
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReadingBatch):
+            return NotImplemented
+        return self.first_seq == other.first_seq and self._columns == other._columns
+
+    def __hash__(self) -> int:
+        return hash((self.first_seq, self._columns))
+
+    def __repr__(self) -> str:
+        return f"ReadingBatch(first_seq={self.first_seq}, records=<{len(self)} records>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    """Cloud -> edge: every sequence number <= up_to_seq is committed (cumulative)."""
+
+    TYPE = MessageType.ACK
+    WIRE = (("up_to_seq", U64),)
+    up_to_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventReport(Message):
+    """Edge -> cloud: one alarm, journalled like a reading, acknowledged by Ack.
+
+    seq comes from the same journal sequence space as reading batches, so one
+    cumulative Ack covers both and the edge has one resume point.
+    """
+
+    TYPE = MessageType.EVENT_REPORT
+    WIRE = (("seq", U64), ("meter_id", U32), ("time", U64), ("kind", U16), ("detail", TEXT))
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"kind": AlarmKind}
+    seq: int
+    meter_id: int
+    time: int
+    kind: int
+    detail: str = ""
+
+    def _check(self) -> None:
+        if self.seq < 1:
+            raise local_error(ErrorCode.INVALID_FIELD, "EventReport.seq must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command(Message):
+    """Cloud -> edge: do something; executed at most once per command_id."""
+
+    TYPE = MessageType.COMMAND
+    WIRE = (
+        ("command_id", U64),
+        ("kind", U16),
+        ("meter_id", U32),
+        ("payload", ("blob", MAX_PAYLOAD)),
+    )
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"kind": CommandKind}
+    command_id: int
+    kind: int
+    meter_id: int = 0
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandResult(Message):
+    """Edge -> cloud: outcome of a command."""
+
+    TYPE = MessageType.COMMAND_RESULT
+    WIRE = (("command_id", U64), ("status", ("uint", 8)), ("detail", TEXT))
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"status": CommandStatus}
+    command_id: int
+    status: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    """Either side: are you there?  Answered by Pong with the same nonce."""
+
+    TYPE = MessageType.PING
+    WIRE = (("nonce", U32),)
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong(Message):
+    """Answer to Ping."""
+
+    TYPE = MessageType.PONG
+    WIRE = (("nonce", U32),)
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirmwareOffer(Message):
+    """Cloud -> edge: an update bundle is available; the edge pulls it chunk by chunk.
+
+    Chunk i covers bytes i*chunk_size .. min(size, (i+1)*chunk_size) - 1.
+    """
+
+    TYPE = MessageType.FIRMWARE_OFFER
+    WIRE = (
+        ("offer_id", U64),
+        ("version", ("text", 64)),
+        ("size", ("uint", 40)),
+        ("sha256", ("fixed", 32)),
+        ("chunk_size", U32),
+    )
+    offer_id: int
+    version: str
+    size: int
+    sha256: bytes
+    chunk_size: int = 32768
+
+    def _check(self) -> None:
+        if not 1 <= self.chunk_size <= MAX_CHUNK or self.size < 1:
+            raise local_error(
+                ErrorCode.INVALID_FIELD, f"FirmwareOffer needs size >= 1, chunk_size 1..{MAX_CHUNK}"
+            )
+
+    @property
+    def chunk_count(self) -> int:
+        """Number of chunks in the bundle."""
+        return -(-self.size // self.chunk_size)
+
+    def chunk_length(self, index: int) -> int:
+        """Exact length of chunk ``index``."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkRequest(Message):
+    """Edge -> cloud: send chunk ``index`` of offer ``offer_id``."""
+
+    TYPE = MessageType.CHUNK_REQUEST
+    WIRE = (("offer_id", U64), ("index", U32))
+    offer_id: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirmwareChunk(Message):
+    """Cloud -> edge: one chunk of an offered bundle."""
+
+    TYPE = MessageType.FIRMWARE_CHUNK
+    WIRE = (("offer_id", U64), ("index", U32), ("data", ("blob", MAX_CHUNK)))
+    offer_id: int
+    index: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirmwareStatus(Message):
+    """Edge -> cloud: progress or outcome of an update."""
+
+    TYPE = MessageType.FIRMWARE_STATUS
+    WIRE = (("offer_id", U64), ("state", ("uint", 8)), ("received", ("uint", 40)), ("detail", TEXT))
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"state": FirmwareState}
+    offer_id: int
+    state: int
+    received: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error(Message):
+    """Either side, last message before closing: why (an ErrorCode value) and a text."""
+
+    TYPE = MessageType.ERROR
+    WIRE = (("code", U16), ("detail", TEXT))
+    ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"code": ErrorCode}
+    code: int
+    detail: str = ""
+
+
+#: Every v1 message class by wire type code.
+MESSAGE_CLASSES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        ReadingBatch,
+        Ack,
+        EventReport,
+        Command,
+        CommandResult,
+        Ping,
+        Pong,
+        FirmwareOffer,
+        ChunkRequest,
+        FirmwareChunk,
+        FirmwareStatus,
+        Error,
+    )
+}
+
+
+def field_names(cls: type[Message]) -> list[str]:
+    """Constructor keyword names of a message class (for docs and tests)."""
+    if cls is ReadingBatch:
+        return ["first_seq", "records"]
+    return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+
+def message_kwargs(message: Message) -> dict[str, Any]:
+    """Field values of a message by name (wire order)."""
+    return {name: getattr(message, name) for name, _ in message.WIRE}
+
+
+def describe(cls: type[Message]) -> str:
+    """The body layout of a message class as a Markdown table (pasted into docs/protocol.md)."""
+    lines = ["| # | field | encoding |", "| --- | --- | --- |"]
+    kinds = {
+        "uint": "uvarint, < 2^{}",
+        "text": "uvarint length + UTF-8, at most {} bytes",
+        "blob": "uvarint length + bytes, at most {} bytes",
+        "fixed": "exactly {} bytes",
+    }
+    for number, (name, (kind, bound)) in enumerate(cls.WIRE, start=1):
+        lines.append(f"| {number} | {name} | {kinds[kind].format(bound)} |")
+    if cls is ReadingBatch:
+        lines.append("| 2 | (batch) | reading batch body, see below |")
+    return "\n".join(lines)

@@ -1,0 +1,321 @@
+"""EdgeSession and CloudSession: sans-IO gridwire sessions (bytes in -> messages out).
+
+Use (the adapter owns the socket, the session owns the rules):
+
+    session = EdgeSession()
+    transport.write(session.send(Hello(...)))
+    for message in session.receive_data(chunk): ...
+
+``send`` checks the message against the state table and the guards, then
+returns the frame to write.  ``receive_data`` decodes whatever complete frames
+``chunk`` finishes and checks each; it returns them in order.  Either raises
+ProtocolError and leaves the session in ERROR (see _state's theory of
+operation for what is still allowed).  When one chunk holds several frames and
+one of them is bad, the ones before it are not returned: that is safe because
+nothing is acknowledged that was not delivered, so it is simply sent again on
+the next connection.
+
+Tests: tests/wire/test_session.py, tests/wire/test_pair.py.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ._codec import FrameDecoder, encode_message
+from ._errors import ErrorCode, ProtocolError, Side
+from ._limits import SUPPORTED_VERSIONS, Limits
+from ._messages import (
+    Ack,
+    ChunkRequest,
+    EventReport,
+    FirmwareChunk,
+    FirmwareOffer,
+    Hello,
+    Message,
+    ReadingBatch,
+    Welcome,
+)
+from ._records import RecordColumns
+from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State
+
+__all__ = ["CloudSession", "EdgeSession", "negotiate_version"]
+
+
+def negotiate_version(min_version: int, max_version: int) -> int | None:
+    """The highest version both this implementation and the range speak, or None."""
+    common = [v for v in SUPPORTED_VERSIONS if min_version <= v <= max_version]
+    return max(common) if common else None
+
+
+class _Session:
+    """What both roles share: state table, codec, upload window, firmware bookkeeping."""
+
+    role: Role
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits()
+        self._state = INITIAL_STATE[self.role]
+        self._decoder = FrameDecoder(self.limits)
+        #: the negotiated protocol version (None before Welcome)
+        self.version: int | None = None
+        #: the Hello of this connection (None before it is sent/received)
+        self.hello: Hello | None = None
+        #: the Welcome of this connection (None before it is sent/received)
+        self.welcome: Welcome | None = None
+        self._acked = 0  # highest acknowledged sequence number
+        self._highest = 0  # highest uploaded sequence number
+        self._in_flight: deque[int] = deque()  # last seq of each unacknowledged upload
+        self._window = 1
+        self._offers: dict[int, FirmwareOffer] = {}
+        self._requested: set[tuple[int, int]] = set()
+        self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
+
+    # -- public read-only views -------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state (see _state.TRANSITIONS)."""
+        return self._state
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet form a complete frame."""
+        return self._decoder.buffered
+
+    @property
+    def skipped(self) -> int:
+        """Unknown optional messages skipped so far."""
+        return self._decoder.skipped
+
+    @property
+    def last_acked_seq(self) -> int:
+        """Highest sequence number acknowledged so far (from Welcome, then Ack)."""
+        return self._acked
+
+    @property
+    def highest_seq(self) -> int:
+        """Highest sequence number uploaded in this session (last_acked_seq before any)."""
+        return self._highest
+
+    @property
+    def in_flight(self) -> int:
+        """Uploads (batches, event reports) not yet fully acknowledged."""
+        return len(self._in_flight)
+
+    @property
+    def window(self) -> int:
+        """Uploads allowed in flight (Welcome.max_in_flight)."""
+        return self._window
+
+    # -- the two entry points ------------------------------------------------------------
+
+    def send(self, message: Message) -> bytes:
+        """The frame for ``message``, after checking that this role may send it now."""
+        if not isinstance(message, Message):
+            raise self._fail(ErrorCode.INVALID_FIELD, f"not a message: {message!r}", Side.LOCAL)
+        self._transition(Direction.SEND, message, Side.LOCAL)
+        if isinstance(message, ReadingBatch):
+            data = encode_message(message, previous=self._previous_batch)
+            self._previous_batch = message.columns
+            return data
+        return encode_message(message)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Messages completed by ``data``, checked in order (see the module docstring)."""
+        if self._state in (State.ERROR, State.CLOSED):
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"{self.role.value} session cannot receive in state {self._state.value}",
+                Side.LOCAL,
+            )
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError:
+            self._state = State.ERROR
+            raise
+        for index, message in enumerate(messages):
+            self._transition(Direction.RECEIVE, message, Side.REMOTE)
+            if self.state is State.CLOSED:
+                return messages[: index + 1]
+        return messages
+
+    # -- machinery -----------------------------------------------------------------------
+
+    def _fail(self, code: ErrorCode, text: str, side: Side) -> ProtocolError:
+        self._state = State.ERROR
+        return ProtocolError(code, text, side)
+
+    def _transition(self, direction: Direction, message: Message, side: Side) -> None:
+        table = TRANSITIONS[self.role][self._state]
+        new_state = table.get((direction, type(message)))
+        if new_state is None:
+            raise self._fail(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"{self.role.value} may not {direction.value} {type(message).__name__} "
+                f"in state {self._state.value}",
+                side,
+            )
+        self._guard(direction, message, side)
+        self._state = new_state
+
+    def _guard(self, direction: Direction, message: Message, side: Side) -> None:
+        """Value rules of READY and the handshake (per role)."""
+        raise NotImplementedError
+
+    def _start(self, welcome: Welcome) -> None:
+        self.welcome = welcome
+        self.version = welcome.version
+        self._acked = self._highest = welcome.last_acked_seq
+        self._window = welcome.max_in_flight
+
+    def _check_upload(self, first: int, last: int, side: Side) -> None:
+        if first <= self._highest:
+            raise self._fail(
+                ErrorCode.SEQUENCE_ERROR,
+                f"upload starting at seq {first} does not follow seq {self._highest}",
+                side,
+            )
+        if len(self._in_flight) >= self._window:
+            raise self._fail(
+                ErrorCode.FLOW_CONTROL, f"more than {self._window} uploads in flight", side
+            )
+        self._highest = last
+        self._in_flight.append(last)
+
+    def _check_ack(self, ack: Ack, side: Side) -> None:
+        if not self._acked <= ack.up_to_seq <= self._highest:
+            raise self._fail(
+                ErrorCode.SEQUENCE_ERROR,
+                f"Ack up_to_seq={ack.up_to_seq} outside {self._acked}..{self._highest} "
+                "(acknowledged so far .. uploaded so far)",
+                side,
+            )
+        self._acked = ack.up_to_seq
+        in_flight = self._in_flight
+        while in_flight and in_flight[0] <= ack.up_to_seq:
+            in_flight.popleft()
+
+    def _check_chunk_request(self, request: ChunkRequest, side: Side) -> None:
+        offer = self._offers.get(request.offer_id)
+        if offer is None or request.index >= offer.chunk_count:
+            raise self._fail(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"ChunkRequest for offer {request.offer_id} chunk {request.index}: not offered",
+                side,
+            )
+        self._requested.add((request.offer_id, request.index))
+
+    def _check_chunk(self, chunk: FirmwareChunk, side: Side) -> None:
+        key = (chunk.offer_id, chunk.index)
+        if key not in self._requested:
+            raise self._fail(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"FirmwareChunk {chunk.index} of offer {chunk.offer_id} was not requested",
+                side,
+            )
+        expected = self._offers[chunk.offer_id].chunk_length(chunk.index)
+        if len(chunk.data) != expected:
+            raise self._fail(
+                ErrorCode.INVALID_FIELD,
+                f"FirmwareChunk {chunk.index} has {len(chunk.data)} bytes, expected {expected}",
+                side,
+            )
+        self._requested.discard(key)
+
+
+def _upload_range(message: Message) -> tuple[int, int] | None:
+    if isinstance(message, ReadingBatch):
+        return message.first_seq, message.last_seq
+    if isinstance(message, EventReport):
+        return message.seq, message.seq
+    return None
+
+
+class EdgeSession(_Session):
+    """The edge (TLS client) end: sends Hello first, uploads, obeys acks and commands."""
+
+    role = Role.EDGE
+
+    @property
+    def can_upload(self) -> bool:
+        """True when READY and the in-flight window has room for one more upload."""
+        return self._state is State.READY and len(self._in_flight) < self._window
+
+    @property
+    def next_seq(self) -> int:
+        """The lowest sequence number the next upload may start at."""
+        return self._highest + 1
+
+    def _guard(self, direction: Direction, message: Message, side: Side) -> None:
+        if direction is Direction.SEND:
+            if isinstance(message, Hello):
+                self.hello = message
+            elif (span := _upload_range(message)) is not None:
+                self._check_upload(span[0], span[1], side)
+            elif isinstance(message, ChunkRequest):
+                self._check_chunk_request(message, side)
+            return
+        if isinstance(message, Welcome):
+            assert self.hello is not None
+            if not (
+                self.hello.min_version <= message.version <= self.hello.max_version
+                and message.version in SUPPORTED_VERSIONS
+            ):
+                raise self._fail(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"Welcome chose version {message.version}, Hello offered "
+                    f"{self.hello.min_version}..{self.hello.max_version}",
+                    side,
+                )
+            self._start(message)
+        elif isinstance(message, Ack):
+            self._check_ack(message, side)
+        elif isinstance(message, FirmwareOffer):
+            self._offers[message.offer_id] = message
+        elif isinstance(message, FirmwareChunk):
+            self._check_chunk(message, side)
+
+
+class CloudSession(_Session):
+    """The cloud (TLS server) end: answers Hello with Welcome, acknowledges, commands."""
+
+    role = Role.CLOUD
+
+    def choose_version(self) -> int | None:
+        """The version to put in Welcome: the highest both sides speak (None: send Error)."""
+        if self.hello is None:
+            return None
+        return negotiate_version(self.hello.min_version, self.hello.max_version)
+
+    @property
+    def unacked_seq(self) -> int:
+        """Highest sequence number received; send Ack(up_to_seq=...) up to it once committed."""
+        return self._highest
+
+    def _guard(self, direction: Direction, message: Message, side: Side) -> None:
+        if direction is Direction.RECEIVE:
+            if isinstance(message, Hello):
+                self.hello = message
+            elif (span := _upload_range(message)) is not None:
+                self._check_upload(span[0], span[1], side)
+            elif isinstance(message, ChunkRequest):
+                self._check_chunk_request(message, side)
+            return
+        if isinstance(message, Welcome):
+            assert self.hello is not None
+            if message.version != self.choose_version():
+                raise self._fail(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"Welcome version {message.version} is not the negotiated "
+                    f"{self.choose_version()} (Hello offered "
+                    f"{self.hello.min_version}..{self.hello.max_version})",
+                    side,
+                )
+            self._start(message)
+        elif isinstance(message, Ack):
+            self._check_ack(message, side)
+        elif isinstance(message, FirmwareOffer):
+            self._offers[message.offer_id] = message
+        elif isinstance(message, FirmwareChunk):
+            self._check_chunk(message, side)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Run the CI image in qemu-system-arm: the one place that knows QEMU's command line.
+
+Used by 'make qemu-run' (console attached to the terminal) and by the boot tests in
+tests/qemu/ (console driven with pexpect). Facts behind the options:
+- '-M virt,highmem=off': plain 'virt' gives no virtio-pci disks to Debian's non-LPAE kernel;
+- '-bios u-boot.bin': Debian's qemu_arm U-Boot, which runs boot.scr from the first partition;
+- 'romfile=' on the NIC: no iPXE option ROM is needed (or installed);
+- '-smp 1' boots as fast as '-smp 2' under TCG and leaves a core to the host side of a test;
+- the radio module: an optional host serial device (a pty of gridsim) appears in the guest as
+  the 16550 UART /dev/ttyS0 of a PCI serial card (8250_pci is built into the kernel);
+- user networking: the guest reaches the host's loopback as 10.0.2.2.
+
+Tests: tests/qemu/ (every boot test runs QEMU through command()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+UBOOT = Path("/usr/lib/u-boot/qemu_arm/u-boot.bin")
+DEFAULT_DISK = Path(__file__).resolve().parents[2] / "output/ci-image/disk.img"
+
+
+def command(disk: Path, *, radio: str | None = None, memory_mb: int = 512) -> list[str]:
+    """The qemu-system-arm command line booting disk; console on stdio."""
+    args = [
+        "qemu-system-arm",
+        "-M", "virt,highmem=off",
+        "-m", str(memory_mb),
+        "-smp", "1",
+        "-nographic",
+        "-bios", str(UBOOT),
+        "-drive", f"if=none,file={disk},format=raw,id=disk0",
+        "-device", "virtio-blk-pci,drive=disk0",
+        "-netdev", "user,id=net0",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+    if radio is not None:
+        args += ["-chardev", f"serial,id=radio,path={radio}", "-device", "pci-serial,chardev=radio"]
+    return args
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Boot the CI image with the console attached.")
+    parser.add_argument("--disk", type=Path, default=DEFAULT_DISK)
+    parser.add_argument("--radio", help="host serial device for the guest's /dev/ttyS0")
+    args = parser.parse_args()
+    if not args.disk.exists():
+        print(f"{args.disk} does not exist: run 'make ci-image' first", file=sys.stderr)
+        return 1
+    print("qemu-run: Ctrl-A X quits QEMU; the unit's shell is on this console", flush=True)
+    cmd = command(args.disk, radio=args.radio)
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The cloud server over real TLS on loopback, with real PostgreSQL and a gridwire edge client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import pytest_twisted
+from cloud_harness import (
+    CloudPKI,
+    LogCapture,
+    batch,
+    endpoint_of,
+    hello,
+    sleep,
+    start_cloud,
+    within,
+)
+from gridcloud import loadgen
+from gridcloud.server import CloudService, EdgeProtocol
+from gridwire import ErrorCode, Ping
+from twisted.internet import defer, endpoints, protocol
+
+
+def reactor() -> Any:
+    from twisted.internet import reactor as r
+
+    return r
+
+
+async def connect(service: CloudService, tls: loadgen.ResumingClientTLS,
+                  **kw: Any) -> loadgen.EdgeClient:
+    client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello(**kw))
+    return client
+
+
+def count(dsn: str, sql: str = "SELECT count(*) FROM readings") -> int:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+class EdgeRowLock:
+    """Holds the edge's row lock in another transaction: its ingest waits (a slow database)."""
+
+    def __init__(self, dsn: str, edge_id: str) -> None:
+        self.conn = psycopg2.connect(dsn)
+        self.cur = self.conn.cursor()
+        self.cur.execute("SELECT 1 FROM edges WHERE edge_id = %s FOR UPDATE", (edge_id,))
+
+    def release(self) -> None:
+        self.conn.commit()
+        self.conn.close()
+
+
+def live(service: CloudService, edge_id: str) -> EdgeProtocol:
+    found = service.sessions.get(edge_id)
+    assert found is not None
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_is_acked_after_commit_and_the_edge_resumes_after_it(
+        cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str) -> None:
+    """Batches are stored and acked; on reconnection Welcome.last_acked_seq is what was stored."""
+    tls = cloud_pki.client_tls(cloud_pki.edge("edge-1"))
+    client = await connect(cloud, tls)
+    welcome = await within(reactor(), client.welcome, 10)
+    assert welcome.last_acked_seq == 0
+    assert welcome.heartbeat_interval == cloud.config.heartbeat_interval
+    acks = await within(reactor(), defer.gatherResults(
+        [client.upload(batch(1, 100)), client.upload(batch(101, 50))]), 10)
+    assert acks == [100, 150]
+    assert count(pg_dsn) == 150
+    client.transport.loseConnection()
+    await within(reactor(), client.lost, 10)
+
+    again = await connect(cloud, tls)
+    assert (await within(reactor(), again.welcome, 10)).last_acked_seq == 150
+    assert again.resumed is True  # TLS session resumed from the first connection's ticket
+    assert await within(reactor(), again.upload(batch(151, 10)), 10) == 160
+    assert count(pg_dsn) == 160
+    again.transport.loseConnection()
+    await within(reactor(), again.lost, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_ack_before_commit(cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str) -> None:
+    """While the transaction cannot commit, no Ack is sent and nothing is visible; then both are."""
+    client = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
+    await within(reactor(), client.welcome, 10)
+    lock = EdgeRowLock(pg_dsn, "edge-1")
+    try:
+        acked = client.upload(batch(1, 20))
+        await sleep(reactor(), 0.5)
+        assert not acked.called and client.acked == 0
+        assert count(pg_dsn) == 0
+    finally:
+        lock.release()
+    assert await within(reactor(), acked, 10) == 20
+    assert count(pg_dsn) == 20
+    client.transport.loseConnection()
+    await within(reactor(), client.lost, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_database_pauses_reading_the_socket(
+        cloud_pki: CloudPKI, pg_dsn: str) -> None:
+    """With PostgreSQL stalled the server stops reading the socket; then resumes and acks all."""
+    service = await start_cloud(reactor(), cloud_pki, pg_dsn, max_pending_uploads=2,
+                                max_in_flight=8)
+    try:
+        client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
+        await within(reactor(), client.welcome, 10)
+        lock = EdgeRowLock(pg_dsn, "edge-1")
+        try:
+            acks = [client.upload(batch(1 + 500 * i, 500)) for i in range(8)]
+            edge = live(service, "edge-1")
+            for _ in range(250):
+                if edge._paused:
+                    break
+                await sleep(reactor(), 0.02)
+            assert edge._paused
+            tcp = edge.transport.transport  # below TLS: the socket itself
+            assert tcp not in reactor().getReaders()
+            assert len(edge._uploads) <= 8
+            assert count(pg_dsn) == 0
+        finally:
+            lock.release()
+        done = await within(reactor(), defer.gatherResults(acks), 20)
+        assert done == [500 * (i + 1) for i in range(8)]
+        assert not edge._paused and tcp in reactor().getReaders()
+        assert count(pg_dsn) == 4000
+        client.transport.loseConnection()
+        await within(reactor(), client.lost, 10)
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_session_replaces_the_old_one(
+        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    """A second connection of an edge becomes the live session; the first is told why and closed."""
+    tls = cloud_pki.client_tls(cloud_pki.edge("edge-1"))
+    first = await connect(cloud, tls)
+    await within(reactor(), first.welcome, 10)
+    second = await connect(cloud, tls)
+    await within(reactor(), second.welcome, 10)
+    await within(reactor(), first.lost, 10)
+    assert [e.code for e in first.errors] == [ErrorCode.SHUTTING_DOWN]
+    await logs.wait_for(reactor(), "edge edge-1: session from", "replaced by a new one")
+    assert len(cloud.sessions) == 1
+    assert await within(reactor(), second.upload(batch(1, 5)), 10) == 5
+    second.transport.loseConnection()
+    await within(reactor(), second.lost, 10)
+    assert len(cloud.sessions) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_protocol_violation_closes_only_that_connection(
+        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str) -> None:
+    """Garbage from one edge gets it an Error and a closed connection; others are unaffected."""
+    good = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("good")))
+    bad = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("bad")))
+    await within(reactor(), defer.gatherResults([good.welcome, bad.welcome]), 10)
+    bad.send_raw(b"\xff\xff\xff\xff\xff\xff")
+    await within(reactor(), bad.lost, 10)
+    assert bad.errors and bad.errors[0].code == ErrorCode.FRAME_TOO_LARGE
+    await logs.wait_for(reactor(), "edge bad", "broke the protocol")
+    assert await within(reactor(), good.upload(batch(1, 3)), 10) == 3
+    good.send(Ping(nonce=77))
+    for _ in range(100):
+        if good.pongs:
+            break
+        await sleep(reactor(), 0.02)
+    assert good.pongs == [77]
+    good.transport.loseConnection()
+    await within(reactor(), good.lost, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_connection_is_closed_after_the_hello_timeout(
+        cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture) -> None:
+    """A TCP peer that never starts TLS is dropped after hello_timeout with a log line."""
+    service = await start_cloud(reactor(), cloud_pki, pg_dsn, hello_timeout=0.3)
+    try:
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        class Silent(protocol.Protocol):
+            def connectionLost(self, reason: Any = None) -> None:
+                closed.callback(None)
+
+        await endpoints.clientFromString(reactor(), endpoint_of(service)).connect(
+            protocol.Factory.forProtocol(Silent))
+        await within(reactor(), closed, 5)
+        await logs.wait_for(reactor(), "no TLS handshake and Hello")
+    finally:
+        await service.stopService()

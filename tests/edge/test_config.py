@@ -1,0 +1,98 @@
+"""The configuration file: a full example loads with the documented defaults, and every
+kind of mistake gives a message naming the file, the section and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridedge.config import ConfigError, boot_slot_from_cmdline, load, parse_size
+
+EXAMPLE = """
+data_dir = "/data/gridedge"
+
+[edge]
+firmware_version = "2026.11.1"
+
+[radio]
+port = "/dev/ttyS1"
+baudrate = 115200
+
+[uplink]
+host = "cloud.example.net"
+port = 7400
+heartbeat = 45
+
+[journal]
+max_size = "32 MiB"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gridedge.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_loads_with_defaults(tmp_path: Path) -> None:
+    """The documented example loads; defaults fill the rest; rauc.slot comes from cmdline."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyO0 root=/dev/mmcblk0p2 rauc.slot=B ro\n")
+    c = load(write(tmp_path, EXAMPLE), cmdline=cmdline)
+    assert c.edge.firmware_version == "2026.11.1" and c.edge.boot_slot == "B"
+    assert c.radio.port == "/dev/ttyS1"
+    assert c.uplink.server_name == "cloud.example.net"
+    assert c.uplink.heartbeat == 45.0 and c.uplink.dead_after == 135.0
+    assert c.uplink.tls_dir == Path("/data/gridedge/tls")
+    assert c.journal.max_bytes == 32 << 20 and c.journal.synchronous == "FULL"
+    assert c.journal.path == Path("/data/gridedge/journal.db")
+    assert c.health.socket == Path("/data/gridedge/health.sock")
+
+
+def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
+    """No rauc.slot= (or no /proc/cmdline) gives 'unknown', not a crash."""
+    assert boot_slot_from_cmdline(tmp_path / "missing") == "unknown"
+    (tmp_path / "c").write_text("quiet")
+    assert boot_slot_from_cmdline(tmp_path / "c") == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('data_dir = "/d"\n[uplink]\nport = 1\n', r"\[uplink\] host: is required"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = "x"\n',
+         r"\[uplink\] port: expected int, got 'x'"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 70000\n', r"port: must be 1\.\.65535"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\nheartbeet = 5\n',
+         r"\[uplink\]: unknown key\(s\) heartbeet"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[journal]\nmax_size = "lots"\n',
+         r"\[journal\] max_size: expected a size"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\nheartbeat = 60\ndead_after = 30\n',
+         r"dead_after: must be longer than heartbeat"),
+        ('[uplink]\nhost = "h"\nport = 1\n', r"top level data_dir: is required"),
+        ('data_dir = "/d"\n[uplink\n', r"not valid TOML"),
+        ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n', r"\[radio\]: must be a table"),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+    """Each mistake is a ConfigError that names the file and the key."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing file says so and hints at --config."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.toml")
+
+
+def test_sizes() -> None:
+    """Sizes accept bytes and binary/decimal units."""
+    assert parse_size(1000) == 1000
+    assert parse_size("64 MiB") == 64 << 20
+    assert parse_size("500kB") == 500_000
+    with pytest.raises(ValueError):
+        parse_size("-1 MiB")

@@ -1,0 +1,226 @@
+"""data-setup on a real disk: first boot makes and grows /data, later boots keep it.
+
+Nothing foreign is ever formatted.
+
+The disk is an image file on a loop device with the unit's four-partition layout (smaller).
+data-setup runs as on the unit, as root, in a private mount namespace and a chroot whose root
+is an overlay of this machine's root (writes go to a tmpfs), with the tree's platform.sh,
+data-setup and a platform.conf naming the loop device. So the real sfdisk, partx, blkid,
+mkfs.ext4, e2fsck, resize2fs and mount act on a real block device, and nothing outside the
+namespace sees a mount. What this cannot show — BusyBox's applets and the BeagleBone's MMC —
+the QEMU boot tests (tests/qemu/) show.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+OVERLAY = Path(__file__).resolve().parents[2] / "board/common/rootfs-overlay"
+SECTOR = 512
+DISK_SECTORS = 64 * 2048  # 64 MiB
+# boot, rootfs A, rootfs B, data: 4 MiB each from 1 MiB, leaving 47 MiB free at the end.
+LAYOUT = "label: dos\nstart=2048, size=8192, type=c\nsize=8192, type=83\nsize=8192, type=83\n"
+DATA = "size=8192, type=83\n"
+
+
+def partition(image: Path, with_data: bool = True) -> None:
+    """Write the partition table (with or without the data partition)."""
+    subprocess.run(
+        ["sfdisk", "-q", image], input=LAYOUT + (DATA if with_data else ""), text=True, check=True
+    )
+
+
+class Loop:
+    """A loop device over the image, with its partitions known to the kernel."""
+
+    def __init__(self, image: Path) -> None:
+        self.device = subprocess.run(
+            ["losetup", "--find", "--show", "--partscan", image],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        subprocess.run(["partx", "-a", self.device], capture_output=True)  # already known: fine
+        time.sleep(0.1)
+
+    def close(self) -> None:
+        """Detach the device (the namespace that mounted it has exited)."""
+        subprocess.run(["losetup", "-d", self.device], check=True)
+
+
+UNUSED_UID = 60999
+
+
+def boot(loop: Loop, tmp_path: Path, after: str = "") -> subprocess.CompletedProcess[str]:
+    """Run S00data-setup start as a boot would, then `after`, then the clean shutdown's stop."""
+    work = tmp_path / f"ns{time.monotonic_ns()}"
+    root = work / "root"
+    root.mkdir(parents=True)
+    (work / "after.sh").write_text(after + "\n")
+    running = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True, check=True)
+    assert str(UNUSED_UID) not in running.stdout.split()
+    dev = loop.device
+    script = textwrap.dedent(f"""\
+        set -eu
+        mount -t tmpfs tmpfs {work}/root
+        mkdir {work}/root/merged {work}/root/up {work}/root/wk
+        r={work}/root/merged
+        mount -t overlay overlay -o lowerdir=/,upperdir={work}/root/up,workdir={work}/root/wk $r
+        mount --rbind /dev $r/dev
+        mount -t proc proc $r/proc
+        mount -t sysfs sysfs $r/sys
+        rm -rf $r/data $r/var/lib
+        mkdir -p $r/var/lib/misc  # the image's /var/lib: nearly empty, as in Buildroot's skeleton
+        mkdir -p $r/usr/libexec/gridedge $r/etc/gridedge
+        cp -a {OVERLAY}/usr/lib/gridedge $r/usr/lib/
+        cp -a {OVERLAY}/usr/libexec/gridedge/data-setup $r/usr/libexec/gridedge/
+        cp -a {OVERLAY}/etc/init.d/S00data-setup $r/etc/init.d/
+        printf '%s\\n' GRIDEDGE_DATA_DISK={dev} GRIDEDGE_DATA_PARTITION=4 \\
+            GRIDEDGE_DATA_DEVICE={dev}p4 GRIDEDGE_ROOTFS_A_DEVICE={dev}p2 \\
+            GRIDEDGE_ROOTFS_B_DEVICE={dev}p3 GRIDEDGE_RAUC_COMPATIBLE=test \\
+            >$r/etc/gridedge/platform.conf
+        # A uid no process of this machine has: S00data-setup stop stops the
+        # processes of user gridedge, and /proc here shows the whole machine.
+        grep -q '^gridedge:' $r/etc/passwd || {{
+            echo 'gridedge:x:{UNUSED_UID}:{UNUSED_UID}::/data/gridedge:/bin/false' >>$r/etc/passwd
+            echo 'gridedge:x:{UNUSED_UID}:' >>$r/etc/group; }}
+        status=0
+        chroot $r /etc/init.d/S00data-setup start >/dev/null || status=$?
+        echo "data-setup-status=$status"
+        cp {work}/after.sh $r/after.sh
+        chroot $r sh /after.sh
+        chroot $r /etc/init.d/S00data-setup stop >/dev/null
+        ! grep -q ' /data ' /proc/mounts
+        """)
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def table(image: Path) -> list[dict]:
+    """The partitions of the image, as sfdisk reads them."""
+    out = subprocess.run(["sfdisk", "--json", image], check=True, capture_output=True).stdout
+    return json.loads(out)["partitiontable"]["partitions"]
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path) -> Iterator[tuple[Path, list[Loop]]]:
+    """An unpartitioned 64 MiB image, and a list of loop devices detached afterwards."""
+    image = tmp_path / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(DISK_SECTORS * SECTOR)
+    loops: list[Loop] = []
+    yield image, loops
+    for loop in loops:
+        loop.close()
+
+
+def attach(image: Path, loops: list[Loop]) -> Loop:
+    """Attach the image and remember to detach it."""
+    loop = Loop(image)
+    loops.append(loop)
+    return loop
+
+
+def test_first_boot_makes_and_grows_data(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A blank data partition is grown to the end of the disk, formatted, mounted, laid out."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    result = boot(
+        loop,
+        tmp_path,
+        after=(
+            "grep -E ' /data | /var/lib ' /proc/mounts;"
+            " stat -c '%n %U %a' /data/gridedge /data/rauc;"
+            " test -d /data/var-lib/misc && echo var-lib-seeded; df -k /data | tail -n 1"
+        ),
+    )
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert "making an ext4 file system (first boot)" in result.stderr
+    mounts = [line.split()[:3] for line in result.stdout.splitlines() if line.startswith("/dev/")]
+    assert [f"{loop.device}p4", "/data", "ext4"] in mounts
+    assert [f"{loop.device}p4", "/var/lib", "ext4"] in mounts
+    assert "/data/gridedge gridedge 750" in result.stdout
+    assert "/data/rauc root 700" in result.stdout
+    assert "var-lib-seeded" in result.stdout  # the image's /var/lib was copied before the bind
+    data = table(image)[3]
+    assert data["start"] + data["size"] == DISK_SECTORS  # grown to the very end
+    size_kib = int(result.stdout.splitlines()[-1].split()[1])
+    assert size_kib > 40 * 1024  # the file system fills the grown partition, not the 4 MiB one
+    label = subprocess.run(
+        ["blkid", "-o", "value", "-s", "LABEL", f"{loop.device}p4"], capture_output=True, text=True
+    )
+    assert label.stdout.strip() == "gridedge-data"
+
+
+def test_later_boot_keeps_what_data_holds(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """The next boot mounts the same file system: a journal written there is still there."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    first = boot(
+        loop,
+        tmp_path,
+        after="echo reading-42 >/data/gridedge/journal; "
+        "echo key >/data/gridedge/unit.key; chmod 0644 /data/gridedge/unit.key",
+    )
+    assert "data-setup-status=0" in first.stdout, first.stderr
+    second = boot(
+        loop, tmp_path, after="cat /data/gridedge/journal; stat -c '%U %a' /data/gridedge/unit.key"
+    )
+    assert "data-setup-status=0" in second.stdout, second.stderr
+    assert "making an ext4" not in second.stderr
+    assert "growing" not in second.stderr
+    assert "reading-42" in second.stdout
+    assert "gridedge 600" in second.stdout  # keys are made private again at every boot
+
+
+def test_foreign_file_system_is_never_formatted(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A data partition holding something else (FAT here) is left alone; /data stays unmounted."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    subprocess.run(
+        ["mkfs.vfat", "-n", "FOREIGN", f"{loop.device}p4"], check=True, capture_output=True
+    )
+    result = boot(loop, tmp_path, after="grep ' /data ' /proc/mounts || echo not-mounted")
+    assert "data-setup-status=1" in result.stdout
+    assert "not mounting and not formatting it" in result.stderr
+    assert "not-mounted" in result.stdout
+    blkid = subprocess.run(
+        ["blkid", "-o", "value", "-s", "TYPE", f"{loop.device}p4"], capture_output=True, text=True
+    )
+    assert blkid.stdout.strip() == "vfat"
+
+
+def test_missing_data_partition_is_created(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A disk laid out without the data partition gets one over the free space at the end."""
+    image, loops = loop_disk
+    partition(image, with_data=False)
+    loop = attach(image, loops)
+    result = boot(loop, tmp_path, after="grep ' /data ' /proc/mounts")
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert f"{loop.device}p4 /data ext4" in result.stdout
+    parts = table(image)
+    assert len(parts) == 4
+    assert parts[3]["start"] == parts[2]["start"] + parts[2]["size"]
+    assert parts[3]["start"] + parts[3]["size"] == DISK_SECTORS

@@ -1,0 +1,221 @@
+"""A grid edge unit in qemu-system-arm, driven over its serial console with pexpect.
+
+The CI image's console is a root shell on QEMU's PL011 UART (board/qemu-ci/skeleton/etc/
+inittab). Everything a test does on the unit goes through that console, as a person with a
+serial cable would, and every wait watches the console for signs of a broken boot (kernel
+panic, a root that does not mount, a Python traceback, an init script that FAILs), so a
+failure says what went wrong instead of timing out. The whole console is kept in a log file
+next to the test's other logs; a failure message ends with its last lines.
+
+Tests: this is the harness of tests/qemu/test_qemu_*.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "board" / "qemu-ci"))
+
+import run_qemu  # noqa: E402
+
+#: Signs of a broken unit, watched for during every wait.
+FAILURES = (
+    r"Kernel panic",
+    r"initramfs: cannot mount",
+    r"Traceback \(most recent call last\)",
+    r"EXT4-fs error",
+    r"Starting [\w.-]+: FAIL",
+    r"A/B: slot \w did not start",
+)
+PROMPT = "@@> "
+#: The shell prompt of a freshly booted unit (skeleton/etc/profile sets PS1).
+BOOT_PROMPT = r"gridedge-ci:[^\r\n]*# "
+BOOT_TIMEOUT = 240.0
+
+
+class UnitError(AssertionError):
+    """The unit misbehaved or a wait timed out; the message ends with the console's tail."""
+
+
+class Unit:
+    """One qemu-system-arm process booting ``disk``; ``boot()`` again after a power cut."""
+
+    def __init__(self, disk: Path, console_log: Path, *, radio: Path | None = None) -> None:
+        self.disk = disk
+        self.console_log = console_log
+        self.radio = radio
+        self.child: pexpect.spawn | None = None
+        self.boots = 0
+
+    # --- power ---------------------------------------------------------------------------
+
+    def power_on(self) -> None:
+        """Start QEMU (U-Boot runs at once); the console log keeps every boot's output."""
+        assert self.child is None or not self.child.isalive(), "the unit is already running"
+        cmd = run_qemu.command(self.disk, radio=str(self.radio) if self.radio else None)
+        log = self.console_log.open("a", encoding="utf-8", errors="replace")
+        log.write(f"\n===== power on #{self.boots + 1} at {time.strftime('%H:%M:%S')} =====\n")
+        self.child = pexpect.spawn(
+            cmd[0],
+            cmd[1:],
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=BOOT_TIMEOUT,
+            maxread=65536,
+        )
+        self.child.logfile_read = log
+        self.boots += 1
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Power on and wait for the shell; returns the slot U-Boot chose ("A" or "B")."""
+        self.power_on()
+        slot = self.expect(r"A/B: booting slot (\w)", timeout).group(1)
+        self.wait_for_shell(timeout)
+        return slot
+
+    def wait_for_shell(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Wait for the console shell of a boot in progress and make it scriptable."""
+        self.expect(BOOT_PROMPT, timeout)
+        child = self._child()
+        # A prompt no log line can contain; kernel messages off the console.
+        child.sendline(f"PS1='{PROMPT}'; dmesg -n 1")
+        child.expect_exact(PROMPT)
+        self.sync()
+
+    def power_cut(self) -> None:
+        """SIGKILL QEMU: the unit loses power with whatever it had not written."""
+        child = self._child()
+        child.kill(signal.SIGKILL)
+        child.close(force=True)
+        self._close_log()
+
+    def shut_down(self) -> None:
+        """Stop QEMU for good (the end of a test)."""
+        if self.child is not None and self.child.isalive():
+            self.child.kill(signal.SIGKILL)
+            self.child.close(force=True)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self.child is not None and self.child.logfile_read is not None:
+            self.child.logfile_read.close()
+            self.child.logfile_read = None
+
+    # --- the console -----------------------------------------------------------------------
+
+    def expect(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Wait for ``pattern`` on the console; fail at once on any of FAILURES."""
+        child = self._child()
+        patterns = [pattern, *FAILURES]
+        try:
+            index = child.expect(patterns, timeout=timeout)
+        except pexpect.TIMEOUT:
+            raise self.error(f"timed out after {timeout:.0f} s waiting for {pattern!r}") from None
+        except pexpect.EOF:
+            raise self.error(f"QEMU exited while waiting for {pattern!r}") from None
+        if index > 0:
+            # Let the rest of the message reach the log before quoting it.
+            with contextlib.suppress(pexpect.EOF):
+                child.expect(pexpect.TIMEOUT, timeout=3)
+            raise self.error(
+                f"the unit failed ({FAILURES[index - 1]!r}) while waiting for {pattern!r}"
+            )
+        match = child.match
+        assert isinstance(match, re.Match)
+        return match
+
+    def sync(self) -> None:
+        """Wait until the shell has read everything typed so far."""
+        token = f"sync{time.monotonic_ns()}"
+        self._child().sendline(f"printf '%s\\n' {token}x")
+        self.expect(f"{token}x\r?\n", 30)
+        self._child().expect_exact(PROMPT, timeout=30)
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run a shell command on the unit: (exit status, output).
+
+        Output is what the command printed between two markers; a log line the unit prints
+        meanwhile (gridedge logs to the console) can land in it, so callers look for what
+        they expect rather than compare the whole text.
+        """
+        child = self._child()
+        token = f"{time.monotonic_ns()}"
+        child.sendline(f"printf '@@B%s\\n' {token}; {command}; printf '@@E%s %s\\n' {token} $?")
+        match = self.expect(rf"@@B{token}\r?\n(.*?)@@E{token} (\d+)\r?\n", timeout)
+        child.expect_exact(PROMPT, timeout=30)
+        output = match.group(1).replace("\r\n", "\n").replace("\x1b[6n", "")
+        return int(match.group(2)), output
+
+    def check(self, command: str, timeout: float = 60.0) -> str:
+        """Run ``command``; fail unless it exits 0. Returns its output."""
+        status, output = self.run(command, timeout)
+        if status != 0:
+            raise self.error(f"{command!r} exited {status}:\n{output}")
+        return output
+
+    def value(self, command: str, timeout: float = 60.0) -> str:
+        """The one-line result of ``command``, picked out of any log lines around it."""
+        status, output = self.run(f"printf '@@V%s@@\\n' \"$({command})\"", timeout)
+        found = re.findall(r"@@V(.*?)@@", output, re.DOTALL)
+        if status != 0 or not found:
+            raise self.error(f"no value from {command!r}:\n{output}")
+        return str(found[-1]).strip()
+
+    def write_file(
+        self, path: str, data: bytes, *, mode: str = "0644", owner: str = "root"
+    ) -> None:
+        """Put a file on the unit through the console (base64, as a provisioning tool would)."""
+        text = base64.encodebytes(data).decode()
+        quoted = shlex.quote(path)
+        self.check(
+            f"mkdir -p $(dirname {quoted}) && base64 -d > {quoted}.tmp <<'@@EOF'\n{text}@@EOF"
+        )
+        self.check(
+            f"chmod {mode} {quoted}.tmp && chown {owner}:{owner} {quoted}.tmp && "
+            f"mv {quoted}.tmp {quoted} && sync"
+        )
+
+    def wait_until(self, command: str, timeout: float, what: str, interval: float = 3.0) -> str:
+        """Run ``command`` every ``interval`` s until it exits 0; returns its output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, output = self.run(command)
+            if status == 0:
+                return output
+            if time.monotonic() > deadline:
+                raise self.error(
+                    f"timed out after {timeout:.0f} s waiting for {what}; last:\n{output}"
+                )
+            time.sleep(interval)
+
+    def _child(self) -> pexpect.spawn:
+        if self.child is None:
+            raise UnitError("the unit was never powered on")
+        return self.child
+
+    def error(self, message: str) -> UnitError:
+        if self.child is not None and self.child.logfile_read is not None:
+            self.child.logfile_read.flush()
+        try:
+            lines = self.console_log.read_text(errors="replace").splitlines()[-60:]
+        except OSError:
+            lines = []
+        tail = "\n".join(line.replace("\x1b[6n", "") for line in lines)
+        return UnitError(f"{message}\n--- console ({self.console_log}), last lines ---\n{tail}")
+
+
+def copy_disk(src: Path, dest: Path) -> Path:
+    """A private, sparse copy of the image: every test boots a unit fresh from the factory."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dest)], check=True)
+    return dest

@@ -1,0 +1,75 @@
+"""The world around a unit in the boot tests: gridsim as its radio, gridcloud with its
+PostgreSQL database on the host, and the unit's provisioning (configuration and certificate).
+
+Tests: a helper of tests/qemu/test_qemu_*.py (fixture 'world' in tests/qemu/conftest.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import edge_harness
+from qemu_unit import Unit
+
+#: What the unit's gridedge.toml calls the cloud; the guest reaches the host's loopback here.
+HOST_FROM_GUEST = "10.0.2.2"
+#: The radio module's UART in the guest: QEMU's PCI 16550 (board/qemu-ci/run_qemu.py).
+GUEST_RADIO = "/dev/ttyS0"
+DATA = "/data/gridedge"
+
+
+@dataclass
+class World:
+    """What surrounds the unit: its radio (gridsim), the cloud and the cloud's database."""
+
+    root: Path
+    pki: edge_harness.Pki
+    cloud: edge_harness.Cloud
+    sim: edge_harness.Sim
+    dsn: str
+
+    def stored_rows(self) -> int:
+        return edge_harness.stored_rows(self.dsn)
+
+    def provision(self, unit: Unit) -> None:
+        """Give a booted unit its configuration and certificate on /data, over the console,
+        as the factory would; the gridedge service starts on its own once the file is there."""
+        tls = self.pki.edge_tls
+        for name, mode in (("ca.pem", "0644"), ("edge.pem", "0644"), ("edge.key", "0600")):
+            unit.write_file(
+                f"{DATA}/tls/{name}", (tls / name).read_bytes(), mode=mode, owner="gridedge"
+            )
+        unit.check(f"chown gridedge:gridedge {DATA}/tls && chmod 0750 {DATA}/tls")
+        unit.write_file(
+            f"{DATA}/gridedge.toml", edge_config(self.cloud.port).encode(), owner="gridedge"
+        )
+
+
+def edge_config(cloud_port: int) -> str:
+    """The unit's gridedge.toml: radio on the PCI UART, the cloud on the host, short windows.
+
+    firmware_version and boot_slot are left to gridedge (package version, rauc.slot=)."""
+    return f"""\
+data_dir = "{DATA}"
+
+[radio]
+port = "{GUEST_RADIO}"
+baudrate = 115200
+
+[uplink]
+host = "{HOST_FROM_GUEST}"
+port = {cloud_port}
+server_name = "{edge_harness.SERVER_NAME}"
+heartbeat = 10
+dead_after = 30
+connect_timeout = 20
+backoff_initial = 0.5
+backoff_max = 5
+batch_records = 200
+batch_linger = 0.5
+
+[health]
+radio_window = 120
+uplink_window = 120
+"""
