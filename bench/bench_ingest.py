@@ -556,12 +556,12 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     exactly_once = r["e2e"]["stored"] == r["e2e"]["acked_total"]
     rounds = " ".join(f"{x / 1000:.0f}k" for x in r["raw"])
     e2e_rounds = " ".join(f"{x / 1000:.0f}k" for x in r["e2e"]["rounds"])
-    w = 56
+    w = 60
     print()
     print("gridcloud ingest benchmark (loopback, one PostgreSQL 15, 2 cores shared by all)")
     print(
         f"  batches of {BATCH} readings; e2e: {args.edges} edges in {args.procs} load processes,"
-        f" window {args.window}, server pool {args.pool}; {args.rounds} rounds of"
+        f" window {args.window}, server pool {args.pool};\n  {args.rounds} rounds of"
         f" {args.duration:.0f} s, raw and e2e alternating"
     )
     print()
@@ -582,10 +582,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         f"{idle['rss0_kib'] / 1024:>7.0f} / {idle['rss1_kib'] / 1024:<6.0f}"
     )
     print(f"  {'memory per idle TLS edge (KiB)':<{w}} {idle['per_conn_kib']:>16.1f}")
-    for mode, label in (("cache", "session cache, default"), ("tickets", "stateless tickets")):
+    for mode, label in (("cache", "session cache (default)"), ("tickets", "stateless tickets")):
         full, resumed = size[mode]["full"], size[mode]["resumed"]
-        print(f"  {f'bytes up to Welcome, full TLS handshake [{label}]':<{w}} {full:>16,}")
-        print(f"  {f'bytes up to Welcome, resumed session [{label}]':<{w}} {resumed:>16,}")
+        print(f"  {f'bytes to Welcome, full handshake, {label}':<{w}} {full:>16,}")
+        print(f"  {f'bytes to Welcome, resumed session, {label}':<{w}} {resumed:>16,}")
     print()
     print(
         json.dumps(

@@ -23,6 +23,8 @@ GRIDEDGE_VERSION ?= $(shell git describe --always --tags --dirty 2>/dev/null)
 GRIDEDGE_RAUC_KEYRING ?=
 GRIDEDGE_RAUC_CERT ?=
 GRIDEDGE_RAUC_KEY ?=
+# PyPI's file host 'packages' folder (or a mirror): see br2-external/external.mk.
+GRIDEDGE_PYPI_FILES ?=
 
 # Expanded inside recipes, so the checks fire only when a firmware target runs.
 define firmware-need-buildroot
@@ -41,7 +43,9 @@ keyring (a CA certificate) and the bundle needs the signing certificate and key.
 image: 'make dev-keys', then GRIDEDGE_RAUC_KEYRING=$(DEV_KEYS_DIR)/development-only-ca.cert.pem \
 GRIDEDGE_RAUC_CERT=$(DEV_KEYS_DIR)/development-only-signing.cert.pem \
 GRIDEDGE_RAUC_KEY=$(DEV_KEYS_DIR)/development-only-signing.key.pem)))\
-$(if $(GRIDEDGE_VERSION),,$(error GRIDEDGE_VERSION is empty: build from a git checkout or pass it))
+$(if $(GRIDEDGE_VERSION),,$(error GRIDEDGE_VERSION is empty: build from a git checkout or pass it))\
+$(if $(GRIDEDGE_PYPI_FILES),,$(error GRIDEDGE_PYPI_FILES is empty: pass the URL of the 'packages' folder \
+of PyPI's file host, or of your mirror of it (docs/firmware.md, Building)))
 endef
 
 # $(1): defconfig name, $(2): folder under output/
@@ -51,6 +55,7 @@ define firmware-build
 	$(MAKE) -C $(BUILDROOT) O=$(CURDIR)/output/$(2) BR2_EXTERNAL=$(CURDIR)/br2-external $(1)
 	$(MAKE) -C $(BUILDROOT) O=$(CURDIR)/output/$(2) \
 		GRIDEDGE_VERSION=$(GRIDEDGE_VERSION) \
+		GRIDEDGE_PYPI_FILES=$(GRIDEDGE_PYPI_FILES) \
 		GRIDEDGE_RAUC_KEYRING=$(abspath $(GRIDEDGE_RAUC_KEYRING)) \
 		GRIDEDGE_RAUC_CERT=$(abspath $(GRIDEDGE_RAUC_CERT)) \
 		GRIDEDGE_RAUC_KEY=$(abspath $(GRIDEDGE_RAUC_KEY))

@@ -33,8 +33,14 @@ class CloudPKI:
     ca: pki.Issued
     folder: pki.PKIDirectory
 
-    def edge(self, edge_id: str, *, ca: pki.Issued | None = None, days: int = 30,
-             now: datetime.datetime | None = None) -> Path:
+    def edge(
+        self,
+        edge_id: str,
+        *,
+        ca: pki.Issued | None = None,
+        days: int = 30,
+        now: datetime.datetime | None = None,
+    ) -> Path:
         """Write edge.pem/edge.key/ca.pem for ``edge_id`` (signed by ``ca``); return the folder."""
         signer = ca if ca is not None else self.ca
         issued = pki.issue_edge(signer, edge_id, days=days, now=now)
@@ -47,8 +53,9 @@ class CloudPKI:
         return out
 
     def client_tls(self, edge_dir: Path, hostname: str = SERVER_NAME) -> loadgen.ResumingClientTLS:
-        return loadgen.client_tls(hostname, edge_dir / pki.CA_CERT, edge_dir / pki.EDGE_CERT,
-                                  edge_dir / pki.EDGE_KEY)
+        return loadgen.client_tls(
+            hostname, edge_dir / pki.CA_CERT, edge_dir / pki.EDGE_CERT, edge_dir / pki.EDGE_KEY
+        )
 
     def anonymous_tls(self, hostname: str = SERVER_NAME) -> loadgen.ResumingClientTLS:
         """Client options that trust the CA but present no certificate."""
@@ -75,10 +82,12 @@ def cloud_config(test_pki: CloudPKI, dsn: str, **overrides: Any) -> ServerConfig
     return base.with_overrides(**overrides)
 
 
-async def start_cloud(reactor: Any, test_pki: CloudPKI, dsn: str, **overrides: Any) -> CloudService:
+async def start_cloud(
+    reactor: Any, test_pki: CloudPKI, dsn: str, clock: Any = None, **overrides: Any
+) -> CloudService:
     """Migrate the database at ``dsn`` and start a CloudService on a free loopback port."""
     migrations.migrate(dsn)
-    service = CloudService(reactor, cloud_config(test_pki, dsn, **overrides))
+    service = CloudService(reactor, cloud_config(test_pki, dsn, **overrides), clock=clock)
     service.startService()
     await within(reactor, service.ready, 20)
     return service
@@ -90,14 +99,16 @@ def endpoint_of(service: CloudService) -> str:
 
 
 def hello(**kw: Any) -> Hello:
-    values: dict[str, Any] = dict(min_version=1, max_version=1, firmware_version="1.0.0",
-                                  boot_slot="A")
+    values: dict[str, Any] = dict(
+        min_version=1, max_version=1, firmware_version="1.0.0", boot_slot="A"
+    )
     values.update(kw)
     return Hello(**values)
 
 
-def records(count: int, *, first_meter: int = 1, interval_end: int = T0,
-            energy: int = 1000) -> list[IntervalRecord]:
+def records(
+    count: int, *, first_meter: int = 1, interval_end: int = T0, energy: int = 1000
+) -> list[IntervalRecord]:
     """``count`` distinct, plausible records (meter first_meter+i, energy energy+i)."""
     return [
         IntervalRecord(first_meter + i, interval_end, energy + i, 400 + i, 2300, 1500, 950, 0)
@@ -126,12 +137,19 @@ class LogCapture:
     """Every log line emitted while installed (Twisted's global log)."""
 
     lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
     def __call__(self, event: dict[str, Any]) -> None:
         text = formatEvent(event)
-        if event.get("log_failure") is not None:
-            text += " " + event["log_failure"].getErrorMessage()
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += " " + failure.getErrorMessage()
+            self.failures.append(text + "\n" + failure.getTraceback())
         self.lines.append(text)
+
+    def unexpected(self) -> list[str]:
+        """Unhandled errors and logged failures: a bug, whatever the test asserted."""
+        return self.failures + [line for line in self.lines if line.startswith("Unhandled")]
 
     def matching(self, *needles: str) -> list[str]:
         return [line for line in self.lines if all(n in line for n in needles)]
@@ -147,9 +165,11 @@ class LogCapture:
 
 
 def capture_logs() -> Iterator[LogCapture]:
+    """Capture the log while the test runs; fail it if anything logged an unhandled error."""
     capture = LogCapture()
     globalLogPublisher.addObserver(capture)
     try:
         yield capture
     finally:
         globalLogPublisher.removeObserver(capture)
+    assert not capture.unexpected(), "\n".join(capture.unexpected())

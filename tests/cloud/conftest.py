@@ -17,7 +17,7 @@ def cloud_pki(tmp_path: Path) -> CloudPKI:
     return make_pki(tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def logs() -> Iterator[LogCapture]:
     """Twisted log lines emitted during the test."""
     yield from capture_logs()

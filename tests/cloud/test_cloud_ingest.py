@@ -62,7 +62,8 @@ async def test_same_batch_twice_is_stored_once(store: IngestStore, pg_dsn: str) 
 
 @pytest_twisted.ensureDeferred
 async def test_overlapping_batches_store_each_sequence_number_once(
-        store: IngestStore, pg_dsn: str) -> None:
+    store: IngestStore, pg_dsn: str
+) -> None:
     """A batch overlapping what is stored adds only its new tail, with the tail's own values."""
     await write(store, batch(1, 10))
     await write(store, batch(6, 10, first_meter=100, energy=5000))  # seq 6..15, 6..10 are old
@@ -78,9 +79,12 @@ async def test_meter_state_follows_the_newest_interval(store: IngestStore, pg_ds
     """meters keeps the newest interval per meter; a late, older interval does not overwrite it."""
     await write(store, batch(1, 3, interval_end=T0 + 900, energy=2000))
     await write(store, batch(4, 3, interval_end=T0, energy=1000))  # older intervals, sent later
-    state = query(pg_dsn, "SELECT meter_id, energy_wh,"
-                          " extract(epoch FROM last_interval_end)::bigint,"
-                          " edge_id FROM meters ORDER BY meter_id")
+    state = query(
+        pg_dsn,
+        "SELECT meter_id, energy_wh,"
+        " extract(epoch FROM last_interval_end)::bigint,"
+        " edge_id FROM meters ORDER BY meter_id",
+    )
     assert state == [(m, 1999 + m, T0 + 900, "e1") for m in (1, 2, 3)]
 
 
@@ -106,7 +110,8 @@ async def test_events_share_the_high_water_mark(store: IngestStore, pg_dsn: str)
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_writes_of_one_edge_never_duplicate(
-        store: IngestStore, pg_dsn: str) -> None:
+    store: IngestStore, pg_dsn: str
+) -> None:
     """Two sessions of one edge replaying the same batches at once still store each record once."""
     from twisted.internet import defer
 
@@ -133,11 +138,13 @@ async def test_unknown_edge_and_unstorable_values_fail(store: IngestStore) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_admit_registers_new_edges_and_refuses_revoked_ones(
-        store: IngestStore, pg_dsn: str) -> None:
+    store: IngestStore, pg_dsn: str
+) -> None:
     """admit() creates unknown edges, returns the high-water mark, refuses revoked edges/serials."""
     assert await within(reactor(), store.admit(EdgeInfo("fresh", 7, "p", "2.0", "B")), 10) == 0
-    info = query(pg_dsn, "SELECT firmware_version, boot_slot, last_peer FROM edges"
-                         " WHERE edge_id = 'fresh'")
+    info = query(
+        pg_dsn, "SELECT firmware_version, boot_slot, last_peer FROM edges WHERE edge_id = 'fresh'"
+    )
     assert info == [("2.0", "B", "p")]
     await write(store, batch(1, 4))
     assert await within(reactor(), store.admit(EdgeInfo("e1", 1, "p")), 10) == 4

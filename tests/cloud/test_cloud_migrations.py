@@ -76,9 +76,14 @@ def test_readings_are_partitioned_by_day_with_a_default(pg_dsn: str) -> None:
     """Daily partitions exist around today; readings outside them land in the default partition."""
     migrations.migrate(pg_dsn)
     today = datetime.datetime.now(datetime.UTC).date()
-    parts = {r[0] for r in query(
-        pg_dsn, "SELECT inhrelid::regclass::text FROM pg_inherits"
-                " WHERE inhparent = 'readings'::regclass")}
+    parts = {
+        r[0]
+        for r in query(
+            pg_dsn,
+            "SELECT inhrelid::regclass::text FROM pg_inherits"
+            " WHERE inhparent = 'readings'::regclass",
+        )
+    }
     for offset in range(-1, 8):
         assert f"readings_p{today + datetime.timedelta(days=offset):%Y%m%d}" in parts
     assert "readings_default" in parts
@@ -90,10 +95,13 @@ def test_new_partition_takes_over_rows_waiting_in_the_default(pg_dsn: str) -> No
     migrations.migrate(pg_dsn)
     query(pg_dsn, "INSERT INTO edges (edge_id) VALUES ('e1')")
     when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20)
-    query(pg_dsn, "SELECT ingest_batch('e1', 1, '{5}', %s, '{1}', '{1}', '{2300}', '{1}',"
-                  " '{1000}', '{0}')",
-          (f"{{{int(when.timestamp())}}}",))
+    query(
+        pg_dsn,
+        "SELECT ingest_batch('e1', 1, '{5}', %s, '{1}', '{1}', '{2300}', '{1}', '{1000}', '{0}')",
+        (f"{{{int(when.timestamp())}}}",),
+    )
     assert query(pg_dsn, "SELECT tableoid::regclass::text FROM readings") == [("readings_default",)]
     assert query(pg_dsn, "SELECT create_readings_partitions(21)")[0][0] >= 1
     assert query(pg_dsn, "SELECT tableoid::regclass::text, seq FROM readings") == [
-        (f"readings_p{when:%Y%m%d}", 1)]
+        (f"readings_p{when:%Y%m%d}", 1)
+    ]

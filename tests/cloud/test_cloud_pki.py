@@ -19,12 +19,26 @@ def mode(path: Path) -> int:
 
 
 def test_cli_creates_ca_server_and_edge_files_with_private_keys_0600(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`pki init/server/edge` write the documented files, keys 0600, and never print a key."""
     d = tmp_path / "pki"
     assert main(["pki", "init", "--dir", str(d)]) == 0
-    assert main(["pki", "server", "--dir", str(d), "--name", "cloud.example.net",
-                 "--name", "cloud2.example.net"]) == 0
+    assert (
+        main(
+            [
+                "pki",
+                "server",
+                "--dir",
+                str(d),
+                "--name",
+                "cloud.example.net",
+                "--name",
+                "cloud2.example.net",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "tls"
     assert main(["pki", "edge", "--dir", str(d), "--edge-id", "edge-007", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

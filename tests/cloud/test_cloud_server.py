@@ -19,7 +19,7 @@ from cloud_harness import (
 from gridcloud import loadgen
 from gridcloud.server import CloudService, EdgeProtocol
 from gridwire import ErrorCode, Ping
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, protocol, task
 
 
 def reactor() -> Any:
@@ -28,8 +28,9 @@ def reactor() -> Any:
     return r
 
 
-async def connect(service: CloudService, tls: loadgen.ResumingClientTLS,
-                  **kw: Any) -> loadgen.EdgeClient:
+async def connect(
+    service: CloudService, tls: loadgen.ResumingClientTLS, **kw: Any
+) -> loadgen.EdgeClient:
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello(**kw))
     return client
 
@@ -65,15 +66,19 @@ def live(service: CloudService, edge_id: str) -> EdgeProtocol:
 
 @pytest_twisted.ensureDeferred
 async def test_upload_is_acked_after_commit_and_the_edge_resumes_after_it(
-        cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str
+) -> None:
     """Batches are stored and acked; on reconnection Welcome.last_acked_seq is what was stored."""
     tls = cloud_pki.client_tls(cloud_pki.edge("edge-1"))
     client = await connect(cloud, tls)
     welcome = await within(reactor(), client.welcome, 10)
     assert welcome.last_acked_seq == 0
     assert welcome.heartbeat_interval == cloud.config.heartbeat_interval
-    acks = await within(reactor(), defer.gatherResults(
-        [client.upload(batch(1, 100)), client.upload(batch(101, 50))]), 10)
+    acks = await within(
+        reactor(),
+        defer.gatherResults([client.upload(batch(1, 100)), client.upload(batch(101, 50))]),
+        10,
+    )
     assert acks == [100, 150]
     assert count(pg_dsn) == 150
     client.transport.loseConnection()
@@ -108,11 +113,11 @@ async def test_no_ack_before_commit(cloud: CloudService, cloud_pki: CloudPKI, pg
 
 
 @pytest_twisted.ensureDeferred
-async def test_slow_database_pauses_reading_the_socket(
-        cloud_pki: CloudPKI, pg_dsn: str) -> None:
+async def test_slow_database_pauses_reading_the_socket(cloud_pki: CloudPKI, pg_dsn: str) -> None:
     """With PostgreSQL stalled the server stops reading the socket; then resumes and acks all."""
-    service = await start_cloud(reactor(), cloud_pki, pg_dsn, max_pending_uploads=2,
-                                max_in_flight=8)
+    service = await start_cloud(
+        reactor(), cloud_pki, pg_dsn, max_pending_uploads=2, max_in_flight=8
+    )
     try:
         client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
         await within(reactor(), client.welcome, 10)
@@ -143,7 +148,8 @@ async def test_slow_database_pauses_reading_the_socket(
 
 @pytest_twisted.ensureDeferred
 async def test_a_new_session_replaces_the_old_one(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture
+) -> None:
     """A second connection of an edge becomes the live session; the first is told why and closed."""
     tls = cloud_pki.client_tls(cloud_pki.edge("edge-1"))
     first = await connect(cloud, tls)
@@ -162,7 +168,8 @@ async def test_a_new_session_replaces_the_old_one(
 
 @pytest_twisted.ensureDeferred
 async def test_protocol_violation_closes_only_that_connection(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str
+) -> None:
     """Garbage from one edge gets it an Error and a closed connection; others are unaffected."""
     good = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("good")))
     bad = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("bad")))
@@ -184,7 +191,8 @@ async def test_protocol_violation_closes_only_that_connection(
 
 @pytest_twisted.ensureDeferred
 async def test_silent_connection_is_closed_after_the_hello_timeout(
-        cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture) -> None:
+    cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
     """A TCP peer that never starts TLS is dropped after hello_timeout with a log line."""
     service = await start_cloud(reactor(), cloud_pki, pg_dsn, hello_timeout=0.3)
     try:
@@ -195,8 +203,38 @@ async def test_silent_connection_is_closed_after_the_hello_timeout(
                 closed.callback(None)
 
         await endpoints.clientFromString(reactor(), endpoint_of(service)).connect(
-            protocol.Factory.forProtocol(Silent))
+            protocol.Factory.forProtocol(Silent)
+        )
         await within(reactor(), closed, 5)
         await logs.wait_for(reactor(), "no TLS handshake and Hello")
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_edge_silent_for_three_heartbeats_is_dropped(
+    cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """Traffic keeps a session open; 3 heartbeat intervals of silence close it (a NAT ghost)."""
+    clock = task.Clock()
+    service = await start_cloud(reactor(), cloud_pki, pg_dsn, clock=clock, heartbeat_interval=60)
+    try:
+        client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
+        assert (await within(reactor(), client.welcome, 10)).heartbeat_interval == 60
+        clock.advance(170)
+        client.send(Ping(nonce=1))  # heard at t=170: the deadline moves to t=350
+        for _ in range(100):
+            if client.pongs:
+                break
+            await sleep(reactor(), 0.02)
+        clock.advance(20)  # t=190: the first check finds recent traffic and waits
+        assert not client.lost.called
+        clock.advance(159)  # t=349
+        await sleep(reactor(), 0.1)
+        assert not client.lost.called
+        clock.advance(2)  # t=351
+        await within(reactor(), client.lost, 10)
+        assert [e.code for e in client.errors] == [ErrorCode.TIMEOUT]
+        await logs.wait_for(reactor(), "edge-1", "silent for 3 heartbeat intervals")
     finally:
         await service.stopService()

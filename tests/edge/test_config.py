@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gridedge.config import ConfigError, boot_slot_from_cmdline, load, parse_size
 
 EXAMPLE = """
@@ -72,7 +71,8 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          r"dead_after: must be longer than heartbeat"),
         ('[uplink]\nhost = "h"\nport = 1\n', r"top level data_dir: is required"),
         ('data_dir = "/d"\n[uplink\n', r"not valid TOML"),
-        ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n', r"\[radio\]: must be a table"),
+        ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\]: must be a table"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -82,7 +82,7 @@ def test_records_survive_kill_9_right_after_append(tmp_path: Path) -> None:
 
 
 def test_size_bound_evicts_oldest_counts_and_reports(tmp_path: Path) -> None:
-    """A capped journal keeps accepting: oldest records go, counted, with a journal-evicted event."""
+    """A capped journal keeps accepting: oldest entries go, counted, reported as an event."""
     j = open_journal(tmp_path, max_bytes=256 * 1024)
     appended = []
     for i in range(1500):
@@ -162,7 +162,9 @@ def test_listeners_hear_appends(tmp_path: Path) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.one_of(st.integers(1, 20), st.integers(-5, -1)), max_size=30))
-def test_pending_is_always_one_consecutive_run(tmp_path_factory: pytest.TempPathFactory, ops: list[int]) -> None:
+def test_pending_is_always_one_consecutive_run(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[int]
+) -> None:
     """Any mix of appends (positive) and acks (negative: ack back from the end) keeps one run."""
     j = open_journal(tmp_path_factory.mktemp("j"))
     model: list[int] = []

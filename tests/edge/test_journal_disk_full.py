@@ -30,7 +30,8 @@ def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root; the rlimit test covers this")
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason="mounting a tmpfs needs root; the rlimit test covers this")
 def test_full_tmpfs_gives_clear_error_then_recovers(tmp_path: Path) -> None:
     """On a full filesystem append raises JournalFullError, old records survive, writes resume."""
     with tiny_tmpfs(tmp_path / "data", "2m") as data:

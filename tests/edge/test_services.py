@@ -4,10 +4,9 @@ pending restarts."""
 
 from __future__ import annotations
 
+from gridedge.services import Crashed, Supervisor
 from twisted.application import service
 from twisted.internet.task import Clock
-
-from gridedge.services import Crashed, Supervisor
 
 
 class Part(service.Service):

@@ -84,7 +84,9 @@ async def start_cloud(pki_dir: Path, state: dict[str, Any]) -> Any:
     return await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
 
 
-def make_uplink(journal: Journal, tls: Path, port: int, server_name: str = SERVER_NAME) -> UplinkService:
+def make_uplink(
+    journal: Journal, tls: Path, port: int, server_name: str = SERVER_NAME
+) -> UplinkService:
     return UplinkService(
         reactor, journal, host="127.0.0.1", port=port, server_name=server_name,
         identity_loader=lambda: DeviceIdentity.load(tls),

@@ -26,6 +26,7 @@ The offline tests of the same tree are the other files of tests/firmware/.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -43,7 +44,10 @@ OUR_PACKAGES = ("python-gridedge", "python-gridwire", "python-klein", "python-tu
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run a command, echoing it, and return its result (never raises on failure)."""
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, check=False)
+    # Run from 'make firmware-check', the outer make's flags and level would leak into
+    # Buildroot's make: it would then print "Entering directory" into show-info's JSON.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, check=False, env=env)
 
 
 def defconfig_lines(path: Path) -> list[str]:

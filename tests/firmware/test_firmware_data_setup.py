@@ -1,6 +1,4 @@
-"""data-setup on a real disk: first boot makes and grows /data, later boots keep it.
-
-Nothing foreign is ever formatted.
+"""data-setup on a real disk: first boot makes /data, later boots keep it, foreign data is safe.
 
 The disk is an image file on a loop device with the unit's four-partition layout (smaller).
 data-setup runs as on the unit, as root, in a private mount namespace and a chroot whose root
@@ -31,10 +29,29 @@ DATA = "size=8192, type=83\n"
 
 
 def partition(image: Path, with_data: bool = True) -> None:
-    """Write the partition table (with or without the data partition)."""
+    """Write the partition table (with or without the data partition) and slot A's file system."""
     subprocess.run(
         ["sfdisk", "-q", image], input=LAYOUT + (DATA if with_data else ""), text=True, check=True
     )
+    loop = subprocess.run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--offset",
+            str(10240 * SECTOR),
+            "--sizelimit",
+            str(8192 * SECTOR),
+            image,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-L", "rootfs", loop], check=True, capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
 
 
 class Loop:
@@ -169,25 +186,30 @@ def test_first_boot_makes_and_grows_data(
 def test_later_boot_keeps_what_data_holds(
     loop_disk: tuple[Path, list[Loop]], tmp_path: Path
 ) -> None:
-    """The next boot mounts the same file system: a journal written there is still there."""
+    """The next boot mounts the same file system and keeps its files, fixing their owners."""
     image, loops = loop_disk
     partition(image)
     loop = attach(image, loops)
     first = boot(
         loop,
         tmp_path,
-        after="echo reading-42 >/data/gridedge/journal; "
-        "echo key >/data/gridedge/unit.key; chmod 0644 /data/gridedge/unit.key",
+        # As provisioning on a workstation leaves them: owned by root, the key readable.
+        after="echo reading-42 >/data/gridedge/journal; echo x >/data/gridedge/gridedge.toml; "
+        "echo key >/data/gridedge/unit.key; chown root:root /data/gridedge/unit.key; "
+        "chmod 0644 /data/gridedge/unit.key",
     )
     assert "data-setup-status=0" in first.stdout, first.stderr
     second = boot(
-        loop, tmp_path, after="cat /data/gridedge/journal; stat -c '%U %a' /data/gridedge/unit.key"
+        loop,
+        tmp_path,
+        after="cat /data/gridedge/journal; stat -c '%n %U %a' /data/gridedge/*",
     )
     assert "data-setup-status=0" in second.stdout, second.stderr
     assert "making an ext4" not in second.stderr
     assert "growing" not in second.stderr
     assert "reading-42" in second.stdout
-    assert "gridedge 600" in second.stdout  # keys are made private again at every boot
+    assert "/data/gridedge/unit.key gridedge 600" in second.stdout  # private again
+    assert "/data/gridedge/gridedge.toml gridedge" in second.stdout
 
 
 def test_foreign_file_system_is_never_formatted(
@@ -224,3 +246,19 @@ def test_missing_data_partition_is_created(
     assert len(parts) == 4
     assert parts[3]["start"] == parts[2]["start"] + parts[2]["size"]
     assert parts[3]["start"] + parts[3]["size"] == DISK_SECTORS
+
+
+def test_blank_looking_data_is_not_formatted_when_blkid_sees_no_slot(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """If blkid cannot even see slot A's root file system, data-setup formats nothing."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    subprocess.run(["wipefs", "-a", f"{loop.device}p2"], check=True, capture_output=True)
+    result = boot(loop, tmp_path, after="grep ' /data ' /proc/mounts || echo not-mounted")
+    assert "data-setup-status=1" in result.stdout
+    assert "no ext4 root file system in either slot" in result.stderr
+    assert "not-mounted" in result.stdout
+    blkid = subprocess.run(["blkid", f"{loop.device}p4"], capture_output=True, text=True)
+    assert " TYPE=" not in blkid.stdout  # still blank: not formatted

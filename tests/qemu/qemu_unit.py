@@ -57,6 +57,7 @@ class Unit:
         self.radio = radio
         self.child: pexpect.spawn | None = None
         self.boots = 0
+        self.boot_started = 0
 
     # --- power ---------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class Unit:
         self.expect(BOOT_PROMPT, timeout)
         child = self._child()
         # A prompt no log line can contain; kernel messages off the console.
-        child.sendline(f"PS1='{PROMPT}'; dmesg -n 1")
+        child.sendline("PS1='@@''> '; dmesg -n 1")  # typed so that its echo is not the prompt
         child.expect_exact(PROMPT)
         self.sync()
 
@@ -114,6 +115,18 @@ class Unit:
 
     # --- the console -----------------------------------------------------------------------
 
+    def expect_since_boot(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Like expect(), but also finds ``pattern`` in what the console printed since U-Boot
+        chose the slot of the current boot, even if an earlier wait already read past it."""
+        self._flush_log()
+        text = self.console_log.read_text(errors="replace")[self.boot_started :]
+        found = re.search(pattern, text)
+        return found if found else self.expect(pattern, timeout)
+
+    def _flush_log(self) -> None:
+        if self.child is not None and self.child.logfile_read is not None:
+            self.child.logfile_read.flush()
+
     def expect(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait for ``pattern`` on the console; fail at once on any of FAILURES."""
         child = self._child()
@@ -133,13 +146,18 @@ class Unit:
             )
         match = child.match
         assert isinstance(match, re.Match)
+        if match.group(0).startswith("A/B: booting slot"):
+            # Where this boot starts in the log (characters, as read_text() counts them).
+            self._flush_log()
+            pending = len(child.buffer) if isinstance(child.buffer, str) else 0
+            self.boot_started = len(self.console_log.read_text(errors="replace")) - pending
         return match
 
     def sync(self) -> None:
         """Wait until the shell has read everything typed so far."""
-        token = f"sync{time.monotonic_ns()}"
-        self._child().sendline(f"printf '%s\\n' {token}x")
-        self.expect(f"{token}x\r?\n", 30)
+        token = f"{time.monotonic_ns()}"
+        self._child().sendline(f"printf 'sync%sx\\n' {token}")
+        self.expect(f"sync{token}x\r*\n", 30)
         self._child().expect_exact(PROMPT, timeout=30)
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
@@ -152,9 +170,9 @@ class Unit:
         child = self._child()
         token = f"{time.monotonic_ns()}"
         child.sendline(f"printf '@@B%s\\n' {token}; {command}; printf '@@E%s %s\\n' {token} $?")
-        match = self.expect(rf"@@B{token}\r?\n(.*?)@@E{token} (\d+)\r?\n", timeout)
+        match = self.expect(rf"@@B{token}\r*\n(.*?)@@E{token} (\d+)\r*\n", timeout)
         child.expect_exact(PROMPT, timeout=30)
-        output = match.group(1).replace("\r\n", "\n").replace("\x1b[6n", "")
+        output = match.group(1).replace("\r", "").replace("\x1b[6n", "")
         return int(match.group(2)), output
 
     def check(self, command: str, timeout: float = 60.0) -> str:
@@ -205,8 +223,7 @@ class Unit:
         return self.child
 
     def error(self, message: str) -> UnitError:
-        if self.child is not None and self.child.logfile_read is not None:
-            self.child.logfile_read.flush()
+        self._flush_log()
         try:
             lines = self.console_log.read_text(errors="replace").splitlines()[-60:]
         except OSError:

@@ -73,3 +73,13 @@ batch_linger = 0.5
 radio_window = 120
 uplink_window = 120
 """
+
+
+def wait_until_healthy(unit: Unit, timeout: float) -> None:
+    """Wait until 'gridedge health' passes on the unit, run as mark-good runs it."""
+    unit.wait_until(
+        "start-stop-daemon -S -c gridedge:gridedge -x /usr/bin/gridedge -- "
+        f"health --config {DATA}/gridedge.toml",
+        timeout,
+        "gridedge health to pass",
+    )

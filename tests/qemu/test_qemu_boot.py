@@ -13,7 +13,7 @@ from collections.abc import Callable
 import edge_harness
 import pytest
 from qemu_unit import Unit
-from qemu_world import World
+from qemu_world import World, wait_until_healthy
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -59,12 +59,7 @@ def test_first_boot_runs_gridedge_and_readings_reach_postgresql(
     wait_for_rows(w, 8, 180)
     got = edge_harness.stored(w.dsn)
     assert got.rows == got.distinct_keys == got.distinct_seqs
-    unit.wait_until(
-        "start-stop-daemon -S -c gridedge:gridedge -x /usr/bin/gridedge -- health "
-        "--config /data/gridedge/gridedge.toml",
-        90,
-        "gridedge health to pass",
-    )
+    wait_until_healthy(unit, 120)
 
 
 def test_power_cut_loses_and_duplicates_no_reading(

@@ -109,7 +109,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
-                raise AssertionError(f"{self.name} did not stop on SIGTERM within {timeout} s")
+                raise AssertionError(
+                    f"{self.name} did not stop on SIGTERM within {timeout} s") from None
         return int(self.popen.returncode)
 
 
@@ -143,8 +144,13 @@ class Cloud:
 
 
 def edge_config(data: Path, *, uplink_port: int, radio: Path | None,
-                journal_max: str = "64 MiB", extra: str = "") -> str:
+                journal_max: str = "64 MiB", extra: str = "", **uplink: object) -> str:
+    """A gridedge.toml for tests: fast reconnects, short heartbeats; ``uplink`` overrides."""
     radio_section = f'[radio]\nport = "{radio}"\nbaudrate = 115200\n' if radio else ""
+    settings: dict[str, object] = {
+        "heartbeat": 5, "dead_after": 12, "connect_timeout": 10, "backoff_initial": 0.05,
+        "backoff_max": 0.5, "batch_records": 200, "batch_linger": 0.2, **uplink}
+    uplink_lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
     return f"""\
 data_dir = "{data}"
 
@@ -157,13 +163,7 @@ boot_slot = "A"
 host = "127.0.0.1"
 port = {uplink_port}
 server_name = "{SERVER_NAME}"
-heartbeat = 5
-dead_after = 12
-connect_timeout = 10
-backoff_initial = 0.05
-backoff_max = 0.5
-batch_records = 200
-batch_linger = 0.2
+{uplink_lines}
 
 [journal]
 max_size = "{journal_max}"

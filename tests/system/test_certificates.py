@@ -45,8 +45,9 @@ def cloud_pki(tmp_path: Path) -> CloudPKI:
     return make_pki(tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def logs() -> Iterator[LogCapture]:
+    """Twisted log lines of the test; an unhandled error in them fails it."""
     yield from capture_logs()
 
 
@@ -79,14 +80,16 @@ async def assert_accepted(service: CloudService, tls: loadgen.ResumingClientTLS)
 
 @pytest_twisted.ensureDeferred
 async def test_the_valid_edge_certificate_is_accepted(
-        cloud: CloudService, cloud_pki: CloudPKI) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI
+) -> None:
     """Control case: the project CA's edge certificate and the right server name get a Welcome."""
     await assert_accepted(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-ok")))
 
 
 @pytest_twisted.ensureDeferred
 async def test_no_client_certificate_is_refused(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture
+) -> None:
     """An edge without a certificate is refused in the handshake; both sides log why."""
     client = await attempt(cloud, cloud_pki.anonymous_tls())
     assert client.errors == []
@@ -96,7 +99,8 @@ async def test_no_client_certificate_is_refused(
 
 @pytest_twisted.ensureDeferred
 async def test_certificate_from_another_ca_is_refused(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture
+) -> None:
     """An edge certificate signed by a foreign CA is refused; the server names the certificate."""
     stranger = pki.make_ca("someone else's CA")
     client = await attempt(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-x", ca=stranger)))
@@ -107,7 +111,8 @@ async def test_certificate_from_another_ca_is_refused(
 
 @pytest_twisted.ensureDeferred
 async def test_expired_certificate_is_refused(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture
+) -> None:
     """An edge certificate past its not-after date is refused; both sides say it expired."""
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
     await attempt(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-old", days=10, now=past)))
@@ -117,7 +122,8 @@ async def test_expired_certificate_is_refused(
 
 @pytest_twisted.ensureDeferred
 async def test_revoked_edge_is_refused_despite_a_valid_certificate(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str
+) -> None:
     """A revoked edge completes TLS, gets Error(UNAUTHORIZED) and is closed; both sides log it."""
     tls = cloud_pki.client_tls(cloud_pki.edge("edge-r"))
     await assert_accepted(cloud, tls)
@@ -131,7 +137,8 @@ async def test_revoked_edge_is_refused_despite_a_valid_certificate(
 
 @pytest_twisted.ensureDeferred
 async def test_revoked_certificate_is_refused_but_a_new_one_works(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str
+) -> None:
     """Revoking one certificate serial refuses it; the same edge with a new certificate gets in."""
     old_dir = cloud_pki.edge("edge-k")
     serial = int(pki.load_issued(old_dir / "edge.pem", old_dir / "edge.key").serial)
@@ -144,7 +151,8 @@ async def test_revoked_certificate_is_refused_but_a_new_one_works(
 
 @pytest_twisted.ensureDeferred
 async def test_server_certificate_with_the_wrong_name_is_refused_by_the_edge(
-        cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture) -> None:
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture
+) -> None:
     """An edge expecting another host name refuses the server (service_identity); both log it."""
     edge_dir = cloud_pki.edge("edge-n")
     await attempt(cloud, cloud_pki.client_tls(edge_dir, hostname="other.example.org"))

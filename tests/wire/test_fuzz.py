@@ -69,7 +69,7 @@ def test_sessions_accept_any_bytes(chunks: list[bytes], edge_side: bool) -> None
             return
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 @given(reading_batches(), mutated_frames())
 def test_mutations_after_a_reference_batch(first: ReadingBatch, data: bytes) -> None:
     """After a reference batch (METER_DELTA), corrupted frames only raise ProtocolError."""

@@ -153,3 +153,18 @@ def test_limits_are_validated() -> None:
     ):
         with pytest.raises(ProtocolError):
             Limits(**kwargs)
+
+
+def test_record_columns_constructor_validates() -> None:
+    """Direct RecordColumns construction checks tuple types, equal lengths and ranges too."""
+    good = tuple((value,) for value in GOOD_RECORD.values())
+    assert len(RecordColumns(*good[:7], (0,))) == 1
+    for bad in (
+        (*good[:7], (0, 0)),  # lengths differ
+        (*good[:7], [0]),  # not a tuple
+        (*good[:4], (70_000,), *good[5:7], (0,)),  # voltage out of range
+        (*good[:7], (1.0,)),  # not an int
+    ):
+        with pytest.raises(ProtocolError) as info:
+            RecordColumns(*bad)  # type: ignore[arg-type]
+        assert info.value.local and info.value.code is ErrorCode.INVALID_FIELD

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from gridwire import (
     Ack,
@@ -18,6 +20,7 @@ from gridwire import (
     FirmwareStatus,
     Hello,
     IntervalRecord,
+    Limits,
     Message,
     Ping,
     Pong,
@@ -149,6 +152,7 @@ def test_after_error_only_error_may_be_sent() -> None:
     ]
     with pytest.raises(ProtocolError):
         edge.send(Error(code=ErrorCode.MALFORMED_FRAME))
+    assert edge.state is State.CLOSED
 
 
 def test_received_error_closes_and_drops_what_follows() -> None:
@@ -291,3 +295,33 @@ def test_send_rejects_non_messages() -> None:
     with pytest.raises(ProtocolError) as info:
         EdgeSession().send("hello")  # type: ignore[arg-type]
     assert info.value.local
+
+
+def test_local_max_in_flight_caps_the_window() -> None:
+    """An edge uses at most its Limits.max_in_flight; a cloud may not offer more than its own."""
+    edge = EdgeSession(limits=Limits(max_in_flight=1))
+    cloud = CloudSession()
+    cloud.receive_data(edge.send(HELLO))
+    edge.receive_data(cloud.send(WELCOME))  # offers 2
+    assert edge.window == 1 and cloud.window == 2
+    small = CloudSession(limits=Limits(max_in_flight=1))
+    small.receive_data(encode_message(HELLO))
+    with pytest.raises(ProtocolError) as info:
+        small.send(WELCOME)
+    assert info.value.local and info.value.code is ErrorCode.INVALID_FIELD
+
+
+def test_sender_refuses_a_frame_above_max_frame_size() -> None:
+    """A batch too big for max_frame_size is refused locally instead of sent to be rejected."""
+    limits = Limits(max_frame_size=70_000)
+    edge, cloud = EdgeSession(limits=limits), CloudSession(limits=limits)
+    cloud.receive_data(edge.send(HELLO))
+    edge.receive_data(cloud.send(WELCOME))
+    rng = random.Random(1)
+    noisy = [
+        IntervalRecord(*(rng.randrange(2**16) for _ in range(6)), rng.randrange(-1000, 1001), 0)
+        for _ in range(8000)
+    ]
+    with pytest.raises(ProtocolError) as info:
+        edge.send(ReadingBatch(first_seq=101, records=noisy))
+    assert info.value.local and info.value.code is ErrorCode.FRAME_TOO_LARGE

@@ -44,9 +44,13 @@ def _dsn(args: argparse.Namespace) -> str:
 def _serve_config(args: argparse.Namespace) -> ServerConfig:
     base = load_config(args.config) if args.config else ServerConfig()
     return base.with_overrides(
-        listen=args.listen, cert=args.cert, key=args.key, ca=args.ca,
+        listen=args.listen,
+        cert=args.cert,
+        key=args.key,
+        ca=args.ca,
         dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
-        pool_size=args.pool_size, migrate=True if args.migrate else None,
+        pool_size=args.pool_size,
+        migrate=True if args.migrate else None,
     ).validate()
 
 
@@ -146,8 +150,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
         _describe(issued, "server certificate", folder.path)
     elif args.pki_command == "edge":
         assert folder
-        issued, target = folder.edge(args.edge_id, args.out, days=args.days,
-                                     overwrite=args.force)
+        issued, target = folder.edge(args.edge_id, args.out, days=args.days, overwrite=args.force)
         _describe(issued, "edge certificate", target)
     elif args.pki_command == "revoke":
         dsn = _dsn(args)
@@ -155,8 +158,9 @@ def cmd_pki(args: argparse.Namespace) -> int:
             from cryptography import x509
 
             cert = x509.load_pem_x509_certificate(args.cert.read_bytes())
-            revocation.revoke_certificate(dsn, cert.serial_number,
-                                          pki.edge_id_from_certificate(cert), args.reason)
+            revocation.revoke_certificate(
+                dsn, cert.serial_number, pki.edge_id_from_certificate(cert), args.reason
+            )
             print(f"revoked certificate serial {cert.serial_number}")
         elif args.serial is not None:
             revocation.revoke_certificate(dsn, args.serial, args.edge_id, args.reason)
@@ -194,14 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ca", type=Path, help="project CA (PEM): edges must chain to it")
     serve.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
     serve.add_argument("--pool-size", type=int, help="PostgreSQL connections (default 4)")
-    serve.add_argument("--migrate", action="store_true",
-                       help="apply pending schema migrations before serving")
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply pending schema migrations before serving"
+    )
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="apply pending schema migrations")
     _db_options(mig)
-    mig.add_argument("--status", action="store_true",
-                     help="list migrations and whether each is applied; exit 1 if any is pending")
+    mig.add_argument(
+        "--status",
+        action="store_true",
+        help="list migrations and whether each is applied; exit 1 if any is pending",
+    )
     mig.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("pki", help="project CA, server and edge certificates, revocation")
@@ -212,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--name", default="gridedge project CA", help="the CA's common name")
     server = psub.add_parser("server", help="issue server.pem / server.key for DNS names")
     server.add_argument("--dir", type=Path, required=True)
-    server.add_argument("--name", action="append", required=True,
-                        help="DNS name edges connect to (repeat for more)")
+    server.add_argument(
+        "--name", action="append", required=True, help="DNS name edges connect to (repeat for more)"
+    )
     server.add_argument("--days", type=int, default=pki.SERVER_DAYS)
     edge = psub.add_parser("edge", help="issue edge.pem / edge.key / ca.pem for one edge")
     edge.add_argument("--dir", type=Path, required=True)

@@ -18,12 +18,26 @@ from typing import Any
 
 #: The keys each TOML section may hold (each is a ServerConfig attribute).
 _SECTIONS: dict[str, frozenset[str]] = {
-    "server": frozenset({"listen", "cert", "key", "ca", "hello_timeout", "heartbeat_interval",
-                         "max_in_flight", "max_frame_size", "max_batch_records",
-                         "tls_resumption", "tls_session_lifetime", "tls_groups"}),
+    "server": frozenset(
+        {
+            "listen",
+            "cert",
+            "key",
+            "ca",
+            "hello_timeout",
+            "heartbeat_interval",
+            "max_in_flight",
+            "max_frame_size",
+            "max_batch_records",
+            "tls_resumption",
+            "tls_session_lifetime",
+            "tls_groups",
+        }
+    ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
-    "ingest": frozenset({"max_pending_uploads", "partition_days_ahead",
-                         "partition_check_interval"}),
+    "ingest": frozenset(
+        {"max_pending_uploads", "partition_days_ahead", "partition_check_interval"}
+    ),
 }
 
 
@@ -67,14 +81,22 @@ class ServerConfig:
         for name in ("cert", "key", "ca", "dsn"):
             if getattr(self, name) in (None, ""):
                 raise ConfigError(f"missing setting: {name} (flag --{name} or the config file)")
-        positive = ("pool_size", "hello_timeout", "heartbeat_interval", "max_in_flight",
-                    "max_frame_size", "max_batch_records", "max_pending_uploads",
-                    "partition_check_interval", "tls_session_lifetime")
+        positive = (
+            "pool_size",
+            "hello_timeout",
+            "heartbeat_interval",
+            "max_in_flight",
+            "max_frame_size",
+            "max_batch_records",
+            "max_pending_uploads",
+            "partition_check_interval",
+            "tls_session_lifetime",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.tls_resumption not in ("cache", "tickets"):
-            raise ConfigError("tls_resumption must be \"cache\" or \"tickets\"")
+            raise ConfigError('tls_resumption must be "cache" or "tickets"')
         if self.partition_days_ahead < 1:
             raise ConfigError("partition_days_ahead must be at least 1")
         return self

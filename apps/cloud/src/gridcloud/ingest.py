@@ -178,12 +178,15 @@ class IngestStore:
         self, edge_id: str, seq: int, meter_id: int, time: int, kind: int, detail: str
     ) -> defer.Deferred[int]:
         """Store one reported event; fires with the previous high-water mark after COMMIT."""
-        return _first_int(self._pool.runQuery(
-            "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
-            (edge_id, seq, meter_id, time, kind, detail),
-        ))
+        return _first_int(
+            self._pool.runQuery(
+                "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
+                (edge_id, seq, meter_id, time, kind, detail),
+            )
+        )
 
     def ensure_partitions(self, days_ahead: int) -> defer.Deferred[int]:
         """Create missing daily readings partitions; fires with how many were made."""
         return _first_int(
-            self._pool.runQuery("SELECT create_readings_partitions(%s)", (days_ahead,)))
+            self._pool.runQuery("SELECT create_readings_partitions(%s)", (days_ahead,))
+        )

@@ -30,7 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .tls import set_groups, ssl_error_text
+from .tls import keep_session_resumable, set_groups, ssl_error_text
 
 log = Logger(namespace="gridcloud.loadgen")
 
@@ -43,8 +43,7 @@ class ResumingClientTLS:
     taken (``remember``) once the first application bytes have arrived.
     """
 
-    def __init__(self, inner: Any,
-                 groups: str | None = "X25519") -> None:
+    def __init__(self, inner: Any, groups: str | None = "X25519") -> None:
         self._inner = inner
         self._groups = groups
         self.session: SSL.Session | None = None
@@ -79,7 +78,8 @@ def client_tls(hostname: str, ca: Path, cert: Path, key: Path) -> ResumingClient
     """The edge's TLS options: trust only ``ca``, check ``hostname``, present cert/key."""
     authority = ssl.Certificate.loadPEM(ca.read_bytes())
     mine = ssl.PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
-        cert.read_bytes() + b"\n" + key.read_bytes())
+        cert.read_bytes() + b"\n" + key.read_bytes()
+    )
     return ResumingClientTLS(
         ssl.optionsForClientTLS(hostname, trustRoot=authority, clientCertificate=mine)
     )
@@ -117,8 +117,12 @@ class CountingFactory(WrappingFactory):
 class EdgeClient(Protocol):
     """One edge connection: Hello, then uploads; Deferreds for what tests wait on."""
 
-    def __init__(self, hello: Hello, tls: ResumingClientTLS | None = None,
-                 limits: gridwire.Limits | None = None) -> None:
+    def __init__(
+        self,
+        hello: Hello,
+        tls: ResumingClientTLS | None = None,
+        limits: gridwire.Limits | None = None,
+    ) -> None:
         self.session = gridwire.EdgeSession(limits=limits)
         self._hello = hello
         self._tls = tls
@@ -182,10 +186,13 @@ class EdgeClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         reason = reason if reason is not None else Failure(ConnectionDone())  # type: ignore[no-untyped-call]
+        keep_session_resumable(self._tx.getHandle())
         if not self.welcome.called:
             detail = "; ".join(f"Error {ErrorCode(e.code).name}: {e.detail}" for e in self.errors)
-            log.warn("no session with the cloud (refused or failed before Welcome): {why}",
-                     why=detail or describe_failure(reason))
+            log.warn(
+                "no session with the cloud (refused or failed before Welcome): {why}",
+                why=detail or describe_failure(reason),
+            )
             self.welcome.errback(reason)
         self._fail_waiters(reason)
         self.reason = reason
@@ -204,9 +211,14 @@ def describe_failure(reason: Failure) -> str:
     return reason.getErrorMessage()
 
 
-async def connect(reactor: Any, endpoint: str, tls: ResumingClientTLS, hello: Hello,
-                  counting: bool = False, limits: gridwire.Limits | None = None
-                  ) -> tuple[EdgeClient, CountingFactory | None]:
+async def connect(
+    reactor: Any,
+    endpoint: str,
+    tls: ResumingClientTLS,
+    hello: Hello,
+    counting: bool = False,
+    limits: gridwire.Limits | None = None,
+) -> tuple[EdgeClient, CountingFactory | None]:
     """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``)."""
     client = EdgeClient(hello, tls, limits)
     protocols: Any = Factory.forProtocol(lambda: client)
@@ -215,5 +227,6 @@ async def connect(reactor: Any, endpoint: str, tls: ResumingClientTLS, hello: He
     if counting:
         counter = factory = CountingFactory(factory)
     await endpoints.clientFromString(reactor, endpoint).connect(  # type: ignore[no-untyped-call]
-        factory)
+        factory
+    )
     return client, counter

@@ -107,9 +107,7 @@ def _builder(
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
 
@@ -242,13 +240,14 @@ def edge_id_from_certificate(cert: x509.Certificate) -> str:
         uris: list[str] = []
     else:
         uris = [
-            u for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+            u
+            for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
             if u.startswith(EDGE_URI_PREFIX)
         ]
     if len(uris) > 1:
         raise PKIError("certificate names more than one edge")
     if uris:
-        return check_edge_id(uris[0][len(EDGE_URI_PREFIX):])
+        return check_edge_id(uris[0][len(EDGE_URI_PREFIX) :])
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) != 1:
         raise PKIError("certificate has no edge identity (no SAN URI, no single CN)")
@@ -288,8 +287,9 @@ def load_issued(cert_path: Path, key_path: Path) -> Issued:
     return Issued(cert, key)
 
 
-def _write_pair(directory: Path, cert_name: str, key_name: str, issued: Issued,
-                overwrite: bool) -> None:
+def _write_pair(
+    directory: Path, cert_name: str, key_name: str, issued: Issued, overwrite: bool
+) -> None:
     if not directory.exists():
         directory.mkdir(parents=True)
         directory.chmod(0o700)  # it holds a private key
@@ -324,8 +324,14 @@ class PKIDirectory:
         _write_pair(self.path, SERVER_CERT, SERVER_KEY, issued, overwrite=True)
         return issued
 
-    def edge(self, edge_id: str, out: Path | None = None, *, days: int = EDGE_DAYS,
-             overwrite: bool = False) -> tuple[Issued, Path]:
+    def edge(
+        self,
+        edge_id: str,
+        out: Path | None = None,
+        *,
+        days: int = EDGE_DAYS,
+        overwrite: bool = False,
+    ) -> tuple[Issued, Path]:
         """Issue an edge certificate into ``out`` (default PKI/edges/<edge id>/).
 
         The folder gets exactly what the edge keeps in /data/gridedge/tls/:

@@ -66,7 +66,7 @@ from .config import ServerConfig
 from .ingest import EdgeInfo, EdgeRefused, IngestStore
 from .pki import PKIError, edge_id_from_certificate
 from .sessions import SessionRegistry
-from .tls import ServerTLS, ssl_error_text
+from .tls import ServerTLS, keep_session_resumable, ssl_error_text
 
 log = Logger(namespace="gridcloud.server")
 
@@ -103,7 +103,8 @@ class EdgeProtocol(Protocol):
         self._closing = False
         self._handshake_done = False
         self._live = False
-        self._timer: Any = None  # IDelayedCall
+        self._timer: Any = None  # IDelayedCall: Hello timeout, then the silence check
+        self._last_heard = 0.0
 
     # -- connection life -----------------------------------------------------------------
 
@@ -132,8 +133,7 @@ class EdgeProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._live:
-            self._arm(3 * self._server.config.heartbeat_interval, SILENT)
+        self._last_heard = self._server.clock.seconds()
         try:
             messages = self._session.receive_data(data)
         except ProtocolError as exc:
@@ -150,10 +150,15 @@ class EdgeProtocol(Protocol):
         self._uploads.clear()
         self._disarm()
         self._server.connections.discard(self)
+        keep_session_resumable(self._tx.getHandle())
         if self.edge_id is not None and self._live:
             self._server.sessions.release(self.edge_id, self)
-            log.info("edge {edge} ({peer}) disconnected: {why}", edge=self.edge_id,
-                     peer=self.peer, why=reason.getErrorMessage())
+            log.info(
+                "edge {edge} ({peer}) disconnected: {why}",
+                edge=self.edge_id,
+                peer=self.peer,
+                why=reason.getErrorMessage(),
+            )
         elif not self._handshake_done:
             why = self._server.tls.failure_for(self.transport)
             if why is None and reason.check(SSL.Error):  # type: ignore[no-untyped-call]
@@ -175,12 +180,22 @@ class EdgeProtocol(Protocol):
         elif isinstance(message, Hello):
             self._hello(message)
         elif isinstance(message, Error):
-            log.warn("edge {edge} ({peer}) sent Error {code}: {detail}", edge=self.edge_id,
-                     peer=self.peer, code=message.code, detail=message.detail)
+            log.warn(
+                "edge {edge} ({peer}) sent Error {code}: {detail}",
+                edge=self.edge_id,
+                peer=self.peer,
+                code=message.code,
+                detail=message.detail,
+            )
             self._close()
         elif isinstance(message, CommandResult):
-            log.info("edge {edge}: command {cid} status {status} {detail}", edge=self.edge_id,
-                     cid=message.command_id, status=message.status, detail=message.detail)
+            log.info(
+                "edge {edge}: command {cid} status {status} {detail}",
+                edge=self.edge_id,
+                cid=message.command_id,
+                status=message.status,
+                detail=message.detail,
+            )
 
     def _hello(self, hello: Hello) -> None:
         if self.edge_id is None:  # data before the handshake finished cannot happen in TLS
@@ -195,8 +210,9 @@ class EdgeProtocol(Protocol):
             )
             return
         self._pause()
-        info = EdgeInfo(self.edge_id, self._serial, self.peer, hello.firmware_version,
-                        hello.boot_slot)
+        info = EdgeInfo(
+            self.edge_id, self._serial, self.peer, hello.firmware_version, hello.boot_slot
+        )
         d = self._server.store.admit(info)
         d.addCallbacks(self._admitted, self._not_admitted, callbackArgs=(version,))
 
@@ -207,24 +223,31 @@ class EdgeProtocol(Protocol):
         config = self._server.config
         self._live = True
         self._server.sessions.claim(self.edge_id, self, self.peer)
-        self._send(Welcome(
-            version=version,
-            server_time=int(self._server.clock.seconds()),
-            last_acked_seq=last_seq,
-            heartbeat_interval=config.heartbeat_interval,
-            max_in_flight=config.max_in_flight,
-        ))
-        log.info("edge {edge} connected from {peer}, resuming after seq {seq}",
-                 edge=self.edge_id, peer=self.peer, seq=last_seq)
-        self._arm(3 * config.heartbeat_interval, SILENT)
+        self._send(
+            Welcome(
+                version=version,
+                server_time=int(self._server.clock.seconds()),
+                last_acked_seq=last_seq,
+                heartbeat_interval=config.heartbeat_interval,
+                max_in_flight=config.max_in_flight,
+            )
+        )
+        log.info(
+            "edge {edge} connected from {peer}, resuming after seq {seq}",
+            edge=self.edge_id,
+            peer=self.peer,
+            seq=last_seq,
+        )
+        self._check_silence()
         self._resume()
 
     def _not_admitted(self, failure: Failure) -> None:
         if failure.check(EdgeRefused):  # type: ignore[no-untyped-call]
             self._refuse(f"refused edge {self.edge_id} ({self.peer}): {failure.value}")
         else:
-            log.failure("admitting edge {edge} ({peer}) failed", failure,
-                        edge=self.edge_id, peer=self.peer)
+            log.failure(
+                "admitting edge {edge} ({peer}) failed", failure, edge=self.edge_id, peer=self.peer
+            )
             self._fail(ErrorCode.INTERNAL_ERROR, "database unavailable, try later")
 
     # -- ingest pipeline -----------------------------------------------------------------
@@ -240,11 +263,16 @@ class EdgeProtocol(Protocol):
             d = store.write_batch(self.edge_id, upload.first_seq, upload.columns.as_tuple())
             first, last = upload.first_seq, upload.last_seq
         else:
-            d = store.write_event(self.edge_id, upload.seq, upload.meter_id, upload.time,
-                                  upload.kind, upload.detail)
+            d = store.write_event(
+                self.edge_id, upload.seq, upload.meter_id, upload.time, upload.kind, upload.detail
+            )
             first = last = upload.seq
-        d.addCallbacks(self._committed, self._write_failed, callbackArgs=(first, last),
-                       errbackArgs=(first, last))
+        d.addCallbacks(
+            self._committed,
+            self._write_failed,
+            callbackArgs=(first, last),
+            errbackArgs=(first, last),
+        )
 
     def _committed(self, previous: int, first: int, last: int) -> None:
         self._writing = False
@@ -252,8 +280,12 @@ class EdgeProtocol(Protocol):
             return
         self._uploads.popleft()
         if first > previous + 1:
-            log.warn("edge {edge}: seq {a}..{b} never arrived (dropped on the edge?)",
-                     edge=self.edge_id, a=previous + 1, b=first - 1)
+            log.warn(
+                "edge {edge}: seq {a}..{b} never arrived (dropped on the edge?)",
+                edge=self.edge_id,
+                a=previous + 1,
+                b=first - 1,
+            )
         self._send(Ack(up_to_seq=last))
         if self._paused and len(self._uploads) < self._server.config.max_pending_uploads:
             self._resume()
@@ -263,9 +295,15 @@ class EdgeProtocol(Protocol):
         self._writing = False
         if self._closing:
             return
-        log.error("edge {edge} ({peer}): storing seq {a}..{b} failed, closing so that the edge "
-                  "sends it again: {why}", edge=self.edge_id, peer=self.peer, a=first, b=last,
-                  why=failure.getErrorMessage())
+        log.error(
+            "edge {edge} ({peer}): storing seq {a}..{b} failed, closing so that the edge "
+            "sends it again: {why}",
+            edge=self.edge_id,
+            peer=self.peer,
+            a=first,
+            b=last,
+            why=failure.getErrorMessage(),
+        )
         self._fail(ErrorCode.INTERNAL_ERROR, "could not store upload, try later")
 
     # -- flow control and closing ----------------------------------------------------------
@@ -289,6 +327,20 @@ class EdgeProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
 
+    def _check_silence(self) -> None:
+        """Close a connection silent for 3 heartbeat intervals (a NAT ghost), else look again later.
+
+        One timer per connection, re-armed only when it fires: cheaper with 10,000
+        connections than moving a timer on every packet.
+        """
+        self._disarm()
+        allowed = 3 * self._server.config.heartbeat_interval
+        quiet = self._server.clock.seconds() - self._last_heard
+        if quiet >= allowed:
+            self._timed_out(SILENT)
+        else:
+            self._timer = self._server.clock.callLater(allowed - quiet, self._check_silence)
+
     def _timed_out(self, why: str) -> None:
         self._timer = None
         log.warn("closing {peer} (edge {edge}): {why}", peer=self.peer, edge=self.edge_id, why=why)
@@ -298,8 +350,13 @@ class EdgeProtocol(Protocol):
         self._tx.write(self._session.send(message))
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        log.warn("edge {edge} ({peer}) broke the protocol ({code}): {why}", edge=self.edge_id,
-                 peer=self.peer, code=exc.code.name, why=str(exc))
+        log.warn(
+            "edge {edge} ({peer}) broke the protocol ({code}): {why}",
+            edge=self.edge_id,
+            peer=self.peer,
+            code=exc.code.name,
+            why=str(exc),
+        )
         self._fail(exc.code, str(exc))
 
     def _refuse(self, line: str, code: ErrorCode = ErrorCode.UNAUTHORIZED) -> None:
@@ -335,8 +392,12 @@ class EdgeProtocol(Protocol):
 
     def replaced(self, by: str) -> None:
         """A newer session of the same edge took over: close this one."""
-        log.info("edge {edge}: session from {old} replaced by a new one from {new}",
-                 edge=self.edge_id, old=self.peer, new=by)
+        log.info(
+            "edge {edge}: session from {old} replaced by a new one from {new}",
+            edge=self.edge_id,
+            old=self.peer,
+            new=by,
+        )
         self._live = False
         self._fail(ErrorCode.SHUTTING_DOWN, "replaced by a newer session of this edge")
 
@@ -359,15 +420,27 @@ class CloudService(service.MultiService):
     stops listening, closes every connection and the pool.
     """
 
-    def __init__(self, reactor: Any, config: ServerConfig, *, tls: ServerTLS | None = None) -> None:
+    def __init__(
+        self, reactor: Any, config: ServerConfig, *, tls: ServerTLS | None = None, clock: Any = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
-        self.clock = reactor
+        #: IReactorTime for timeouts and Welcome.server_time (tests inject a task.Clock)
+        self.clock = clock if clock is not None else reactor
         self.config = config.validate()
         assert config.cert and config.key and config.ca and config.dsn
-        self.tls = tls if tls is not None else ServerTLS.from_files(
-            config.cert, config.key, config.ca, groups=config.tls_groups,
-            resumption=config.tls_resumption, session_lifetime=config.tls_session_lifetime)
+        self.tls = (
+            tls
+            if tls is not None
+            else ServerTLS.from_files(
+                config.cert,
+                config.key,
+                config.ca,
+                groups=config.tls_groups,
+                resumption=config.tls_resumption,
+                session_lifetime=config.tls_session_lifetime,
+            )
+        )
         self.store = IngestStore(reactor, config.dsn, config.pool_size)
         self.sessions: SessionRegistry[EdgeProtocol] = SessionRegistry()
         self.connections: set[EdgeProtocol] = set()
@@ -387,7 +460,8 @@ class CloudService(service.MultiService):
         self._partitions.clock = self.clock
         self._partitions.start(self.config.partition_check_interval, now=False)
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
-            self.reactor, self.config.listen)
+            self.reactor, self.config.listen
+        )
         factory = TLSMemoryBIOFactory(self.tls, False, EdgeFactory(self))  # type: ignore[arg-type]
         self.port = await endpoint.listen(factory)
         log.info("gridcloud listening on {address} (mutual TLS)", address=self.port.getHost())

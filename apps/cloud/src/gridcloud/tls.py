@@ -91,6 +91,22 @@ def set_groups(target: SSL.Context | SSL.Connection, groups: str) -> bool:
     return True
 
 
+def keep_session_resumable(connection: SSL.Connection | None) -> None:
+    """After a TLS 1.3 connection ends without close_notify, keep its session resumable.
+
+    OpenSSL treats a session whose connection was not shut down cleanly as
+    "bad" when the SSL object is freed: it drops it from the server's session
+    cache and marks it not resumable, a rule from SSL 3 / TLS 1.2 against
+    truncation attacks.  TLS 1.3 dropped that rule (RFC 8446, section 6.1), and
+    a cut connection is exactly when an edge needs to resume, so for TLS 1.3 the
+    connection is marked as shut down before it is freed.  TLS 1.2 keeps the
+    old rule.  Called from connectionLost on both sides.
+    """
+    if connection is None or connection.get_protocol_version_name() != "TLSv1.3":
+        return
+    connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+
+
 def _subject(cert: crypto.X509) -> str:
     return cert.to_cryptography().subject.rfc4514_string()
 
@@ -99,8 +115,12 @@ def _subject(cert: crypto.X509) -> str:
 class ServerTLS:
     """Creates the OpenSSL connection for each accepted socket and remembers verify failures."""
 
-    def __init__(self, options: ssl.CertificateOptions, groups: str = DEFAULT_GROUPS,
-                 session_lifetime: int = SESSION_LIFETIME) -> None:
+    def __init__(
+        self,
+        options: ssl.CertificateOptions,
+        groups: str = DEFAULT_GROUPS,
+        session_lifetime: int = SESSION_LIFETIME,
+    ) -> None:
         self._options = options
         self._failures: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         context = options.getContext()
@@ -114,9 +134,16 @@ class ServerTLS:
         )
 
     @classmethod
-    def from_files(cls, cert: Path, key: Path, ca: Path, *, groups: str = DEFAULT_GROUPS,
-                   resumption: str = "cache", session_lifetime: int = SESSION_LIFETIME
-                   ) -> ServerTLS:
+    def from_files(
+        cls,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        *,
+        groups: str = DEFAULT_GROUPS,
+        resumption: str = "cache",
+        session_lifetime: int = SESSION_LIFETIME,
+    ) -> ServerTLS:
         """Mutual-TLS server options from PEM files (server cert, its key, the project CA).
 
         ``resumption``: "cache" keeps sessions in this process and hands edges a
@@ -128,7 +155,8 @@ class ServerTLS:
         if resumption not in RESUMPTION_MODES:
             raise ValueError(f"tls_resumption must be one of {', '.join(RESUMPTION_MODES)}")
         server = ssl.PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
-            cert.read_bytes() + b"\n" + key.read_bytes())
+            cert.read_bytes() + b"\n" + key.read_bytes()
+        )
         authority = ssl.Certificate.loadPEM(ca.read_bytes())
         options = ssl.CertificateOptions(
             privateKey=server.privateKey.original,
@@ -147,8 +175,9 @@ class ServerTLS:
         connection.set_app_data(tlsProtocol)
         return connection
 
-    def _verify(self, connection: SSL.Connection, cert: crypto.X509, errno: int,
-                depth: int, ok: int) -> bool:
+    def _verify(
+        self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
         if not ok:
             self._failures[connection.get_app_data()] = (
                 f"{verify_error_text(errno)} (certificate {_subject(cert)!r}, depth {depth})"

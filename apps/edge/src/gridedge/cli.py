@@ -62,9 +62,9 @@ def run(config: Config) -> int:
     from twisted.internet import reactor
     from twisted.logger import (
         FilteringLogObserver,
+        Logger,
         LogLevel,
         LogLevelFilterPredicate,
-        Logger,
         globalLogBeginner,
         textFileLogObserver,
     )
@@ -82,10 +82,10 @@ def run(config: Config) -> int:
              version=config.edge.firmware_version, slot=config.edge.boot_slot,
              config=str(config.source), data=str(config.data_dir))
     unit = build_unit(config, reactor)
-    reactor.callWhenRunning(unit.root.startService)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.callWhenRunning(unit.root.startService)
+    reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: _stopping(log, unit.root))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     log.info("gridedge stopped")
     return 0
 

@@ -180,7 +180,7 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(key, f"expected {kind.__name__}, got {value!r}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def positive(self, key: str, default: float) -> float:
         value = self.get(key, float, default)

@@ -89,7 +89,7 @@ class _Answer(Protocol):
 
     def connectionMade(self) -> None:
         try:
-            report = self.factory.report()  # type: ignore[attr-defined]
+            report = self.factory.report()
         except Exception as exc:
             self.log.failure("health report failed")
             report = {"healthy": False, "problems": [f"health report failed: {exc!r}"]}

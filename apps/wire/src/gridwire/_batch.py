@@ -65,8 +65,8 @@ DEFLATE_LEVEL = 6
 #: array type code holding ``width`` bytes, by width (1, 2, 4 or 8 bytes).
 _CONTAINER = {0: 1, 1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
 _TYPECODE = {1: "B", 2: "H", 4: "I", 8: "Q"}
-for _code in "BHIQ":
-    assert array(_code).itemsize == {"B": 1, "H": 2, "I": 4, "Q": 8}[_code]
+if [array(code).itemsize for code in _TYPECODE.values()] != list(_TYPECODE):
+    raise ImportError("gridwire needs array item sizes B=1, H=2, I=4, Q=8 bytes")
 _BIG_ENDIAN = sys.byteorder == "big"
 _RANGES = tuple(FIELD_RANGES[name] for name in FIELDS)
 _PENALTY = {MODE_FOR: 0.0, MODE_DELTA: 1 / 64, MODE_METER_DELTA: 1 / 16}
@@ -120,7 +120,8 @@ class _Column:
 
 def _for(values: Sequence[int]) -> _Column:
     base = min(values)
-    width = _width(max(values) - base)
+    top = max(values)
+    width = _width(top - base)
     offsets = values if base == 0 else map(sub, values, repeat(base))
     return _Column(
         bytes((MODE_FOR, width)) + uvarint(zigzag(base)), _planes(offsets, len(values), width)
@@ -365,7 +366,7 @@ def _columns(
         out.append(values)
     if pos != len(data):
         raise ProtocolError(ErrorCode.BAD_BATCH, f"{len(data) - pos} column bytes left over")
-    return RecordColumns(*out)
+    return RecordColumns._trusted(out)  # every column was range-checked above
 
 
 def _resolve(

@@ -37,7 +37,9 @@ class Limits:
 
     max_frame_size:    bytes of type + body in one frame (the length prefix's value).
     max_batch_records: records in one ReadingBatch (checked from its header).
-    max_in_flight:     uploads (batches and event reports) sent but not yet acknowledged.
+    max_in_flight:     uploads (batches and event reports) sent but not yet acknowledged:
+                       the cloud may not offer more in Welcome; the edge uses at most
+                       this many even if the Welcome offers more.
     """
 
     max_frame_size: int = 256 * 1024

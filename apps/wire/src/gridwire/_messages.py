@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ._errors import ErrorCode, local_error
 from ._limits import MAX_CHUNK, MAX_PAYLOAD, MAX_TEXT
@@ -511,18 +511,6 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Error,
     )
 }
-
-
-def field_names(cls: type[Message]) -> list[str]:
-    """Constructor keyword names of a message class (for docs and tests)."""
-    if cls is ReadingBatch:
-        return ["first_seq", "records"]
-    return [f.name for f in fields(cls)]  # type: ignore[arg-type]
-
-
-def message_kwargs(message: Message) -> dict[str, Any]:
-    """Field values of a message by name (wire order)."""
-    return {name: getattr(message, name) for name, _ in message.WIRE}
 
 
 def describe(cls: type[Message]) -> str:

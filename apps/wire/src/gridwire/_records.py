@@ -124,8 +124,9 @@ class IntervalRecord(_IntervalRecordFields):
 class RecordColumns:
     """A batch of records stored field by field: ``columns.energy_wh[i]`` is record i's.
 
-    Build it with ``RecordColumns.from_records`` or ``RecordColumns.build`` (which
-    validate); the decoder builds it directly from validated columns.
+    Build it with ``RecordColumns.build`` (any iterables) or ``from_records``, or
+    directly from eight tuples of ints; every way is validated, so invalid
+    columns cannot exist.
     """
 
     meter_id: tuple[int, ...]
@@ -136,6 +137,31 @@ class RecordColumns:
     current_ma: tuple[int, ...]
     power_factor: tuple[int, ...]
     flags: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        columns = self.as_tuple()
+        size = len(columns[0]) if type(columns[0]) is tuple else -1
+        for name, column, (low, high) in zip(FIELDS, columns, _RANGES, strict=True):
+            if type(column) is not tuple or len(column) != size:
+                raise local_error(
+                    ErrorCode.INVALID_FIELD,
+                    f"RecordColumns.{name}: eight tuples of equal length needed (see build())",
+                )
+            if column and (
+                not all(type(v) is int for v in column) or min(column) < low or max(column) > high
+            ):
+                raise local_error(
+                    ErrorCode.INVALID_FIELD,
+                    f"RecordColumns.{name}: values must be ints in {low}..{high} (see build())",
+                )
+
+    @classmethod
+    def _trusted(cls, columns: Iterable[tuple[int, ...]]) -> RecordColumns:
+        """Columns known to be valid (decoded and range-checked, or from records): no re-check."""
+        made = object.__new__(cls)
+        for name, column in zip(FIELDS, columns, strict=True):
+            object.__setattr__(made, name, column)
+        return made
 
     def __len__(self) -> int:
         return len(self.meter_id)
@@ -170,11 +196,15 @@ class RecordColumns:
                 raise local_error(ErrorCode.INVALID_FIELD, f"not an IntervalRecord: {record!r}")
         if not records:
             return cls((), (), (), (), (), (), (), ())
-        return cls(*zip(*records, strict=True))
+        return cls._trusted(zip(*records, strict=True))
 
     @classmethod
     def build(cls, **columns: Iterable[int]) -> RecordColumns:
-        """Validated columns from eight equally long sequences of ints, by field name."""
+        """Validated columns from eight equally long sequences of ints, by field name.
+
+        Accepts any iterables (lists, arrays, generators) and int subclasses such as
+        Flags; the plain constructor wants tuples of plain ints.
+        """
         if set(columns) != set(FIELDS):
             raise local_error(
                 ErrorCode.INVALID_FIELD, f"columns must be exactly {', '.join(FIELDS)}"
@@ -199,7 +229,7 @@ class RecordColumns:
                         ErrorCode.INVALID_FIELD, f"{name} values not in {low}..{high}"
                     )
             values.append(col)
-        return cls(*values)
+        return cls._trusted(values)
 
 
 def _as_int(name: str, value: object) -> int:

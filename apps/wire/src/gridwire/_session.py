@@ -15,6 +15,10 @@ one of them is bad, the ones before it are not returned: that is safe because
 nothing is acknowledged that was not delivered, so it is simply sent again on
 the next connection.
 
+There is no end-of-stream call: when the connection closes, the adapter drops
+the session (a new connection gets new sessions).  ``buffered`` > 0 at that
+moment means the peer stopped in the middle of a frame, worth a log line.
+
 Tests: tests/wire/test_session.py, tests/wire/test_pair.py.
 """
 
@@ -40,6 +44,14 @@ from ._records import RecordColumns
 from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State
 
 __all__ = ["CloudSession", "EdgeSession", "negotiate_version"]
+
+
+def _prefix_length(frame: bytes) -> int:
+    """Bytes of a frame's length prefix (a uvarint)."""
+    length = 1
+    while frame[length - 1] & 0x80:
+        length += 1
+    return length
 
 
 def negotiate_version(min_version: int, max_version: int) -> int | None:
@@ -105,7 +117,7 @@ class _Session:
 
     @property
     def window(self) -> int:
-        """Uploads allowed in flight (Welcome.max_in_flight)."""
+        """Uploads allowed in flight: Welcome.max_in_flight, capped by Limits.max_in_flight."""
         return self._window
 
     # -- the two entry points ------------------------------------------------------------
@@ -114,12 +126,19 @@ class _Session:
         """The frame for ``message``, after checking that this role may send it now."""
         if not isinstance(message, Message):
             raise self._fail(ErrorCode.INVALID_FIELD, f"not a message: {message!r}", Side.LOCAL)
+        batch = isinstance(message, ReadingBatch)
+        data = encode_message(message, previous=self._previous_batch if batch else None)
+        if len(data) - _prefix_length(data) > self.limits.max_frame_size:
+            raise self._fail(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"{type(message).__name__} frame of {len(data)} bytes exceeds "
+                f"max_frame_size {self.limits.max_frame_size}: send fewer records per batch",
+                Side.LOCAL,
+            )
         self._transition(Direction.SEND, message, Side.LOCAL)
         if isinstance(message, ReadingBatch):
-            data = encode_message(message, previous=self._previous_batch)
             self._previous_batch = message.columns
-            return data
-        return encode_message(message)
+        return data
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages completed by ``data``, checked in order (see the module docstring)."""
@@ -143,7 +162,8 @@ class _Session:
     # -- machinery -----------------------------------------------------------------------
 
     def _fail(self, code: ErrorCode, text: str, side: Side) -> ProtocolError:
-        self._state = State.ERROR
+        if self._state is not State.CLOSED:  # CLOSED stays closed: nothing more to send
+            self._state = State.ERROR
         return ProtocolError(code, text, side)
 
     def _transition(self, direction: Direction, message: Message, side: Side) -> None:
@@ -167,7 +187,8 @@ class _Session:
         self.welcome = welcome
         self.version = welcome.version
         self._acked = self._highest = welcome.last_acked_seq
-        self._window = welcome.max_in_flight
+        # the edge may choose a smaller window than offered; the cloud holds it to the offer
+        self._window = min(welcome.max_in_flight, self.limits.max_in_flight)
 
     def _check_upload(self, first: int, last: int, side: Side) -> None:
         if first <= self._highest:
@@ -304,6 +325,13 @@ class CloudSession(_Session):
             return
         if isinstance(message, Welcome):
             assert self.hello is not None
+            if message.max_in_flight > self.limits.max_in_flight:
+                raise self._fail(
+                    ErrorCode.INVALID_FIELD,
+                    f"Welcome.max_in_flight={message.max_in_flight} exceeds "
+                    f"Limits.max_in_flight={self.limits.max_in_flight}",
+                    side,
+                )
             if message.version != self.choose_version():
                 raise self._fail(
                     ErrorCode.UNSUPPORTED_VERSION,

@@ -111,7 +111,11 @@ _CLOUD_SENDS = (Ack, Command, FirmwareOffer, FirmwareChunk, Ping, Pong)
 
 TRANSITIONS: dict[Role, Transitions] = {
     Role.EDGE: {
-        State.START: {(SEND, Hello): State.AWAIT_WELCOME, (SEND, Error): State.CLOSED},
+        State.START: {
+            (SEND, Hello): State.AWAIT_WELCOME,
+            (SEND, Error): State.CLOSED,
+            (RECEIVE, Error): State.CLOSED,  # e.g. UNAUTHORIZED before Hello was read
+        },
         State.AWAIT_WELCOME: {
             (RECEIVE, Welcome): State.READY,
             (SEND, Error): State.CLOSED,

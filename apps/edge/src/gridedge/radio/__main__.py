@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overdue-after", type=int, default=d.overdue_after, help="s (%(default)s)")
     p.add_argument("--scan-every", type=float, default=d.scan_every, help="s (%(default)s)")
     p.add_argument("--relay-timeout", type=float, default=d.relay_timeout, help="s (%(default)s)")
+    p.add_argument("--reopen-max", type=float, default=30.0, help="longest wait, s, between "
+                   "attempts to reopen a vanished port (%(default)s)")
     p.add_argument("--stats-every", type=float, default=60.0, help="log counters every S seconds")
     return p
 
@@ -129,7 +131,14 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     )
     sink = SQLiteSink(args.records, synchronous=args.synchronous)
     service = RadioService(
-        args.port, args.baudrate, sink, reactor, settings, stats_every=args.stats_every
+        args.port,
+        args.baudrate,
+        sink,
+        reactor,
+        settings,
+        reopen_initial=min(0.5, args.reopen_max),
+        reopen_max=args.reopen_max,
+        stats_every=args.stats_every,
     )
     done: Deferred[None] = Deferred()
 

@@ -587,7 +587,9 @@ class RadioLink:
             self._wake_at(wake)
 
     def _wake_at(self, when: float) -> None:
-        delay = max(0.0, when - self.clock.seconds())
+        # At least a millisecond: at Unix-time magnitudes a smaller step can round to
+        # "now" and spin.
+        delay = max(0.001, when - self.clock.seconds())
         call = self._pump_call
         if call is not None and call.active():
             if call.getTime() <= when:

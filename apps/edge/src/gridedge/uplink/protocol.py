@@ -33,7 +33,7 @@ class _CountingProtocol(ProtocolWrapper):
 
     def write(self, data: bytes) -> None:
         self.sent += len(data)
-        self.factory.count(len(data), 0)  # type: ignore[attr-defined]
+        self.factory.count(len(data), 0)
         super().write(data)
 
     def writeSequence(self, data: Any) -> None:
@@ -42,7 +42,7 @@ class _CountingProtocol(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
-        self.factory.count(0, len(data))  # type: ignore[attr-defined]
+        self.factory.count(0, len(data))
         super().dataReceived(data)
 
 
@@ -107,7 +107,7 @@ class UplinkProtocol(Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def tls_connection(self) -> Any:
         """The pyOpenSSL connection under this protocol (None without TLS)."""

@@ -1,0 +1,70 @@
+"""gridcloud.config: the serve config file and its validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gridcloud.config import ConfigError, ServerConfig, load_config
+
+EXAMPLE = """
+[server]
+listen = "tcp:7400:interface=0.0.0.0"
+cert = "pki/server.pem"
+key = "/etc/gridcloud/server.key"
+ca = "pki/ca.pem"
+heartbeat_interval = 120
+tls_resumption = "tickets"
+
+[database]
+dsn = "host=db.internal dbname=grid user=gridcloud"
+pool_size = 8
+
+[ingest]
+max_pending_uploads = 3
+"""
+
+
+def test_config_file_is_read_with_paths_relative_to_it(tmp_path: Path) -> None:
+    """Every section is read; relative paths are taken relative to the file's folder."""
+    path = tmp_path / "cloud.toml"
+    path.write_text(EXAMPLE)
+    config = load_config(path).validate()
+    assert config.listen == "tcp:7400:interface=0.0.0.0"
+    assert config.cert == tmp_path / "pki" / "server.pem"
+    assert config.key == Path("/etc/gridcloud/server.key")
+    assert (config.heartbeat_interval, config.pool_size, config.max_pending_uploads) == (120, 8, 3)
+    assert config.tls_resumption == "tickets"
+    assert config.hello_timeout == ServerConfig().hello_timeout  # defaults fill the rest
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nlisten = 7400\n", "listen must be a string"),
+        ("[server]\nheartbeat_interval = 'often'\n", "heartbeat_interval must be a number"),
+        ("[server]\nmax_in_flight = 2.5\n", "max_in_flight must be a whole number"),
+        ("[server]\ncolour = 'blue'\n", "unknown key 'colour' in [server]"),
+        ("[cache]\nsize = 1\n", "unknown section [cache]"),
+        ("[server\n", "cloud.toml"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    """A wrong type, an unknown key or section, or bad TOML is a ConfigError naming it."""
+    path = tmp_path / "cloud.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(path)
+
+
+def test_validation_requires_certificates_and_database() -> None:
+    """The settings that have no safe default must be given; numbers must be positive."""
+    with pytest.raises(ConfigError, match="missing setting: cert"):
+        ServerConfig(dsn="x").validate()
+    complete = ServerConfig(cert=Path("c"), key=Path("k"), ca=Path("a"), dsn="x")
+    assert complete.validate() is complete
+    with pytest.raises(ConfigError, match="pool_size must be positive"):
+        complete.with_overrides(pool_size=0).validate()
+    with pytest.raises(ConfigError, match="tls_resumption"):
+        complete.with_overrides(tls_resumption="maybe").validate()
+    assert complete.with_overrides(pool_size=None, listen="tcp:1").listen == "tcp:1"

@@ -1,0 +1,51 @@
+"""The health rule: each condition that makes a unit unhealthy is reported in words, and a
+unit that has heard the meters and reached the cloud within the windows is healthy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gridedge.health import Snapshot, evaluate
+
+GOOD = Snapshot(
+    now=10_000.0, started_at=0.0,
+    parts={n: {"running": True, "restarts": 0, "last_error": None}
+           for n in ("journal", "radio", "uplink")},
+    journal_open=True, journal_disk_full=False,
+    radio_configured=True, radio_last_frame_at=9_990.0,
+    uplink_connected=True, uplink_last_connected_at=10_000.0,
+)
+
+
+def check(s: Snapshot) -> list[str]:
+    return evaluate(s, radio_window=300, uplink_window=900)
+
+
+def test_healthy_unit() -> None:
+    """Everything running, a recent frame, connected: no problems."""
+    assert check(GOOD) == []
+
+
+def test_each_condition_is_reported() -> None:
+    """A stopped part, a closed or full journal, radio silence and a long disconnection each
+    produce their own line."""
+    parts = dict(GOOD.parts, radio={"running": False, "restarts": 3, "last_error": "ENODEV"})
+    assert check(replace(GOOD, parts=parts)) == [
+        "radio is not running (restarts: 3, last error: ENODEV)"]
+    assert check(replace(GOOD, journal_open=False)) == ["journal is not open"]
+    assert check(replace(GOOD, journal_disk_full=True)) == ["journal: data partition is full"]
+    assert check(replace(GOOD, radio_last_frame_at=None)) == ["radio: no frame received yet"]
+    assert check(replace(GOOD, radio_last_frame_at=9_000.0)) == [
+        "radio: no frame for 1000 s (window 300 s)"]
+    assert check(replace(GOOD, uplink_connected=False, uplink_last_connected_at=None)) == [
+        "uplink: never connected to the cloud since start"]
+    assert check(replace(GOOD, uplink_connected=False, uplink_last_connected_at=8_000.0)) == [
+        "uplink: disconnected for 2000 s (window 900 s)"]
+
+
+def test_windows() -> None:
+    """Inside the windows, a short radio silence or disconnection is still healthy; no radio
+    configured means no radio condition."""
+    assert check(replace(GOOD, radio_last_frame_at=9_800.0, uplink_connected=False,
+                         uplink_last_connected_at=9_200.0)) == []
+    assert check(replace(GOOD, radio_configured=False, radio_last_frame_at=None)) == []

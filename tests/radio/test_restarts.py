@@ -1,0 +1,43 @@
+"""The edge and gridsim each survive the other's sudden death mid-stream, losing nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from radio_rig import Rig, sink_count, wait_for
+from test_end_to_end import _assert_exactly_once, _wait_until_delivered
+
+pytestmark = pytest.mark.slow
+
+_FAULTS = ("--corrupt-rate", "0.01", "--noise-rate", "0.002")
+
+
+def test_edge_survives_gridsim_restart(rig: Rig) -> None:
+    """gridsim killed with SIGKILL and resumed: the edge reopens the port and misses nothing."""
+    edge = rig.edge()
+    sim = rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000)
+    wait_for(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
+    sim.kill()
+    time.sleep(1.0)
+    rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000, resume=True)
+    _wait_until_delivered(rig, timeout=90)
+    _assert_exactly_once(rig)
+    stats = edge.command("stats")["stats"]
+    assert edge.proc.poll() is None
+    assert "reopening" in edge.log()
+    assert stats["module_resets"] >= 1, "the restarted module's reset notice was not seen"
+
+
+def test_gridsim_survives_edge_restart(rig: Rig) -> None:
+    """The edge killed with SIGKILL and restarted: it resumes from its sink without duplicates."""
+    edge = rig.edge()
+    sim = rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000)
+    wait_for(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
+    edge.kill()
+    time.sleep(1.5)
+    edge = rig.edge()
+    _wait_until_delivered(rig, timeout=90)
+    _assert_exactly_once(rig)
+    assert sim.proc.poll() is None, "gridsim died with the edge"
