@@ -238,3 +238,18 @@ async def test_edge_silent_for_three_heartbeats_is_dropped(
         await logs.wait_for(reactor(), "edge-1", "silent for 3 heartbeat intervals")
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_session_resumes_after_a_cut_connection(
+    cloud: CloudService, cloud_pki: CloudPKI
+) -> None:
+    """A connection cut without TLS close_notify still leaves a session the edge can resume."""
+    tls = cloud_pki.client_tls(cloud_pki.edge("edge-1"))
+    for expect_resumed in (False, True, True):
+        client = await connect(cloud, tls)
+        await within(reactor(), client.welcome, 10)
+        assert client.resumed is expect_resumed
+        await sleep(reactor(), 0.05)  # the session tickets follow Welcome
+        client.transport.abortConnection()  # a cut: no close_notify either way
+        await within(reactor(), client.lost, 10)

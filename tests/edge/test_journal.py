@@ -196,3 +196,15 @@ def test_watermarks_survive_ack_eviction_and_reopen(tmp_path: Path) -> None:
     j.close()
     j = open_journal(tmp_path, max_bytes=256 * 1024)
     assert j.watermarks() == {1: 2700, 2: 1800}
+
+
+def test_event_detail_cut_to_wire_limit_and_bad_fields_refused(tmp_path: Path) -> None:
+    """A long detail is cut to 255 UTF-8 bytes (never mid-character); a kind beyond u16 is
+    refused at append, so it can never block the uplink later."""
+    j = open_journal(tmp_path)
+    j.append_event(Event(1, 1_700_000_000, 1, "é" * 200))
+    (_, ev), = j.read(0, 5)
+    assert isinstance(ev, Event) and ev.detail == "é" * 127
+    with pytest.raises(ValueError, match="invalid event"):
+        j.append_event(Event(1, 1_700_000_000, 70_000, ""))
+    assert j.pending == 1

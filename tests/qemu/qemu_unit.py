@@ -57,7 +57,6 @@ class Unit:
         self.radio = radio
         self.child: pexpect.spawn | None = None
         self.boots = 0
-        self.boot_started = 0
 
     # --- power ---------------------------------------------------------------------------
 
@@ -115,14 +114,6 @@ class Unit:
 
     # --- the console -----------------------------------------------------------------------
 
-    def expect_since_boot(self, pattern: str, timeout: float) -> re.Match[str]:
-        """Like expect(), but also finds ``pattern`` in what the console printed since U-Boot
-        chose the slot of the current boot, even if an earlier wait already read past it."""
-        self._flush_log()
-        text = self.console_log.read_text(errors="replace")[self.boot_started :]
-        found = re.search(pattern, text)
-        return found if found else self.expect(pattern, timeout)
-
     def _flush_log(self) -> None:
         if self.child is not None and self.child.logfile_read is not None:
             self.child.logfile_read.flush()
@@ -146,11 +137,6 @@ class Unit:
             )
         match = child.match
         assert isinstance(match, re.Match)
-        if match.group(0).startswith("A/B: booting slot"):
-            # Where this boot starts in the log (characters, as read_text() counts them).
-            self._flush_log()
-            pending = len(child.buffer) if isinstance(child.buffer, str) else 0
-            self.boot_started = len(self.console_log.read_text(errors="replace")) - pending
         return match
 
     def sync(self) -> None:

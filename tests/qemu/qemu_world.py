@@ -83,3 +83,12 @@ def wait_until_healthy(unit: Unit, timeout: float) -> None:
         timeout,
         "gridedge health to pass",
     )
+
+
+def wait_until_marked_good(unit: Unit, timeout: float) -> None:
+    """Wait until this boot's mark-good has confirmed the slot (its syslog line)."""
+    unit.wait_until(
+        "grep -q 'mark-good: healthy after .* slot marked good' /var/log/messages",
+        timeout,
+        "mark-good to mark the slot good",
+    )

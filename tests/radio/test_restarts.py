@@ -27,7 +27,8 @@ def test_edge_survives_gridsim_restart(rig: Rig) -> None:
     stats = edge.command("stats")["stats"]
     assert edge.proc.poll() is None
     assert "reopening" in edge.log()
-    assert stats["module_resets"] >= 1, "the restarted module's reset notice was not seen"
+    # Reports sent while the port was closed were lost: only polling can have recovered them.
+    assert stats["polls_sent"] > 0
 
 
 def test_gridsim_survives_edge_restart(rig: Rig) -> None:

@@ -9,6 +9,7 @@ to files in the test's folder and are printed when a wait times out.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -190,6 +191,18 @@ class Edge:
     def start(self) -> Edge:
         self.proc.start()
         return self
+
+    def report(self) -> dict[str, Any]:
+        """The running unit's full health report (`gridedge health --json`)."""
+        out = subprocess.run(
+            [str(BIN / "gridedge"), "health", "--json", "--config", str(self.config)],
+            capture_output=True, text=True, timeout=30)
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def pending(self) -> int:
+        """Entries waiting in the journal."""
+        return int(self.report()["snapshot"]["details"]["journal"]["pending"])
 
     def health(self) -> tuple[int, str]:
         out = subprocess.run([str(BIN / "gridedge"), "health", "--config", str(self.config)],

@@ -163,3 +163,29 @@ def test_postgresql_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                 assert cloud.proc.alive and edge.proc.alive
             converge(dsn, sim, edge, cloud)
             assert_exactly_once(dsn, sim)
+
+
+def test_unprovisioned_uplink_restarts_alone_while_radio_and_journal_work(
+    setup: tuple[Path, Path, Pki], pg_dsn: str
+) -> None:
+    """Started before its certificate is in place, the unit keeps journalling radio records while
+    the supervisor retries the uplink; once the files appear, everything reaches PostgreSQL."""
+    root, data, pki = setup
+    hidden = root / "tls-later"
+    pki.edge_tls.rename(hidden)
+    cloud = Cloud(root, pki, pg_dsn).start()
+    sim = Sim(root, root / "radio", meters=METERS, speed=2400, duration="6h").start()
+    edge = Edge(root, data, edge_config(data, uplink_port=cloud.port, radio=sim.port)).start()
+    with running(edge, sim, cloud):
+        wait_until(lambda: "edge.pem is missing" in edge.log.read_text(), 30,
+                   "the uplink's first failure", (edge.log,))
+        code, text = edge.health()
+        assert code == 1 and "uplink is not running" in text and "edge.pem is missing" in text
+        wait_until(lambda: edge.pending() > 0, 30, "records journalled meanwhile", (edge.log,))
+        assert stored_rows(pg_dsn) == 0
+        hidden.rename(pki.edge_tls)
+        converge(pg_dsn, sim, edge, cloud)
+        assert_exactly_once(pg_dsn, sim)
+        assert "restarting uplink" in edge.log.read_text()
+        wait_until(lambda: edge.health()[0] == 0, 30, "a healthy unit", (edge.log,))
+        assert edge.proc.stop() == 0

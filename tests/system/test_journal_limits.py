@@ -6,14 +6,12 @@ partition that fills up (clear error and event, no crash loop, nothing lost once
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
@@ -21,7 +19,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edge_harness import (
-    BIN,
     EDGE_ID,
     Cloud,
     Edge,
@@ -38,14 +35,6 @@ from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
 from proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
-
-
-def report(edge: Edge) -> dict[str, Any]:
-    """The running edge's health report (gridedge health --json)."""
-    out = subprocess.run([str(BIN / "gridedge"), "health", "--json", "--config", str(edge.config)],
-                         capture_output=True, text=True, timeout=30)
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
 
 
 def events(dsn: str) -> list[tuple[int, int, str]]:
@@ -68,14 +57,14 @@ def test_size_bound_drops_oldest_reports_and_keeps_running(tmp_path: Path, pg_ds
                                                 journal_max="128 KiB")).start()
         with running(edge, sim, cloud):
             wait_until(sim.complete, 90, "gridsim's run", (sim.log, edge.log))
-            offline = report(edge)["snapshot"]["details"]["journal"]
+            offline = edge.report()["snapshot"]["details"]["journal"]
             assert offline["evicted_total"] > 0, offline
             assert offline["size_bytes"] <= 128 * 1024
             assert edge.proc.alive
             proxy.refuse(False)
-            wait_until(lambda: report(edge)["snapshot"]["details"]["journal"]["pending"] == 0,
+            wait_until(lambda: edge.pending() == 0,
                        60, "the journal to drain", (edge.log, cloud.log))
-            journal = report(edge)["snapshot"]["details"]["journal"]
+            journal = edge.report()["snapshot"]["details"]["journal"]
             got = stored(pg_dsn)
             evs = events(pg_dsn)
             issued = journal["next_seq"] - 1
@@ -125,7 +114,7 @@ def test_full_data_partition_no_crash_loop_nothing_lost(tmp_path: Path, pg_dsn: 
                        in edge.health()[1], 60, "health to report the full disk", (edge.log,))
             time.sleep(3)
             assert edge.proc.alive, "gridedge must not exit on a full disk"
-            parts = report(edge)["snapshot"]["parts"]
+            parts = edge.report()["snapshot"]["parts"]
             assert all(p["running"] for p in parts.values()), parts
             assert "DISK FULL" in edge.log.read_text()
             filler.unlink()

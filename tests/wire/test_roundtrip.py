@@ -16,7 +16,7 @@ from gridwire import (
     RecordColumns,
     Welcome,
 )
-from gridwire._batch import decode_batch, encode_batch
+from gridwire._batch import decode_batch, encode_batch, encode_batch_modes
 from gridwire._codec import FrameDecoder, encode_message
 from gridwire._messages import MESSAGE_CLASSES
 from gridwire._varint import Reader
@@ -149,3 +149,18 @@ def test_energy_refers_to_the_previous_batch() -> None:
     chained = encode_batch(polls[1], previous=polls[0])
     assert len(chained) < len(alone) / 2
     assert decode_batch(Reader(chained), 1000, previous=polls[0]) == polls[1]
+
+
+@given(
+    st.lists(realistic_records(max_meters=5), min_size=2, max_size=2),
+    st.lists(st.sampled_from([0, 1, 2]), min_size=8, max_size=8),
+)
+def test_any_forced_column_modes_round_trip(
+    polls: list[list[IntervalRecord]], modes: list[int]
+) -> None:
+    """Whatever modes a sender forces (as sessions do between full mode searches), it decodes."""
+    first, second = (RecordColumns.from_records(records) for records in polls)
+    body, used = encode_batch_modes(second, previous=first, modes=modes)
+    assert all(u in (m, 0) for u, m in zip(used, modes, strict=True))
+    assert used[0] != 2
+    assert decode_batch(Reader(body), 1000, previous=first) == second

@@ -30,7 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .tls import keep_session_resumable, set_groups, ssl_error_text
+from .tls import keep_session_resumable, set_groups, ssl_error_text, tolerate_cuts
 
 log = Logger(namespace="gridcloud.loadgen")
 
@@ -52,6 +52,7 @@ class ResumingClientTLS:
         connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
         if self._groups:
             set_groups(connection, self._groups)  # one small key share: fewer bytes
+        tolerate_cuts(connection.get_context())
         if self.session is not None:
             connection.set_session(self.session)
         return connection

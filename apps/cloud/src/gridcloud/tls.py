@@ -91,6 +91,17 @@ def set_groups(target: SSL.Context | SSL.Connection, groups: str) -> bool:
     return True
 
 
+def tolerate_cuts(context: SSL.Context) -> None:
+    """Treat a connection cut without close_notify as closed, not as an attack.
+
+    Without this, OpenSSL answers the end of a cut connection with a fatal
+    error, which also evicts the session from the cache: the very reconnection
+    that resumption is for would pay a full handshake.  gridwire is framed and
+    acknowledged, so a truncated stream cannot pass for a complete one.
+    """
+    context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
+
+
 def keep_session_resumable(connection: SSL.Connection | None) -> None:
     """After a TLS 1.3 connection ends without close_notify, keep its session resumable.
 
@@ -100,7 +111,8 @@ def keep_session_resumable(connection: SSL.Connection | None) -> None:
     truncation attacks.  TLS 1.3 dropped that rule (RFC 8446, section 6.1), and
     a cut connection is exactly when an edge needs to resume, so for TLS 1.3 the
     connection is marked as shut down before it is freed.  TLS 1.2 keeps the
-    old rule.  Called from connectionLost on both sides.
+    old rule.  Called from connectionLost on both sides; it matters for the side
+    that aborts (the other side's end of stream is handled by tolerate_cuts).
     """
     if connection is None or connection.get_protocol_version_name() != "TLSv1.3":
         return
@@ -125,6 +137,7 @@ class ServerTLS:
         self._failures: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         context = options.getContext()
         set_groups(context, groups)
+        tolerate_cuts(context)
         # Edges reconnect after outages of hours; OpenSSL's default (300 s) would
         # make most reconnections pay a full handshake.
         context.set_timeout(session_lifetime)

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
-from gridwire import IntervalRecord
+from gridwire import EventReport, IntervalRecord, ProtocolError
 from twisted.logger import Logger
 
 SCHEMA_VERSION = 1
@@ -66,6 +66,7 @@ _MIN_PAGES = 16  # the schema alone needs a handful of pages
 EVENT_JOURNAL_EVICTED = 0x8001
 EVENT_JOURNAL_DISK_FULL = 0x8002
 
+_MAX_DETAIL = 255  # bytes of UTF-8 in EventReport.detail (docs/protocol.md)
 _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes
 _EVENT = struct.Struct("<IQH")  # meter_id, time, kind; the UTF-8 detail follows
 
@@ -383,8 +384,18 @@ class Journal:
         return {int(m): int(t) for m, t in rows}
 
     def append_event(self, event: Event) -> None:
-        """Store an event for the cloud, like :meth:`append` (same errors)."""
-        self._unsaved.events.append(event)
+        """Store an event for the cloud, like :meth:`append` (same errors).
+
+        The detail is cut to the 255 bytes an EventReport carries; fields out of the
+        wire's ranges are refused here (ValueError), not when the uplink sends them.
+        """
+        detail = event.detail.encode()[:_MAX_DETAIL].decode(errors="ignore")
+        try:
+            EventReport(seq=1, meter_id=event.meter_id, time=event.time, kind=event.kind,
+                        detail=detail)
+        except ProtocolError as exc:
+            raise ValueError(f"invalid event {event!r}: {exc}") from None
+        self._unsaved.events.append(Event(event.meter_id, event.time, event.kind, detail))
         self._store(_Change(), 1)
 
     def _store(self, change: _Change, count: int) -> None:
@@ -430,7 +441,7 @@ class Journal:
                 self._disk_full = True
                 self._unsaved.events.append(Event(
                     0, int(self._clock()), EVENT_JOURNAL_DISK_FULL,
-                    f"data partition full: {count} entries could not be stored ({exc})"[:255],
+                    f"data partition full: {count} entries could not be stored ({exc})"[:200],
                 ))
                 self.log.error(
                     "journal {path}: DISK FULL, {n} new entries could not be stored ({error}); "

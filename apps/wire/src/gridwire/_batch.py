@@ -239,17 +239,36 @@ def encode_batch(
     None.  ``compress``: None = deflate when that makes the data smaller (the
     default, "compression where it pays"); True/False force it (tests, benchmarks).
     """
+    return encode_batch_modes(columns, previous, compress)[0]
+
+
+def encode_batch_modes(
+    columns: RecordColumns,
+    previous: RecordColumns | None = None,
+    compress: bool | None = None,
+    modes: Sequence[int] | None = None,
+) -> tuple[bytes, tuple[int, ...]]:
+    """encode_batch that also returns the mode chosen per column, and can take them.
+
+    ``modes``: use these column modes (falling back to FOR where one cannot
+    apply) instead of trying every mode.  Why: trying costs about twice as much
+    as encoding, and consecutive batches of a connection nearly always choose
+    the same modes, so a session tries every mode only now and then.
+    """
     cols = columns.as_tuple()
     count = len(cols[0])
     if count == 0:
         raise ProtocolError(ErrorCode.INVALID_FIELD, "a batch holds at least one record")
-    refs = _References(cols[0], previous)
+    refs = _References(cols[0], previous) if modes is None or MODE_METER_DELTA in modes else None
     chosen = []
     for index, values in enumerate(cols):
+        if modes is not None:
+            chosen.append(_column_in_mode(modes[index], values, index, refs))
+            continue
         best = _for(values)
         if best.planes:
             candidates = [best, _delta(values)]
-            if index and refs.useful:
+            if index and refs is not None and refs.useful:
                 candidates.append(_meter_delta(values, index, refs))
             # cheaper-to-decode modes win near-ties: METER_DELTA must save count/16 bytes
             best = min(
@@ -264,7 +283,20 @@ def encode_batch(
         if compress or len(deflated) < len(data):
             data, codec = deflated, CODEC_DEFLATE
     headers = [column.header for column in chosen]
-    return b"".join([uvarint(count), bytes((codec,)), *headers, uvarint(len(data)), data])
+    body = b"".join([uvarint(count), bytes((codec,)), *headers, uvarint(len(data)), data])
+    return body, tuple(column.header[0] for column in chosen)
+
+
+def _column_in_mode(
+    mode: int, values: Sequence[int], index: int, refs: _References | None
+) -> _Column:
+    """The column in ``mode`` if it applies to these values, else in FOR."""
+    column = None
+    if mode == MODE_DELTA:
+        column = _delta(values)
+    elif mode == MODE_METER_DELTA and index and refs is not None and refs.useful:
+        column = _meter_delta(values, index, refs)
+    return column if column is not None else _for(values)
 
 
 def decode_batch(

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._codec import FrameDecoder, encode_message
+from ._batch import encode_batch_modes
+from ._codec import FrameDecoder, encode_message, frame
 from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import SUPPORTED_VERSIONS, Limits
 from ._messages import (
@@ -42,8 +43,13 @@ from ._messages import (
 )
 from ._records import RecordColumns
 from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State
+from ._varint import uvarint
 
 __all__ = ["CloudSession", "EdgeSession", "negotiate_version"]
+
+
+#: A session reuses the last batch's column modes and tries every mode on every Nth batch.
+RETRY_MODES_EVERY = 8
 
 
 def _prefix_length(frame: bytes) -> int:
@@ -82,6 +88,8 @@ class _Session:
         self._offers: dict[int, FirmwareOffer] = {}
         self._requested: set[tuple[int, int]] = set()
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
+        self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
+        self._batches_sent = 0
 
     # -- public read-only views -------------------------------------------------------
 
@@ -126,8 +134,13 @@ class _Session:
         """The frame for ``message``, after checking that this role may send it now."""
         if not isinstance(message, Message):
             raise self._fail(ErrorCode.INVALID_FIELD, f"not a message: {message!r}", Side.LOCAL)
-        batch = isinstance(message, ReadingBatch)
-        data = encode_message(message, previous=self._previous_batch if batch else None)
+        modes: tuple[int, ...] | None = None
+        if isinstance(message, ReadingBatch):
+            hint = self._batch_modes if self._batches_sent % RETRY_MODES_EVERY else None
+            body, modes = encode_batch_modes(message.columns, self._previous_batch, None, hint)
+            data = frame(message.TYPE, uvarint(message.first_seq) + body)
+        else:
+            data = encode_message(message)
         if len(data) - _prefix_length(data) > self.limits.max_frame_size:
             raise self._fail(
                 ErrorCode.FRAME_TOO_LARGE,
@@ -137,7 +150,10 @@ class _Session:
             )
         self._transition(Direction.SEND, message, Side.LOCAL)
         if isinstance(message, ReadingBatch):
+            # modes chosen without a previous batch (no METER_DELTA) are no hint for the next
+            self._batch_modes = modes if self._previous_batch is not None else None
             self._previous_batch = message.columns
+            self._batches_sent += 1
         return data
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:

@@ -1,0 +1,315 @@
+"""RadioLink logic driven by task.Clock and in-memory bytes: gap filling, delivery, relay commands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from gridedge.radio import Flags, IntervalRecord, LinkSettings, MemorySink, RadioLink, RelayOutcome
+from gridedge.radio import frames as F
+from gridedge.radio.framing import FrameDecoder, encode_many
+from gridsim.model import make_meters
+from gridsim.module import FaultRates, RadioModule
+from gridsim.truth import GroundTruth, TruthWriter
+
+T0 = 1767571200  # 2026-01-05 00:00 UTC
+I = 900
+M = 100001
+
+
+def rec(meter: int, end: int, energy: int | None = None, flags: int = 0) -> IntervalRecord:
+    return IntervalRecord(meter, end, energy if energy is not None else end // 100, 500, 2300, 2000, 950, flags)
+
+
+class Harness:
+    def __init__(self, sink: MemorySink | None = None, **settings: object) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.sink = sink or MemorySink()
+        base = {"backfill": 0, "poll_rate": 100.0, "poll_burst": 10, "poll_timeout": 5.0}
+        base.update(settings)
+        self.link = RadioLink(self.sink, self.clock, LinkSettings(**base))  # type: ignore[arg-type]
+        self.link.start()
+        self.sent: list[F.Frame] = []
+        self._decoder = FrameDecoder()
+        self.link.connected(lambda data: self.sent.extend(self._decoder.feed(data)))
+
+    def feed(self, *frames: F.Frame) -> None:
+        self.link.data_received(encode_many(frames))
+
+    def report(self, *records: IntervalRecord) -> None:
+        self.feed(*(F.IntervalReport(r) for r in records))
+
+    def polls(self) -> list[F.PollRequest]:
+        out = [f for f in self.sent if isinstance(f, F.PollRequest)]
+        self.sent = [f for f in self.sent if not isinstance(f, F.PollRequest)]
+        return out
+
+    def answer(self, poll: F.PollRequest, have: dict[int, IntervalRecord], oldest: int) -> None:
+        records = tuple(
+            have[e] for e in range(poll.first_end, poll.first_end + poll.count * I, I) if e in have
+        )
+        newest = max(have) if have else 0
+        self.feed(
+            F.PollResponse(
+                poll.cmd_id, poll.meter_id, poll.first_end, poll.count, F.PollStatus.OK,
+                oldest, newest, records,
+            )
+        )
+
+    def delivered(self) -> list[tuple[int, int]]:
+        return [(r.meter_id, r.interval_end) for r in self.sink.records]
+
+
+def test_contiguous_reports_go_straight_to_the_sink() -> None:
+    """Reports without gaps are appended at once, in order, without any poll."""
+    h = Harness()
+    h.report(rec(M, T0 + I), rec(M, T0 + 2 * I), rec(M + 1, T0 + I))
+    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M + 1, T0 + I)]
+    assert h.sink.appends == 1
+    assert h.polls() == []
+
+
+def test_gap_is_polled_and_filled_in_order_exactly_once() -> None:
+    """A missing interval is polled; the records behind it wait and then follow it in order."""
+    h = Harness()
+    have = {T0 + k * I: rec(M, T0 + k * I) for k in range(1, 6)}
+    h.report(have[T0 + I])
+    h.report(have[T0 + 4 * I], have[T0 + 5 * I])  # 2 and 3 lost
+    assert h.delivered() == [(M, T0 + I)]
+    assert h.link.meter(M).missing == 2  # type: ignore[union-attr]
+    [poll] = h.polls()
+    assert (poll.meter_id, poll.first_end, poll.count) == (M, T0 + 2 * I, 2)
+    h.answer(poll, have, oldest=T0 + I)
+    assert h.delivered() == [(M, T0 + k * I) for k in range(1, 6)]
+    h.report(have[T0 + 3 * I])  # a late duplicate
+    assert len(h.sink.records) == 5
+    assert h.link.stats()["duplicates"] == 1
+
+
+def test_restart_resumes_from_the_sink_watermarks() -> None:
+    """A new link over a sink that holds records neither repeats nor skips any."""
+    sink = MemorySink()
+    sink.append([rec(M, T0 + I), rec(M, T0 + 2 * I)])
+    h = Harness(sink)
+    h.report(rec(M, T0 + 2 * I), rec(M, T0 + 3 * I))
+    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M, T0 + 3 * I)]
+    assert h.polls() == []
+    h.report(rec(M, T0 + 5 * I))
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + 4 * I, 1)
+
+
+def test_new_meter_is_backfilled_with_one_poll() -> None:
+    """A meter heard for the first time is asked for its history; oldest_end bounds it."""
+    h = Harness(backfill=96)
+    have = {T0 + k * I: rec(M, T0 + k * I) for k in range(1, 4)}
+    h.report(have[T0 + 3 * I])
+    assert h.delivered() == []
+    [poll] = h.polls()
+    assert poll.first_end == T0 + 3 * I - 96 * I and poll.count == 16
+    h.answer(poll, have, oldest=T0 + I)  # nothing in that range: memory starts at T0+I
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + I, 2)
+    h.answer(poll, have, oldest=T0 + I)
+    assert h.delivered() == [(M, T0 + k * I) for k in range(1, 4)]
+    assert h.link.stats()["intervals_unavailable"] == 0
+
+
+def test_overdue_meter_is_polled_by_module_time() -> None:
+    """When the module clock passes an interval end by overdue_after, a missing report is polled."""
+    h = Harness(overdue_after=600, scan_every=0.0)
+    h.report(rec(M, T0 + I))
+    h.feed(F.ModuleStatus(T0 + 2 * I + 599, 0, 1, 0, 1))
+    assert h.polls() == []
+    h.feed(F.ModuleStatus(T0 + 2 * I + 600, 0, 1, 0, 1))
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + 2 * I, 1)
+    h.answer(poll, {T0 + 2 * I: rec(M, T0 + 2 * I)}, oldest=T0 + I)
+    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I)]
+
+
+def test_unanswered_poll_backs_off_and_retries() -> None:
+    """A poll without an answer times out, and the meter is asked again after a back-off."""
+    h = Harness(poll_timeout=5.0, backoff_initial=10.0)
+    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    first = h.polls()
+    assert len(first) == 1
+    h.clock.advance(5.0)
+    assert h.link.stats()["poll_timeouts"] == 1
+    h.clock.advance(9.9)
+    assert h.polls() == []
+    h.clock.advance(0.2)
+    [again] = h.polls()
+    assert again.first_end == first[0].first_end and again.cmd_id != first[0].cmd_id
+    h.feed(  # the first, late answer still counts
+        F.PollResponse(first[0].cmd_id, M, T0 + 2 * I, 1, F.PollStatus.OK, T0 + I, T0 + 3 * I,
+                       (rec(M, T0 + 2 * I),))
+    )
+    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M, T0 + 3 * I)]
+    assert h.link.stats()["late_responses"] == 1
+
+
+def test_poll_rate_and_in_flight_are_bounded() -> None:
+    """With 200 meters needing polls, the rate and in-flight limits hold."""
+    h = Harness(poll_rate=5.0, poll_burst=10, max_polls_in_flight=1000)
+    for m in range(200):
+        h.report(rec(M + m, T0 + I), rec(M + m, T0 + 3 * I))
+    assert len(h.polls()) == 10  # the burst
+    for _ in range(100):
+        h.clock.advance(0.1)
+    assert 49 <= len(h.polls()) <= 50  # then 5 per second
+    h2 = Harness(poll_rate=1000.0, poll_burst=1000, max_polls_in_flight=4)
+    for m in range(50):
+        h2.report(rec(M + m, T0 + I), rec(M + m, T0 + 3 * I))
+    assert len(h2.polls()) == 4
+
+
+def test_sink_failure_keeps_records_and_retries() -> None:
+    """When append raises, nothing is lost and nothing is appended twice."""
+
+    class Flaky(MemorySink):
+        fail = True
+
+        def append(self, records: Sequence[IntervalRecord]) -> None:
+            if self.fail:
+                raise OSError("disk full")
+            super().append(records)
+
+    sink = Flaky()
+    h = Harness(sink, sink_retry=1.0)
+    h.report(rec(M, T0 + I), rec(M, T0 + 2 * I))
+    assert h.delivered() == [] and h.link.stats()["sink_failures"] == 1
+    sink.fail = False
+    h.clock.advance(1.0)
+    h.report(rec(M, T0 + 2 * I))
+    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I)]
+
+
+def test_held_records_are_bounded() -> None:
+    """A meter that never fills its gap holds at most max_held records; the rest is re-polled."""
+    h = Harness(max_held=8)
+    h.report(rec(M, T0 + I))
+    h.report(*(rec(M, T0 + k * I) for k in range(3, 40)))
+    assert h.link.stats()["records_held"] == 8
+    assert h.link.stats()["held_discarded"] == 29
+
+
+def test_relay_confirmed() -> None:
+    """A confirmed relay command fires its Deferred with ok and updates the registry."""
+    h = Harness()
+    outcomes: list[RelayOutcome] = []
+    h.link.relay(M, True).addCallback(outcomes.append)
+    [cmd] = [f for f in h.sent if isinstance(f, F.RelayCommand)]
+    assert cmd.meter_id == M and cmd.open
+    confirm = F.RelayConfirm(cmd.cmd_id, M, True, F.RelayStatus.OK, F.RelayState.OPEN)
+    h.feed(confirm)
+    assert outcomes == [RelayOutcome(M, True, True, "confirmed", True, 1)]
+    assert h.link.meter(M).relay_open is True  # type: ignore[union-attr]
+    h.feed(confirm)  # duplicate: harmless
+    assert len(outcomes) == 1 and h.link.stats()["relay_late_confirms"] == 1
+
+
+def test_relay_timeout_retries_with_the_same_id_then_fails() -> None:
+    """Without confirmation the command is re-sent (same id) and finally fails with "timeout"."""
+    h = Harness(relay_timeout=10.0, relay_attempts=3)
+    outcomes: list[RelayOutcome] = []
+    h.link.relay(M, True).addCallback(outcomes.append)
+    for _ in range(3):
+        h.clock.advance(10.0)
+    cmds = [f for f in h.sent if isinstance(f, F.RelayCommand)]
+    assert len(cmds) == 3 and len({c.cmd_id for c in cmds}) == 1
+    assert outcomes == [RelayOutcome(M, True, False, "timeout", None, 3)]
+    # A confirmation after the failure is only recorded in the registry.
+    h.feed(F.RelayConfirm(cmds[0].cmd_id, M, True, F.RelayStatus.OK, F.RelayState.OPEN))
+    assert len(outcomes) == 1
+    assert h.link.meter(M).relay_open is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "sends"),
+    [
+        (F.RelayStatus.REFUSED, "refused", 1),
+        (F.RelayStatus.UNKNOWN_METER, "unknown-meter", 1),
+        (F.RelayStatus.NO_RESPONSE, "no-response", 2),
+    ],
+)
+def test_relay_failures(status: F.RelayStatus, reason: str, sends: int) -> None:
+    """Definite failures end at once; transient ones are retried up to the attempt limit."""
+    h = Harness(relay_attempts=2, relay_retry_delay=1.0)
+    outcomes: list[RelayOutcome] = []
+    h.link.relay(M, False).addCallback(outcomes.append)
+    for _ in range(sends):
+        cmd = [f for f in h.sent if isinstance(f, F.RelayCommand)][-1]
+        h.feed(F.RelayConfirm(cmd.cmd_id, M, False, status, F.RelayState.UNKNOWN))
+        h.clock.advance(1.0)
+    assert [(o.ok, o.reason, o.attempts) for o in outcomes] == [(False, reason, sends)]
+
+
+def test_stop_fails_pending_relays() -> None:
+    """Stopping the link ends pending commands with "link-stopped" and cancels every timer."""
+    h = Harness()
+    outcomes: list[RelayOutcome] = []
+    h.link.relay(M, True).addCallback(outcomes.append)
+    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    h.link.stop()
+    assert outcomes[0].reason == "link-stopped"
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_module_reset_reasks_in_flight_polls() -> None:
+    """After a module reset notice, polls in flight are sent again without waiting for timeouts."""
+    h = Harness(poll_timeout=60.0)
+    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    [first] = h.polls()
+    h.feed(F.ModuleReset(T0, F.ResetReason.WATCHDOG, 2))
+    [again] = h.polls()
+    assert again.first_end == first.first_end
+    assert h.link.stats()["module_resets"] == 1
+
+
+def test_whole_day_against_simulated_module_with_every_fault(tmp_path: Path) -> None:
+    """Sans-IO link against gridsim's module, all fault kinds on: the sink equals the truth."""
+    meters = make_meters(300, seed=7)
+    truth_path = tmp_path / "truth.sqlite"
+    truth = TruthWriter(truth_path, resume=False)
+    module = RadioModule(
+        meters, seed=7, start=T0, end=T0 + 86400, truth=truth,
+        faults=FaultRates(
+            corrupt=0.02, noise=0.01, drop=0.02, silence_per_day=0.5, tamper_per_day=0.2,
+            outage_per_day=0.2, reset_per_day=3,
+        ),
+    )
+    clock = Clock()
+    clock.advance(T0)
+    sink = MemorySink()
+    link = RadioLink(
+        sink, clock,
+        LinkSettings(poll_rate=200, poll_burst=20, max_polls_in_flight=16, poll_timeout=0.5,
+                     backoff_initial=0.2, backoff_max=2.0, scan_every=0.1),
+    )
+    link.start()
+    link.connected(module.receive)
+    for _ in range(int(40 / 0.02)):  # 40 s at 3,000x: the day plus time to catch up
+        clock.advance(0.02)
+        data = module.advance(T0 + (clock.seconds() - T0) * 3000)
+        if data:
+            link.data_received(data)
+    truth.close()
+    with GroundTruth(truth_path) as gt:
+        expected = {(r.meter_id, r.interval_end): r for r in gt.records()}
+        assert gt.is_complete()
+    got = [(r.meter_id, r.interval_end) for r in sink.records]
+    assert len(got) == len(set(got)), "a record was delivered twice"
+    assert set(got) == set(expected)
+    assert all(r == expected[(r.meter_id, r.interval_end)] for r in sink.records)
+    c = module.counters
+    assert c.resets > 1 and c.frames_corrupted > 0 and c.reports_dropped > 0
+    flags = {r.flags for r in sink.records}
+    assert any(f & Flags.TAMPER for f in flags) and any(f & Flags.OUTAGE for f in flags)
+    assert link.stats()["leaves"] > 0
+
+
