@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import debian
@@ -61,7 +62,11 @@ MODULES = (
     "dm_verity",
 )
 # PyPI has no armv7l wheel for these (at the pinned version): Debian's armhf build is used.
-FROM_DEBIAN = {"zope-interface": "python3-zope.interface", "cffi": "python3-cffi-backend"}
+FROM_DEBIAN = {"cffi": "python3-cffi-backend"}
+# No armv7l wheel, and Debian's build is too old (Twisted 26 needs zope.interface 8): these are
+# built from the pinned sdist and installed without their C speed-ups, which they only use
+# when present (zope.interface falls back to its pure-Python implementation).
+PURE_FROM_SDIST = {"zope-interface"}
 # Needed only to build cffi modules, never at run time.
 BUILD_ONLY = {"pycparser"}
 WHEEL_PLATFORMS = (
@@ -148,7 +153,8 @@ def lock(cache: Path) -> None:
 def fetch_debs(cache: Path) -> list[Path]:
     lock_file = BOARD / "packages.lock"
     pairs = debian.read_lock(lock_file)
-    dest = cache / f"debs-{debian.lock_key(lock_file)}"
+    # apt names each file by package and version, so one folder serves every lock.
+    dest = cache / "debs"
     step(f"Debian armhf packages: {len(pairs)} (cache {dest})")
     return debian.Apt(cache / "apt").download(pairs, dest)
 
@@ -192,10 +198,10 @@ print(json.dumps(seen))
 
 
 def fetch_wheels(cache: Path, requirements: dict[str, str]) -> Path:
-    pins = sorted(
-        f"{n}=={v}" for n, v in requirements.items() if n not in FROM_DEBIAN and n not in BUILD_ONLY
-    )
-    key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]
+    skip = FROM_DEBIAN.keys() | BUILD_ONLY | PURE_FROM_SDIST
+    pins = sorted(f"{n}=={v}" for n, v in requirements.items() if n not in skip)
+    pure = sorted(f"{n}=={v}" for n, v in requirements.items() if n in PURE_FROM_SDIST)
+    key = hashlib.sha256("\n".join(pins + pure).encode()).hexdigest()[:12]
     dest = cache / f"wheels-{key}"
     stamp = dest / ".complete"
     step(f"Python wheels: {len(pins)} pinned (cache {dest})")
@@ -224,7 +230,20 @@ def fetch_wheels(cache: Path, requirements: dict[str, str]) -> Path:
             dest,
             *pins,
         )
-        stamp.write_text("\n".join(pins) + "\n")
+        run(
+            VENV_PY,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-w",
+            dest / "pure",
+            *pure,
+        )
+        stamp.write_text("\n".join(pins + pure) + "\n")
     return dest
 
 
@@ -278,6 +297,9 @@ def install_python(rootfs: Path, wheels: Path, work: Path) -> None:
         site,
         *files,
     )
+    for wheel in sorted((wheels / "pure").glob("*.whl")):
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(site, [n for n in z.namelist() if not n.endswith((".so", ".c", ".h"))])
     # pip's console scripts carry the host's interpreter path; the image has its own below.
     shutil.rmtree(site / "bin", ignore_errors=True)
     script = rootfs / "usr/bin/gridedge"

@@ -10,7 +10,6 @@ Tests: tests/qemu/ (every boot test runs what this unpacks).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -125,11 +124,6 @@ def _deb_in(folder: Path, name: str, version: str) -> Path | None:
         if path.exists():
             return path
     return None
-
-
-def lock_key(lock: Path) -> str:
-    """A short digest of the lock file: the name of the download cache folder."""
-    return hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
 
 
 def unpack(deb: Path, root: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,12 +49,26 @@ def command(disk: Path, *, radio: str | None = None, memory_mb: int = 512) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description="Boot the CI image with the console attached.")
     parser.add_argument("--disk", type=Path, default=DEFAULT_DISK)
+    parser.add_argument(
+        "--fresh-from",
+        type=Path,
+        help="copy this image to --disk first when --disk is missing or older (keeps the "
+        "built image pristine for the tests; the copy keeps its /data between runs)",
+    )
     parser.add_argument("--radio", help="host serial device for the guest's /dev/ttyS0")
     args = parser.parse_args()
+    source = args.fresh_from
+    if source is not None:
+        if not source.exists():
+            print(f"{source} does not exist: run 'make ci-image' first", file=sys.stderr)
+            return 1
+        if not args.disk.exists() or args.disk.stat().st_mtime < source.stat().st_mtime:
+            print(f"qemu-run: {args.disk} is a fresh copy of {source}", flush=True)
+            subprocess.run(["cp", "--sparse=always", str(source), str(args.disk)], check=True)
     if not args.disk.exists():
         print(f"{args.disk} does not exist: run 'make ci-image' first", file=sys.stderr)
         return 1
-    print("qemu-run: Ctrl-A X quits QEMU; the unit's shell is on this console", flush=True)
+    print("qemu-run: the unit's root shell is on this console; Ctrl-A X quits QEMU", flush=True)
     cmd = command(args.disk, radio=args.radio)
     os.execvp(cmd[0], cmd)
 

@@ -16,7 +16,7 @@ from cloud_harness import (
     start_cloud,
     within,
 )
-from gridcloud import loadgen
+from gridcloud import loadgen, revocation
 from gridcloud.server import CloudService, EdgeProtocol
 from gridwire import ErrorCode, Ping
 from twisted.internet import defer, endpoints, protocol, task
@@ -253,3 +253,21 @@ async def test_tls_session_resumes_after_a_cut_connection(
         await sleep(reactor(), 0.05)  # the session tickets follow Welcome
         client.transport.abortConnection()  # a cut: no close_notify either way
         await within(reactor(), client.lost, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoking_a_connected_edge_closes_its_session(
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """Revocation reaches a live session through NOTIFY: another certificate's serial leaves it
+    alone, the edge's own certificate or the edge itself closes it at once."""
+    edge_dir = cloud_pki.edge("edge-1")
+    client = await connect(cloud, cloud_pki.client_tls(edge_dir))
+    await within(reactor(), client.welcome, 10)
+    revocation.revoke_certificate(pg_dsn, 42, "edge-1", "some older certificate")
+    await sleep(reactor(), 0.3)
+    assert not client.lost.called
+    revocation.revoke_edge(pg_dsn, "edge-1", "stolen")
+    await within(reactor(), client.lost, 10)
+    assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
+    await logs.wait_for(reactor(), "edge edge-1", "revoked while connected")

@@ -71,6 +71,10 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          r"dead_after: must be longer than heartbeat"),
         ('[uplink]\nhost = "h"\nport = 1\n', r"top level data_dir: is required"),
         ('data_dir = "/d"\n[uplink\n', r"not valid TOML"),
+        (f'data_dir = "/{"d" * 120}"\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[health\] socket: path longer than 107 bytes"),
+        ('data_dir = "/d"\n[edge]\nboot_slot = "slot-number-nine"\n[uplink]\nhost = "h"\n'
+         'port = 1\n', r"\[edge\] boot_slot: at most 8 bytes"),
         ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n',
          r"\[radio\]: must be a table"),
     ],

@@ -108,3 +108,27 @@ def test_stop_reverse_order_and_cancels_pending_restart() -> None:
     clock.advance(100)
     assert log == ["stop c", "stop a"]
     assert not clock.getDelayedCalls()
+
+
+def test_start_returning_a_failed_deferred_counts_as_failure() -> None:
+    """A part whose startService returns a Deferred that fails later is restarted too."""
+    from twisted.internet import defer
+
+    clock = Clock()
+    pending: list[defer.Deferred[None]] = []
+
+    class Slow(service.Service):
+        def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+            super().startService()
+            d: defer.Deferred[None] = defer.Deferred()
+            pending.append(d)
+            return d
+
+    sup = Supervisor(clock, initial_delay=1.0)
+    sup.supervise("slow", lambda crashed: Slow())
+    sup.startService()
+    pending[0].errback(OSError("port busy"))
+    assert sup.child("slow") is None
+    assert sup.status()[0].last_error == "port busy"
+    clock.advance(1.0)
+    assert len(pending) == 2 and sup.child("slow") is not None

@@ -155,7 +155,9 @@ class Unit:
         """
         child = self._child()
         token = f"{time.monotonic_ns()}"
-        child.sendline(f"printf '@@B%s\\n' {token}; {command}; printf '@@E%s %s\\n' {token} $?")
+        # A command ending in a here-document ends with its terminator line: no ';' after it.
+        end = "" if command.endswith("\n") else "; "
+        child.sendline(f"printf '@@B%s\\n' {token}; {command}{end}printf '@@E%s %s\\n' {token} $?")
         match = self.expect(rf"@@B{token}\r*\n(.*?)@@E{token} (\d+)\r*\n", timeout)
         child.expect_exact(PROMPT, timeout=30)
         output = match.group(1).replace("\r", "").replace("\x1b[6n", "")
@@ -183,7 +185,7 @@ class Unit:
         text = base64.encodebytes(data).decode()
         quoted = shlex.quote(path)
         self.check(
-            f"mkdir -p $(dirname {quoted}) && base64 -d > {quoted}.tmp <<'@@EOF'\n{text}@@EOF"
+            f"mkdir -p $(dirname {quoted}) && base64 -d > {quoted}.tmp <<'@@EOF'\n{text}@@EOF\n"
         )
         self.check(
             f"chmod {mode} {quoted}.tmp && chown {owner}:{owner} {quoted}.tmp && "

@@ -92,3 +92,11 @@ def wait_until_marked_good(unit: Unit, timeout: float) -> None:
         timeout,
         "mark-good to mark the slot good",
     )
+
+
+#: PIDs of 'gridedge run' (BusyBox has no pgrep): the console script runs as
+#: "/usr/bin/python3 /usr/bin/gridedge run ...".
+GRIDEDGE_PIDS = (
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null"
+    " | grep -q '^/usr/bin/python3 /usr/bin/gridedge run' && echo ${p#/proc/}; done"
+)

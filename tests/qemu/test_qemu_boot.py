@@ -13,7 +13,7 @@ from collections.abc import Callable
 import edge_harness
 import pytest
 from qemu_unit import Unit
-from qemu_world import World, wait_until_healthy
+from qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -52,9 +52,8 @@ def test_first_boot_runs_gridedge_and_readings_reach_postgresql(
     assert unit.value("stat -c '%U %a' /data/gridedge") == "gridedge 750"
 
     w.provision(unit)
-    pid = unit.wait_until("pgrep -f 'bin/gridedge run'", 60, "gridedge to start").split()[0]
-    assert unit.value(f"stat -c %U /proc/{pid}") == "gridedge"
-    unit.check("! pgrep -u root -f 'bin/gridedge run'")
+    pids = unit.wait_until(f"{GRIDEDGE_PIDS} | grep .", 60, "gridedge to start").split()
+    assert [unit.value(f"stat -c %U /proc/{pid}") for pid in pids] == ["gridedge"] * len(pids)
 
     wait_for_rows(w, 8, 180)
     got = edge_harness.stored(w.dsn)

@@ -1,4 +1,4 @@
-"""Helpers for the radio tests (imported by conftest.py and the tests): gridsim and the edge's radio link as real processes on a real pty.
+"""Helpers for the radio tests: gridsim and the edge's radio link as processes on a real pty.
 
 ``GridsimProcess`` runs the ``gridsim`` command; ``EdgeProcess`` runs
 ``python -m gridedge.radio`` (the edge's RadioService with an SQLite sink) and
@@ -26,16 +26,26 @@ START_TS = 1767571200
 
 #: Edge settings that suit a simulation running ~2000 times faster than real time.
 FAST_EDGE = [
-    "--synchronous", "NORMAL",
-    "--poll-rate", "500",
-    "--poll-burst", "50",
-    "--polls-in-flight", "32",
-    "--poll-timeout", "2",
-    "--backoff", "0.5",
-    "--scan-every", "0.5",
-    "--relay-timeout", "2",
-    "--reopen-max", "0.5",
-    "--stats-every", "5",
+    "--synchronous",
+    "NORMAL",
+    "--poll-rate",
+    "500",
+    "--poll-burst",
+    "50",
+    "--polls-in-flight",
+    "32",
+    "--poll-timeout",
+    "2",
+    "--backoff",
+    "0.5",
+    "--scan-every",
+    "0.5",
+    "--relay-timeout",
+    "2",
+    "--reopen-max",
+    "0.5",
+    "--stats-every",
+    "5",
 ]
 
 
@@ -72,7 +82,7 @@ class _Proc:
         try:
             while b"\n" not in self._pending:
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not sel.select(0):
+                if left <= 0 or (self.proc.poll() is not None and not sel.select(0)):
                     raise AssertionError(f"no answer from {self.args[1:3]}; log:\n{self.log()}")
                 if sel.select(left):
                     chunk = os.read(self.proc.stdout.fileno(), 65536)
@@ -100,7 +110,9 @@ class _Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError(f"{self.args[1:3]} ignored SIGTERM; log:\n{self.log()}") from None
+                raise AssertionError(
+                    f"{self.args[1:3]} ignored SIGTERM; log:\n{self.log()}"
+                ) from None
         return self.proc.returncode
 
     def stop(self) -> None:
@@ -165,15 +177,25 @@ class Rig:
         self.records = tmp / "records.sqlite"
         self.procs: list[_Proc] = []
 
-    def gridsim(self, *args: str, meters: int, speed: float, resume: bool = False) -> GridsimProcess:
+    def gridsim(
+        self, *args: str, meters: int, speed: float, resume: bool = False
+    ) -> GridsimProcess:
         argv = [
-            PY, "-m", "gridsim.cli",
-            "--meters", str(meters),
-            "--port", str(self.port),
-            "--speed", str(speed),
-            "--start", START,
-            "--truth", str(self.truth),
-            "--log-every", "5",
+            PY,
+            "-m",
+            "gridsim.cli",
+            "--meters",
+            str(meters),
+            "--port",
+            str(self.port),
+            "--speed",
+            str(speed),
+            "--start",
+            START,
+            "--truth",
+            str(self.truth),
+            "--log-every",
+            "5",
             *args,
         ]
         if resume:
@@ -184,9 +206,13 @@ class Rig:
 
     def edge(self, *args: str) -> EdgeProcess:
         argv = [
-            PY, "-m", "gridedge.radio",
-            "--port", str(self.port),
-            "--records", str(self.records),
+            PY,
+            "-m",
+            "gridedge.radio",
+            "--port",
+            str(self.port),
+            "--records",
+            str(self.records),
             *FAST_EDGE,
             *args,
         ]

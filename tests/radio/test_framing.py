@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from gridedge.radio.crc import CHECK_VALUE, crc16, frame_ok
+from gridedge.radio.frames import IntervalReport, ModuleStatus, decode_payload, encode_payload
+from gridedge.radio.framing import END, ESC, MAX_STUFFED, FrameDecoder, encode, stuff
+from gridedge.radio.records import IntervalRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gridedge.radio.crc import CHECK_VALUE, crc16, frame_ok
-from gridedge.radio.framing import END, ESC, MAX_STUFFED, FrameDecoder, encode, stuff
-from gridedge.radio.frames import IntervalReport, ModuleStatus, decode_payload, encode_payload
-from gridedge.radio.records import IntervalRecord
 
 REPORT = IntervalReport(IntervalRecord(100001, 1767572100, 1234567, 850, 2291, 3120, 960, 0))
 

@@ -1,4 +1,4 @@
-"""RadioLink logic driven by task.Clock and in-memory bytes: gap filling, delivery, relay commands."""
+"""RadioLink logic on task.Clock and in-memory bytes: gap filling, delivery, relay commands."""
 
 from __future__ import annotations
 
@@ -6,22 +6,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from twisted.internet.task import Clock
-
 from gridedge.radio import Flags, IntervalRecord, LinkSettings, MemorySink, RadioLink, RelayOutcome
 from gridedge.radio import frames as F
 from gridedge.radio.framing import FrameDecoder, encode_many
 from gridsim.model import make_meters
 from gridsim.module import FaultRates, RadioModule
 from gridsim.truth import GroundTruth, TruthWriter
+from twisted.internet.task import Clock
 
 T0 = 1767571200  # 2026-01-05 00:00 UTC
-I = 900
+IV = 900
 M = 100001
 
 
 def rec(meter: int, end: int, energy: int | None = None, flags: int = 0) -> IntervalRecord:
-    return IntervalRecord(meter, end, energy if energy is not None else end // 100, 500, 2300, 2000, 950, flags)
+    return IntervalRecord(
+        meter, end, energy if energy is not None else end // 100, 500, 2300, 2000, 950, flags
+    )
 
 
 class Harness:
@@ -50,13 +51,21 @@ class Harness:
 
     def answer(self, poll: F.PollRequest, have: dict[int, IntervalRecord], oldest: int) -> None:
         records = tuple(
-            have[e] for e in range(poll.first_end, poll.first_end + poll.count * I, I) if e in have
+            have[e]
+            for e in range(poll.first_end, poll.first_end + poll.count * IV, IV)
+            if e in have
         )
         newest = max(have) if have else 0
         self.feed(
             F.PollResponse(
-                poll.cmd_id, poll.meter_id, poll.first_end, poll.count, F.PollStatus.OK,
-                oldest, newest, records,
+                poll.cmd_id,
+                poll.meter_id,
+                poll.first_end,
+                poll.count,
+                F.PollStatus.OK,
+                oldest,
+                newest,
+                records,
             )
         )
 
@@ -67,8 +76,8 @@ class Harness:
 def test_contiguous_reports_go_straight_to_the_sink() -> None:
     """Reports without gaps are appended at once, in order, without any poll."""
     h = Harness()
-    h.report(rec(M, T0 + I), rec(M, T0 + 2 * I), rec(M + 1, T0 + I))
-    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M + 1, T0 + I)]
+    h.report(rec(M, T0 + IV), rec(M, T0 + 2 * IV), rec(M + 1, T0 + IV))
+    assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV), (M + 1, T0 + IV)]
     assert h.sink.appends == 1
     assert h.polls() == []
 
@@ -76,16 +85,16 @@ def test_contiguous_reports_go_straight_to_the_sink() -> None:
 def test_gap_is_polled_and_filled_in_order_exactly_once() -> None:
     """A missing interval is polled; the records behind it wait and then follow it in order."""
     h = Harness()
-    have = {T0 + k * I: rec(M, T0 + k * I) for k in range(1, 6)}
-    h.report(have[T0 + I])
-    h.report(have[T0 + 4 * I], have[T0 + 5 * I])  # 2 and 3 lost
-    assert h.delivered() == [(M, T0 + I)]
+    have = {T0 + k * IV: rec(M, T0 + k * IV) for k in range(1, 6)}
+    h.report(have[T0 + IV])
+    h.report(have[T0 + 4 * IV], have[T0 + 5 * IV])  # 2 and 3 lost
+    assert h.delivered() == [(M, T0 + IV)]
     assert h.link.meter(M).missing == 2  # type: ignore[union-attr]
     [poll] = h.polls()
-    assert (poll.meter_id, poll.first_end, poll.count) == (M, T0 + 2 * I, 2)
-    h.answer(poll, have, oldest=T0 + I)
-    assert h.delivered() == [(M, T0 + k * I) for k in range(1, 6)]
-    h.report(have[T0 + 3 * I])  # a late duplicate
+    assert (poll.meter_id, poll.first_end, poll.count) == (M, T0 + 2 * IV, 2)
+    h.answer(poll, have, oldest=T0 + IV)
+    assert h.delivered() == [(M, T0 + k * IV) for k in range(1, 6)]
+    h.report(have[T0 + 3 * IV])  # a late duplicate
     assert len(h.sink.records) == 5
     assert h.link.stats()["duplicates"] == 1
 
@@ -93,49 +102,49 @@ def test_gap_is_polled_and_filled_in_order_exactly_once() -> None:
 def test_restart_resumes_from_the_sink_watermarks() -> None:
     """A new link over a sink that holds records neither repeats nor skips any."""
     sink = MemorySink()
-    sink.append([rec(M, T0 + I), rec(M, T0 + 2 * I)])
+    sink.append([rec(M, T0 + IV), rec(M, T0 + 2 * IV)])
     h = Harness(sink)
-    h.report(rec(M, T0 + 2 * I), rec(M, T0 + 3 * I))
-    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M, T0 + 3 * I)]
+    h.report(rec(M, T0 + 2 * IV), rec(M, T0 + 3 * IV))
+    assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV), (M, T0 + 3 * IV)]
     assert h.polls() == []
-    h.report(rec(M, T0 + 5 * I))
+    h.report(rec(M, T0 + 5 * IV))
     [poll] = h.polls()
-    assert (poll.first_end, poll.count) == (T0 + 4 * I, 1)
+    assert (poll.first_end, poll.count) == (T0 + 4 * IV, 1)
 
 
 def test_new_meter_is_backfilled_with_one_poll() -> None:
     """A meter heard for the first time is asked for its history; oldest_end bounds it."""
     h = Harness(backfill=96)
-    have = {T0 + k * I: rec(M, T0 + k * I) for k in range(1, 4)}
-    h.report(have[T0 + 3 * I])
+    have = {T0 + k * IV: rec(M, T0 + k * IV) for k in range(1, 4)}
+    h.report(have[T0 + 3 * IV])
     assert h.delivered() == []
     [poll] = h.polls()
-    assert poll.first_end == T0 + 3 * I - 96 * I and poll.count == 16
-    h.answer(poll, have, oldest=T0 + I)  # nothing in that range: memory starts at T0+I
+    assert poll.first_end == T0 + 3 * IV - 96 * IV and poll.count == 16
+    h.answer(poll, have, oldest=T0 + IV)  # nothing in that range: memory starts at T0+IV
     [poll] = h.polls()
-    assert (poll.first_end, poll.count) == (T0 + I, 2)
-    h.answer(poll, have, oldest=T0 + I)
-    assert h.delivered() == [(M, T0 + k * I) for k in range(1, 4)]
+    assert (poll.first_end, poll.count) == (T0 + IV, 2)
+    h.answer(poll, have, oldest=T0 + IV)
+    assert h.delivered() == [(M, T0 + k * IV) for k in range(1, 4)]
     assert h.link.stats()["intervals_unavailable"] == 0
 
 
 def test_overdue_meter_is_polled_by_module_time() -> None:
     """When the module clock passes an interval end by overdue_after, a missing report is polled."""
     h = Harness(overdue_after=600, scan_every=0.0)
-    h.report(rec(M, T0 + I))
-    h.feed(F.ModuleStatus(T0 + 2 * I + 599, 0, 1, 0, 1))
+    h.report(rec(M, T0 + IV))
+    h.feed(F.ModuleStatus(T0 + 2 * IV + 599, 0, 1, 0, 1))
     assert h.polls() == []
-    h.feed(F.ModuleStatus(T0 + 2 * I + 600, 0, 1, 0, 1))
+    h.feed(F.ModuleStatus(T0 + 2 * IV + 600, 0, 1, 0, 1))
     [poll] = h.polls()
-    assert (poll.first_end, poll.count) == (T0 + 2 * I, 1)
-    h.answer(poll, {T0 + 2 * I: rec(M, T0 + 2 * I)}, oldest=T0 + I)
-    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I)]
+    assert (poll.first_end, poll.count) == (T0 + 2 * IV, 1)
+    h.answer(poll, {T0 + 2 * IV: rec(M, T0 + 2 * IV)}, oldest=T0 + IV)
+    assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV)]
 
 
 def test_unanswered_poll_backs_off_and_retries() -> None:
     """A poll without an answer times out, and the meter is asked again after a back-off."""
     h = Harness(poll_timeout=5.0, backoff_initial=10.0)
-    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV))
     first = h.polls()
     assert len(first) == 1
     h.clock.advance(5.0)
@@ -146,10 +155,18 @@ def test_unanswered_poll_backs_off_and_retries() -> None:
     [again] = h.polls()
     assert again.first_end == first[0].first_end and again.cmd_id != first[0].cmd_id
     h.feed(  # the first, late answer still counts
-        F.PollResponse(first[0].cmd_id, M, T0 + 2 * I, 1, F.PollStatus.OK, T0 + I, T0 + 3 * I,
-                       (rec(M, T0 + 2 * I),))
+        F.PollResponse(
+            first[0].cmd_id,
+            M,
+            T0 + 2 * IV,
+            1,
+            F.PollStatus.OK,
+            T0 + IV,
+            T0 + 3 * IV,
+            (rec(M, T0 + 2 * IV),),
+        )
     )
-    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I), (M, T0 + 3 * I)]
+    assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV), (M, T0 + 3 * IV)]
     assert h.link.stats()["late_responses"] == 1
 
 
@@ -157,14 +174,14 @@ def test_poll_rate_and_in_flight_are_bounded() -> None:
     """With 200 meters needing polls, the rate and in-flight limits hold."""
     h = Harness(poll_rate=5.0, poll_burst=10, max_polls_in_flight=1000)
     for m in range(200):
-        h.report(rec(M + m, T0 + I), rec(M + m, T0 + 3 * I))
+        h.report(rec(M + m, T0 + IV), rec(M + m, T0 + 3 * IV))
     assert len(h.polls()) == 10  # the burst
     for _ in range(100):
         h.clock.advance(0.1)
     assert 49 <= len(h.polls()) <= 50  # then 5 per second
     h2 = Harness(poll_rate=1000.0, poll_burst=1000, max_polls_in_flight=4)
     for m in range(50):
-        h2.report(rec(M + m, T0 + I), rec(M + m, T0 + 3 * I))
+        h2.report(rec(M + m, T0 + IV), rec(M + m, T0 + 3 * IV))
     assert len(h2.polls()) == 4
 
 
@@ -181,19 +198,19 @@ def test_sink_failure_keeps_records_and_retries() -> None:
 
     sink = Flaky()
     h = Harness(sink, sink_retry=1.0)
-    h.report(rec(M, T0 + I), rec(M, T0 + 2 * I))
+    h.report(rec(M, T0 + IV), rec(M, T0 + 2 * IV))
     assert h.delivered() == [] and h.link.stats()["sink_failures"] == 1
     sink.fail = False
     h.clock.advance(1.0)
-    h.report(rec(M, T0 + 2 * I))
-    assert h.delivered() == [(M, T0 + I), (M, T0 + 2 * I)]
+    h.report(rec(M, T0 + 2 * IV))
+    assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV)]
 
 
 def test_held_records_are_bounded() -> None:
     """A meter that never fills its gap holds at most max_held records; the rest is re-polled."""
     h = Harness(max_held=8)
-    h.report(rec(M, T0 + I))
-    h.report(*(rec(M, T0 + k * I) for k in range(3, 40)))
+    h.report(rec(M, T0 + IV))
+    h.report(*(rec(M, T0 + k * IV) for k in range(3, 40)))
     assert h.link.stats()["records_held"] == 8
     assert h.link.stats()["held_discarded"] == 29
 
@@ -254,7 +271,7 @@ def test_stop_fails_pending_relays() -> None:
     h = Harness()
     outcomes: list[RelayOutcome] = []
     h.link.relay(M, True).addCallback(outcomes.append)
-    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV))
     h.link.stop()
     assert outcomes[0].reason == "link-stopped"
     assert h.clock.getDelayedCalls() == []
@@ -263,7 +280,7 @@ def test_stop_fails_pending_relays() -> None:
 def test_module_reset_reasks_in_flight_polls() -> None:
     """After a module reset notice, polls in flight are sent again without waiting for timeouts."""
     h = Harness(poll_timeout=60.0)
-    h.report(rec(M, T0 + I), rec(M, T0 + 3 * I))
+    h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV))
     [first] = h.polls()
     h.feed(F.ModuleReset(T0, F.ResetReason.WATCHDOG, 2))
     [again] = h.polls()
@@ -277,19 +294,36 @@ def test_whole_day_against_simulated_module_with_every_fault(tmp_path: Path) -> 
     truth_path = tmp_path / "truth.sqlite"
     truth = TruthWriter(truth_path, resume=False)
     module = RadioModule(
-        meters, seed=7, start=T0, end=T0 + 86400, truth=truth,
+        meters,
+        seed=7,
+        start=T0,
+        end=T0 + 86400,
+        truth=truth,
         faults=FaultRates(
-            corrupt=0.02, noise=0.01, drop=0.02, silence_per_day=0.5, tamper_per_day=0.2,
-            outage_per_day=0.2, reset_per_day=3,
+            corrupt=0.02,
+            noise=0.01,
+            drop=0.02,
+            silence_per_day=0.5,
+            tamper_per_day=0.2,
+            outage_per_day=0.2,
+            reset_per_day=3,
         ),
     )
     clock = Clock()
     clock.advance(T0)
     sink = MemorySink()
     link = RadioLink(
-        sink, clock,
-        LinkSettings(poll_rate=200, poll_burst=20, max_polls_in_flight=16, poll_timeout=0.5,
-                     backoff_initial=0.2, backoff_max=2.0, scan_every=0.1),
+        sink,
+        clock,
+        LinkSettings(
+            poll_rate=200,
+            poll_burst=20,
+            max_polls_in_flight=16,
+            poll_timeout=0.5,
+            backoff_initial=0.2,
+            backoff_max=2.0,
+            scan_every=0.1,
+        ),
     )
     link.start()
     link.connected(module.receive)
@@ -311,5 +345,3 @@ def test_whole_day_against_simulated_module_with_every_fault(tmp_path: Path) -> 
     flags = {r.flags for r in sink.records}
     assert any(f & Flags.TAMPER for f in flags) and any(f & Flags.OUTAGE for f in flags)
     assert link.stats()["leaves"] > 0
-
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from radio_rig import Rig, sink_count, wait_for
 from test_end_to_end import _assert_exactly_once, _wait_until_delivered
 

@@ -189,3 +189,35 @@ def test_unprovisioned_uplink_restarts_alone_while_radio_and_journal_work(
         assert "restarting uplink" in edge.log.read_text()
         wait_until(lambda: edge.health()[0] == 0, 30, "a healthy unit", (edge.log,))
         assert edge.proc.stop() == 0
+
+
+def test_tls_session_resumed_after_cuts_saves_bytes(setup: tuple[Path, Path, Pki],
+                                                    pg_dsn: str) -> None:
+    """Against gridcloud serve (stateless tickets), every reconnect after a cut resumes the TLS
+    session, and costs at most 60% of the bytes of the first, full handshake."""
+    import re
+
+    root, data, pki = setup
+    cloud = Cloud(root, pki, pg_dsn)
+    (root / "cloud.toml").write_text('[server]\ntls_resumption = "tickets"\n')
+    cloud.proc.argv += ["--config", str(root / "cloud.toml")]
+    cloud.start()
+    with FaultProxy("127.0.0.1", cloud.port) as proxy:
+        edge = Edge(root, data, edge_config(data, uplink_port=proxy.port, radio=None)).start()
+        with running(edge, cloud):
+            pattern = re.compile(r"uplink connected \((new|resumed) TLS session; (\d+) bytes")
+
+            def handshakes() -> list[tuple[str, int]]:
+                return [(m[1], int(m[2])) for m in pattern.finditer(edge.log.read_text())]
+
+            for n in range(1, 6):
+                wait_until(lambda n=n: len(handshakes()) >= n, 30, f"connection {n}",
+                           (edge.log, cloud.log))
+                proxy.cut()
+            seen = handshakes()
+            assert seen[0][0] == "new"
+            assert all(kind == "resumed" for kind, _ in seen[1:5]), seen
+            full, resumed = seen[0][1], max(b for _, b in seen[1:5])
+            assert resumed <= 0.6 * full, seen
+            print(f"\nhandshake to Welcome: full {full} B, resumed {resumed} B "
+                  f"({100 * (full - resumed) / full:.0f}% saved)")

@@ -6,7 +6,7 @@ chosen on purpose (certificate, key, CA and the database), so a missing one is
 a clear error at start, never a surprise later.  The format is documented in
 docs/cloud.md ("Configuration").
 
-Tests: tests/cloud/test_config.py.
+Tests: tests/cloud/test_cloud_config.py.
 """
 
 from __future__ import annotations

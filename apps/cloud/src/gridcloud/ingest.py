@@ -16,12 +16,12 @@ Why this shape:
   PostgreSQL restarts; a batch that fails meanwhile fails its Deferred, the
   server drops that connection and the edge sends the batch again later.
 
-Tests: tests/cloud/test_ingest.py.
+Tests: tests/cloud/test_cloud_ingest.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,10 @@ class IngestStore:
     """The cloud's asynchronous access to PostgreSQL for edge sessions."""
 
     def __init__(self, reactor: IReactorCore, dsn: str, pool_size: int = 4) -> None:
+        self._reactor = reactor
+        self._dsn = dsn
         self._pool = _Pool(reactor, dsn, pool_size)
+        self._listener: txpostgres.Connection | None = None
 
     def start(self) -> defer.Deferred[IngestStore]:
         """Open the pool's connections; fails if PostgreSQL cannot be reached."""
@@ -142,6 +145,31 @@ class IngestStore:
 
     def close(self) -> None:
         self._pool.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    @defer.inlineCallbacks
+    def listen(self, channel: str, observer: Callable[[str], object]) -> Any:
+        """Call ``observer(payload)`` for each NOTIFY on ``channel``, on a connection of its own.
+
+        The connection re-opens after PostgreSQL restarts and LISTENs again.
+        """
+        detector = DeadConnectionDetector(reactor=self._reactor)
+        conn = txpostgres.Connection(self._reactor, detector=detector)
+        self._listener = conn
+        yield conn.connect(self._dsn)
+
+        def deliver(notify: Any) -> None:
+            if notify.channel == channel:
+                observer(notify.payload)
+
+        def subscribe() -> Any:
+            return conn.runOperation(f'LISTEN "{channel}"')
+
+        conn.addNotifyObserver(deliver)
+        detector.addRecoveryHandler(subscribe)
+        yield subscribe()
 
     @defer.inlineCallbacks
     def admit(self, info: EdgeInfo) -> Any:

@@ -9,7 +9,7 @@ is a thin Twisted adapter around ``gridwire.EdgeSession``, like the real uplink.
 It also counts the raw bytes on the socket (TLS records included) and can
 resume a TLS session: the measurements the benchmark reports.
 
-Tests: tests/cloud/test_server.py, tests/system/test_certificates.py (as their client).
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py (as their client).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ResumingClientTLS:
         connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
         if self._groups:
             set_groups(connection, self._groups)  # one small key share: fewer bytes
-        tolerate_cuts(connection.get_context())
+        tolerate_cuts(connection)
         if self.session is not None:
             connection.set_session(self.session)
         return connection
@@ -187,7 +187,8 @@ class EdgeClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         reason = reason if reason is not None else Failure(ConnectionDone())  # type: ignore[no-untyped-call]
-        keep_session_resumable(self._tx.getHandle())
+        if self.transport is not None:
+            keep_session_resumable(self._tx.getHandle())
         if not self.welcome.called:
             detail = "; ".join(f"Error {ErrorCode(e.code).name}: {e.detail}" for e in self.errors)
             log.warn(

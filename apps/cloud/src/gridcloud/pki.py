@@ -21,7 +21,7 @@ Choices (documented in docs/cloud.md):
   takes effect on every cloud node at once; see :mod:`gridcloud.revocation`.
 
 The functions take ``now`` so tests can make expired or not-yet-valid
-certificates in microseconds.  Tests: tests/cloud/test_pki.py.
+certificates in microseconds.  Tests: tests/cloud/test_cloud_pki.py.
 """
 
 from __future__ import annotations

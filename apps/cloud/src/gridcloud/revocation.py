@@ -3,16 +3,18 @@
 Why in the database and not (only) a CRL file: PostgreSQL is the one state all
 cloud nodes share, so a revocation takes effect on every node at the next
 connection, with no file to distribute and reload.  The server checks both
-tables when an edge says Hello (``IngestStore.admit``).  A session that is
-already open when the edge is revoked ends at its next reconnection (edges on
-cellular links reconnect often; restart the cloud nodes to cut it at once).
+tables when an edge says Hello (``IngestStore.admit``).  To end a session that
+is already open, each revocation also sends ``NOTIFY gridcloud_revoked`` (on
+commit) with "<edge id>" or "<edge id> <serial>"; every node LISTENs and closes
+the matching live session (see ``CloudService._revoked``).
 
 - ``revoke_edge``: the edge itself is banned, whatever certificate it shows.
 - ``revoke_certificate``: one certificate (by serial) is banned, e.g. the key of
   an edge that was re-keyed leaked; the edge's new certificate still works.
 
 Blocking psycopg2: these are operator commands, not server code.
-Tests: tests/cloud/test_revocation.py, tests/system/test_certificates.py.
+Tests: tests/cloud/test_cloud_ingest.py, tests/cloud/test_cloud_server.py,
+tests/system/test_certificates.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import psycopg2
 import psycopg2.extensions
 
 from .pki import check_edge_id
+
+#: The NOTIFY channel that tells every cloud node to drop a revoked edge's session.
+CHANNEL = "gridcloud_revoked"
 
 
 @contextlib.contextmanager
@@ -47,6 +52,7 @@ def revoke_edge(dsn: str, edge_id: str, reason: str = "") -> None:
                       revoked_reason = excluded.revoked_reason""",
             (edge_id, reason or None),
         )
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, edge_id))
 
 
 def reinstate_edge(dsn: str, edge_id: str) -> bool:
@@ -68,3 +74,5 @@ def revoke_certificate(dsn: str, serial: int, edge_id: str | None = None, reason
                ON CONFLICT (serial) DO NOTHING""",
             (serial, edge_id, reason or None),
         )
+        if edge_id is not None:
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{edge_id} {serial}"))

@@ -27,7 +27,7 @@ the answers.  Per connection:
 5. Every refusal (TLS, identity, revocation, protocol) is one log line naming
    the peer and the reason.
 
-Tests: tests/cloud/test_server.py, tests/system/test_certificates.py.
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import migrations
+from . import migrations, revocation
 from .config import ServerConfig
 from .ingest import EdgeInfo, EdgeRefused, IngestStore
 from .pki import PKIError, edge_id_from_certificate
@@ -390,6 +390,20 @@ class EdgeProtocol(Protocol):
             self._paused = False
             self._tx.resumeProducing()
 
+    @property
+    def serial(self) -> int:
+        """Serial number of the client certificate (0 before the handshake)."""
+        return self._serial
+
+    def revoked(self) -> None:
+        """The edge or its certificate was revoked while connected: close the session."""
+        log.warn(
+            "edge {edge} ({peer}) revoked while connected: closing its session",
+            edge=self.edge_id,
+            peer=self.peer,
+        )
+        self._fail(ErrorCode.UNAUTHORIZED, "revoked")
+
     def replaced(self, by: str) -> None:
         """A newer session of the same edge took over: close this one."""
         log.info(
@@ -455,6 +469,7 @@ class CloudService(service.MultiService):
 
     async def _start(self) -> Any:
         await self.store.start()
+        await self.store.listen(revocation.CHANNEL, self._revoked)
         await self._ensure_partitions()
         self._partitions = task.LoopingCall(self._ensure_partitions)
         self._partitions.clock = self.clock
@@ -466,6 +481,13 @@ class CloudService(service.MultiService):
         self.port = await endpoint.listen(factory)
         log.info("gridcloud listening on {address} (mutual TLS)", address=self.port.getHost())
         return self.port
+
+    def _revoked(self, payload: str) -> None:
+        """A revocation was committed (on any node): close the edge's live session if it matches."""
+        edge_id, _, serial = payload.partition(" ")
+        session = self.sessions.get(edge_id)
+        if session is not None and (not serial or serial == str(session.serial)):
+            session.revoked()
 
     def _ensure_partitions(self) -> defer.Deferred[None]:
         def created(count: int) -> None:

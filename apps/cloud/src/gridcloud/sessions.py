@@ -7,7 +7,7 @@ ghost times out.  So a new session replaces the old one, which is closed.  Any
 batch the old session was still committing is harmless: ingest is idempotent
 and serialised per edge (see ingest_batch() in migration 0001).
 
-Tests: tests/cloud/test_sessions.py.
+Tests: tests/cloud/test_cloud_server.py (session replacement).
 """
 
 from __future__ import annotations
@@ -50,6 +50,3 @@ class SessionRegistry(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._live)
-
-    def __contains__(self, edge_id: object) -> bool:
-        return edge_id in self._live

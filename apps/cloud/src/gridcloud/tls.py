@@ -17,7 +17,7 @@ Why not just ``PrivateCertificate.options(ca)``: three things are needed on top.
 - Only certificates of the project CA are trusted (``caCerts=[ca]``; the system
   trust store is never consulted) and a client certificate is required.
 
-Tests: tests/system/test_certificates.py, tests/cloud/test_server.py.
+Tests: tests/system/test_certificates.py, tests/cloud/test_cloud_server.py.
 """
 
 from __future__ import annotations
@@ -91,15 +91,22 @@ def set_groups(target: SSL.Context | SSL.Connection, groups: str) -> bool:
     return True
 
 
-def tolerate_cuts(context: SSL.Context) -> None:
+def tolerate_cuts(target: SSL.Context | SSL.Connection) -> None:
     """Treat a connection cut without close_notify as closed, not as an attack.
 
     Without this, OpenSSL answers the end of a cut connection with a fatal
     error, which also evicts the session from the cache: the very reconnection
     that resumption is for would pay a full handshake.  gridwire is framed and
-    acknowledged, so a truncated stream cannot pass for a complete one.
+    acknowledged, so a truncated stream cannot pass for a complete one.  A
+    Connection is set through the binding (pyOpenSSL only sets Context options,
+    and refuses once the Context has made a connection).
     """
-    context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
+    if isinstance(target, SSL.Context):
+        target.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
+        return
+    from OpenSSL._util import lib
+
+    lib.SSL_set_options(target._ssl, SSL.OP_IGNORE_UNEXPECTED_EOF)
 
 
 def keep_session_resumable(connection: SSL.Connection | None) -> None:

@@ -221,6 +221,10 @@ def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
         firmware_version=s.get("firmware_version", str, None) or _package_version(),
         boot_slot=s.get("boot_slot", str, None) or boot_slot_from_cmdline(cmdline),
     )
+    # The limits of Hello's text fields (docs/protocol.md).
+    for key, limit in (("firmware_version", 64), ("boot_slot", 8)):
+        if len(getattr(edge, key).encode()) > limit:
+            raise s.error(key, f"at most {limit} bytes of UTF-8")
     s.check_unknown()
 
     s = _Section(path, "radio", raw.get("radio"))
@@ -279,6 +283,8 @@ def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
         radio_window=s.positive("radio_window", 300.0),
         uplink_window=s.positive("uplink_window", 900.0),
     )
+    if len(str(health.socket).encode()) > 107:  # sun_path holds 108 bytes with the NUL
+        raise s.error("socket", f"path longer than 107 bytes: {health.socket}")
     s.check_unknown()
 
     s = _Section(path, "log", raw.get("log"))

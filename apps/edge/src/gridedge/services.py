@@ -129,7 +129,7 @@ class Supervisor(service.Service):
             self._failed(child, Failure(exc))
             return
         if isinstance(result, defer.Deferred):
-            result.addErrback(lambda f: crashed(f) if f is not None else None)
+            result.addErrback(crashed)
 
     def _failed(self, child: _Child, reason: Failure | BaseException | str) -> None:
         text = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import os
 import signal
 import sys
@@ -17,11 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gridedge.radio import INTERVAL_SECONDS, Flags
+from gridedge.radio.frames import ResetReason
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
-
-from gridedge.radio import INTERVAL_SECONDS
-from gridedge.radio.frames import ResetReason
 
 from .model import FIRST_METER_ID, make_meters
 from .module import FREEZE_AFTER_END, FaultRates, RadioModule
@@ -45,15 +45,16 @@ SIGUSR1 resets the module. SIGTERM or SIGINT stop gridsim cleanly and remove
 the PORT link.
 """
 
-_EPILOG = """\
+_EPILOG = f"""\
 examples:
   gridsim --meters 1000 --port /tmp/radio
   gridsim --meters 5000 --port /tmp/radio --speed 2000 --days 1 --truth truth.sqlite \\
           --corrupt-rate 0.01 --noise-rate 0.002
   gridsim ... --truth truth.sqlite --resume     # continue after a restart
 
-meter ids are %d, %d, ...  times are Unix seconds UTC or ISO 8601 (2026-01-05T00:00:00Z).
-""" % (FIRST_METER_ID, FIRST_METER_ID + 1)
+meter ids are {FIRST_METER_ID}, {FIRST_METER_ID + 1}, ...
+times are Unix seconds UTC or ISO 8601 (2026-01-05T00:00:00Z).
+"""
 
 
 def parse_time(text: str) -> int:
@@ -77,7 +78,9 @@ def parse_duration(text: str) -> int:
             return int(float(text[:-1]) * units[text[-1]])
         return int(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 90m, 6h, 1d)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 3600, 90m, 6h, 1d)"
+        ) from None
 
 
 def _rate(text: str) -> float:
@@ -100,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     g.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     g.add_argument(
-        "--start", type=parse_time, help="simulated start time (default: now, rounded down to 15 min)"
+        "--start",
+        type=parse_time,
+        help="simulated start time (default: now, rounded down to 15 min)",
     )
     d = g.add_mutually_exclusive_group()
     d.add_argument(
@@ -125,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--corrupt-rate", type=_rate, default=0.0, help="frames with a bit flipped")
     f.add_argument("--noise-rate", type=_rate, default=0.0, help="noise bursts before frames")
     f.add_argument("--drop-rate", type=_rate, default=0.0, help="reports lost in the mesh")
-    f.add_argument("--silence-rate", type=_rate, default=0.0, help="silent spells per meter per day")
+    f.add_argument(
+        "--silence-rate", type=_rate, default=0.0, help="silent spells per meter per day"
+    )
     f.add_argument("--tamper-rate", type=_rate, default=0.0, help="tamper events per meter per day")
     f.add_argument("--outage-rate", type=_rate, default=0.0, help="outages per meter per day")
     f.add_argument("--reset-rate", type=_rate, default=0.0, help="module resets per day")
@@ -226,15 +233,19 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
                 records = memory.get(meter.params.meter_id)
                 if records:
                     meter.energy = float(records[-1].energy_wh)
-                    meter.relay_open = bool(records[-1].flags & 1)
+                    meter.relay_open = bool(records[-1].flags & Flags.RELAY_OPEN)
         else:
             truth.set_meta(
-                seed=args.seed, meters=args.meters, start=start, end=end,
-                interval=INTERVAL_SECONDS, tz_offset=args.tz_offset, complete=False, sim_time=start,
+                seed=args.seed,
+                meters=args.meters,
+                start=start,
+                end=end,
+                interval=INTERVAL_SECONDS,
+                tz_offset=args.tz_offset,
+                complete=False,
+                sim_time=start,
             )
-            truth.add_meters(
-                (m.params.meter_id, m.params.kind, int(m.energy)) for m in meters
-            )
+            truth.add_meters((m.params.meter_id, m.params.kind, int(m.energy)) for m in meters)
     elif args.resume:
         raise SystemExit("gridsim: --resume needs --truth")
     module = RadioModule(
@@ -259,7 +270,7 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     )
     master, slave, device = open_pty(args.port)
     link = PtyLink(reactor, master, slave, module.receive)
-    link.startReading()
+    link.startReading()  # type: ignore[no-untyped-call]
     say(
         f"{args.meters} meters on {args.port} -> {device}, seed {args.seed}, speed {args.speed}x, "
         + ("resuming" if memory is not None else "starting")
@@ -315,10 +326,8 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     logger = LoopingCall(log_progress)
     logger.clock = reactor
     logger.start(args.log_every, now=False)
-    try:
-        stdio.StandardIO(_Control(module, say), reactor=reactor)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # no usable stdin: faults only by rate and SIGUSR1
+        stdio.StandardIO(_Control(module, say), reactor=reactor)  # type: ignore[no-untyped-call]
     return done
 
 

@@ -40,10 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gridedge.radio import INTERVAL_SECONDS, IntervalRecord
-from gridedge.radio.framing import FrameDecoder, encode
 from gridedge.radio.frames import (
     MAX_POLL_COUNT,
     Frame,
+    IntervalReport,
     LeaveReason,
     MeshStatus,
     MeterJoin,
@@ -59,6 +59,7 @@ from gridedge.radio.frames import (
     RelayStatus,
     ResetReason,
 )
+from gridedge.radio.framing import FrameDecoder, encode
 
 from .model import Meter, produce_interval
 from .truth import TruthWriter
@@ -209,10 +210,6 @@ class RadioModule:
         self._out.clear()
         return out
 
-    @property
-    def decoder_errors(self) -> dict[str, int]:
-        return dict(self._decoder.errors)
-
     # --- faults on demand --------------------------------------------------------------------
 
     def reset(self, reason: ResetReason = ResetReason.COMMANDED) -> None:
@@ -340,8 +337,6 @@ class RadioModule:
         self._batches = [b for b in self._batches if b.pos < len(offsets)]
 
     def _send_report(self, record: IntervalRecord) -> None:
-        from gridedge.radio.frames import IntervalReport
-
         self.counters.reports_sent += 1
         self._send(IntervalReport(record))
 
@@ -361,14 +356,20 @@ class RadioModule:
                 fate[index] = _DROP
             elif f.corrupt and rand() < f.corrupt:
                 fate[index] = _CORRUPT
-            if f.silence_per_day and meter.silent_until <= end:
-                if rand() < f.silence_per_day * per_interval:
-                    self._go_silent(meter, end + rng.randint(1800, 4 * 3600))
+            if (
+                f.silence_per_day
+                and meter.silent_until <= end
+                and rand() < f.silence_per_day * per_interval
+            ):
+                self._go_silent(meter, end + rng.randint(1800, 4 * 3600))
             if f.tamper_per_day and rand() < f.tamper_per_day * per_interval:
                 meter.tamper_pending = True
-            if f.outage_per_day and meter.outage_until <= end:
-                if rand() < f.outage_per_day * per_interval:
-                    meter.outage_until = end + rng.randint(900, 3 * 3600)
+            if (
+                f.outage_per_day
+                and meter.outage_until <= end
+                and rand() < f.outage_per_day * per_interval
+            ):
+                meter.outage_until = end + rng.randint(900, 3 * 3600)
         if f.reset_per_day and rand() < f.reset_per_day * per_interval:
             self._reset_at = end + rng.uniform(0, _I)
         self._batches.append(_Batch(end, 0, fate))
@@ -423,8 +424,14 @@ class RadioModule:
         if isinstance(frame, PollRequest):
             self._send(
                 PollResponse(
-                    frame.cmd_id, frame.meter_id, frame.first_end, frame.count, PollStatus(status),
-                    0, 0, (),
+                    frame.cmd_id,
+                    frame.meter_id,
+                    frame.first_end,
+                    frame.count,
+                    PollStatus(status),
+                    0,
+                    0,
+                    (),
                 )
             )
         else:
@@ -451,7 +458,10 @@ class RadioModule:
                 )
             self._send(
                 RelayConfirm(
-                    frame.cmd_id, frame.meter_id, frame.open, RelayStatus.OK,
+                    frame.cmd_id,
+                    frame.meter_id,
+                    frame.open,
+                    RelayStatus.OK,
                     RelayState(int(meter.relay_open)),
                 )
             )
@@ -467,8 +477,14 @@ class RadioModule:
         newest = oldest + (len(buf) // _PACKED.size - 1) * _I if buf else 0
         self._send(
             PollResponse(
-                frame.cmd_id, frame.meter_id, frame.first_end, frame.count, PollStatus.OK,
-                oldest, newest, tuple(records),
+                frame.cmd_id,
+                frame.meter_id,
+                frame.first_end,
+                frame.count,
+                PollStatus.OK,
+                oldest,
+                newest,
+                tuple(records),
             )
         )
 

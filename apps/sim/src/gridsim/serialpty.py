@@ -14,6 +14,7 @@ Tests: tests/sim/test_cli.py, tests/radio/test_end_to_end.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tty
@@ -89,11 +90,9 @@ class PtyLink(abstract.FileDescriptor):
 
     def close(self) -> None:
         """Stop using the pty and close both ends (the edge then sees the device vanish)."""
-        self.stopReading()
-        self.stopWriting()
+        self.stopReading()  # type: ignore[no-untyped-call]
+        self.stopWriting()  # type: ignore[no-untyped-call]
         self.connected = 0
         for fd in (self._master, self._slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

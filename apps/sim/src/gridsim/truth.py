@@ -101,7 +101,9 @@ class GroundTruth:
     def records(self, meter_id: int | None = None) -> Iterator[IntervalRecord]:
         """Records by meter id then interval end (one meter's if ``meter_id`` is given)."""
         if meter_id is None:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM records ORDER BY meter_id, interval_end")
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM records ORDER BY meter_id, interval_end"
+            )
         else:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM records WHERE meter_id = ? ORDER BY interval_end",

@@ -15,7 +15,7 @@ atomically, and remember it".  So:
 
 Blocking psycopg2 on purpose: migrations run from the command line or before
 the reactor starts, never inside the event loop.
-Tests: tests/cloud/test_migrations.py.
+Tests: tests/cloud/test_cloud_migrations.py.
 """
 
 from __future__ import annotations

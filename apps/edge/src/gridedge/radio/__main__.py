@@ -51,15 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll-rate", type=float, default=d.poll_rate, help="polls/s (%(default)s)")
     p.add_argument("--poll-burst", type=int, default=d.poll_burst, help="(%(default)s)")
-    p.add_argument("--polls-in-flight", type=int, default=d.max_polls_in_flight, help="(%(default)s)")
+    p.add_argument(
+        "--polls-in-flight", type=int, default=d.max_polls_in_flight, help="(%(default)s)"
+    )
     p.add_argument("--poll-timeout", type=float, default=d.poll_timeout, help="s (%(default)s)")
     p.add_argument("--backoff", type=float, default=d.backoff_initial, help="s (%(default)s)")
     p.add_argument("--backfill", type=int, default=d.backfill, help="intervals (%(default)s)")
     p.add_argument("--overdue-after", type=int, default=d.overdue_after, help="s (%(default)s)")
     p.add_argument("--scan-every", type=float, default=d.scan_every, help="s (%(default)s)")
     p.add_argument("--relay-timeout", type=float, default=d.relay_timeout, help="s (%(default)s)")
-    p.add_argument("--reopen-max", type=float, default=30.0, help="longest wait, s, between "
-                   "attempts to reopen a vanished port (%(default)s)")
+    p.add_argument(
+        "--reopen-max",
+        type=float,
+        default=30.0,
+        help="longest wait, s, between attempts to reopen a vanished port (%(default)s)",
+    )
     p.add_argument("--stats-every", type=float, default=60.0, help="log counters every S seconds")
     return p
 
@@ -73,7 +79,7 @@ class _Commands(LineReceiver):
 
     def _say(self, obj: dict[str, Any]) -> None:
         assert self.transport is not None
-        self.transport.write(json.dumps(obj).encode() + b"\n")
+        self.transport.write(json.dumps(obj).encode() + b"\n")  # type: ignore[call-arg,misc]
 
     def lineReceived(self, line: bytes) -> None:
         words = line.decode(errors="replace").split()
@@ -145,11 +151,16 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     def stop() -> None:
         if not done.called:
             d = service.stopService()
-            d.addBoth(lambda _: sink.close())
-            d.addBoth(lambda _: done.called or done.callback(None))
+
+            def closed(_: object) -> None:
+                sink.close()
+                if not done.called:
+                    done.callback(None)
+
+            d.addBoth(closed)
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
-    stdio.StandardIO(_Commands(service.link, stop), reactor=reactor)
+    stdio.StandardIO(_Commands(service.link, stop), reactor=reactor)  # type: ignore[no-untyped-call]
     service.startService()
     return done
 
@@ -160,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     args = _parser().parse_args(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    observer: Any = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     react(_run, (args,))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -436,10 +437,12 @@ def _decode_module_status(body: bytes) -> ModuleStatus:
 
 def _decode_module_reset(body: bytes) -> ModuleReset:
     module_time, reason, boot_count = _fixed(_MODULE_RESET, body, "module reset")
-    return ModuleReset(module_time, ResetReason(_enum(ResetReason, reason, "reset reason")), boot_count)
+    return ModuleReset(
+        module_time, ResetReason(_enum(ResetReason, reason, "reset reason")), boot_count
+    )
 
 
-_DECODERS = {
+_DECODERS: dict[FrameType, Callable[[bytes], Frame]] = {
     FrameType.INTERVAL_REPORT: _decode_report,
     FrameType.POLL_REQUEST: _decode_poll_request,
     FrameType.POLL_RESPONSE: _decode_poll_response,
@@ -451,7 +454,7 @@ _DECODERS = {
     FrameType.MODULE_STATUS: _decode_module_status,
     FrameType.MODULE_RESET: _decode_module_reset,
 }
-_DECODER_BY_BYTE = {int(k): v for k, v in _DECODERS.items()}
+_DECODER_BY_BYTE: dict[int, Callable[[bytes], Frame]] = {int(k): v for k, v in _DECODERS.items()}
 
 
 def decode_payload(payload: bytes) -> Frame:

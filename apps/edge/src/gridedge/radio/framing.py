@@ -29,7 +29,17 @@ from collections.abc import Iterable
 
 from .frames import Frame, FrameError, decode_payload, encode_payload
 
-__all__ = ["END", "ESC", "ESC_END", "ESC_ESC", "MAX_STUFFED", "FrameDecoder", "encode", "stuff"]
+__all__ = [
+    "END",
+    "ESC",
+    "ESC_END",
+    "ESC_ESC",
+    "MAX_STUFFED",
+    "FrameDecoder",
+    "encode",
+    "encode_many",
+    "stuff",
+]
 
 END = 0xC0
 ESC = 0xDB

@@ -41,12 +41,12 @@ Tests: tests/radio/test_link.py (logic, task.Clock), tests/radio/test_end_to_end
 from __future__ import annotations
 
 import heapq
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .frames import (
@@ -71,10 +71,40 @@ from .records import INTERVAL_SECONDS, Flags, IntervalRecord
 from .registry import MeterRegistry, MeterState, MeterStatus
 from .sink import RecordSink
 
-__all__ = ["LinkSettings", "RadioLink", "RelayOutcome"]
+__all__ = ["Clock", "DelayedCall", "LinkSettings", "RadioLink", "RelayOutcome"]
+
+
+class DelayedCall(Protocol):
+    """What the link uses of twisted's DelayedCall."""
+
+    def active(self) -> bool: ...
+    def cancel(self) -> None: ...
+    def getTime(self) -> float: ...
+
+
+class Clock(Protocol):
+    """What the link uses of IReactorTime (the reactor, or task.Clock in tests).
+
+    A structural type rather than the zope interface, so mypy checks calls.
+    """
+
+    def seconds(self) -> float: ...
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: Any, **kw: Any
+    ) -> DelayedCall: ...
+
 
 _I = INTERVAL_SECONDS
 _RELAY_OPEN = int(Flags.RELAY_OPEN)
+
+# Held records are kept packed (22 bytes instead of ~280 for a tuple of ints):
+# energy_wh, max_demand_w, voltage_dv, current_ma, power_factor, flags.  During
+# the first minutes after installation every meter holds records while its
+# history is fetched, so this is most of the link's memory at its peak.
+_HELD = struct.Struct(">QIHIhH")
+_pack_held = _HELD.pack
+_unpack_held = _HELD.unpack
+_make_record = IntervalRecord._make
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +119,8 @@ class LinkSettings:
     backoff_max: float = 900.0
     backfill: int = 96  #: intervals fetched before a newly found meter's first report
     overdue_after: int = 600  #: module-clock seconds after an interval end before polling for it
-    max_held: int = 192  #: records held per meter while a gap is filled
+    max_held: int = 96  #: records held per meter while a gap is filled
+    max_held_total: int = 50_000  #: records held for all meters together (~5 MB)
     scan_every: float = 5.0  #: seconds between scans for overdue meters
     relay_timeout: float = 30.0  #: seconds to wait for a relay confirmation
     relay_attempts: int = 3  #: sends of one relay command, first one included
@@ -120,7 +151,7 @@ class _PendingPoll:
     meter_id: int
     first_end: int
     count: int
-    timer: IDelayedCall
+    timer: DelayedCall
 
 
 @dataclass(slots=True)
@@ -132,7 +163,7 @@ class _PendingRelay:
     max_attempts: int
     deferred: Deferred[RelayOutcome]
     attempts: int = 0
-    timer: IDelayedCall | None = None
+    timer: DelayedCall | None = None
 
 
 _REASONS = {
@@ -175,7 +206,7 @@ class RadioLink:
     log = Logger()
 
     def __init__(
-        self, sink: RecordSink, clock: IReactorTime, settings: LinkSettings | None = None
+        self, sink: RecordSink, clock: Clock, settings: LinkSettings | None = None
     ) -> None:
         self.sink = sink
         self.clock = clock
@@ -187,14 +218,16 @@ class RadioLink:
         self._send: Callable[[bytes], object] | None = None
         self._pending: dict[int, _PendingPoll | _PendingRelay] = {}
         self._polls_in_flight = 0
+        self._held_total = 0
         self._next_cmd = 1
         self._queue: list[tuple[float, int]] = []
         self._tokens = float(self.settings.poll_burst)
         self._tokens_at = clock.seconds()
-        self._pump_call: IDelayedCall | None = None
-        self._retry_call: IDelayedCall | None = None
+        self._pump_call: DelayedCall | None = None
+        self._retry_call: DelayedCall | None = None
         self._last_scan = float("-inf")
-        self._dirty: set[MeterState] = set()
+        # Meters with records to deliver, in arrival order (a dict is an ordered set).
+        self._dirty: dict[MeterState, None] = {}
         self._stopped = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             IntervalReport: self._on_report,
@@ -215,7 +248,9 @@ class RadioLink:
             if meter.base is None or meter.base < end or not meter.base_confirmed:
                 meter.base = end
                 meter.base_confirmed = True
-                meter.held = {e: r for e, r in meter.held.items() if e > end}
+                kept = {e: r for e, r in meter.held.items() if e > end}
+                self._held_total -= len(meter.held) - len(kept)
+                meter.held = kept
 
     # --- the transport side ---------------------------------------------------------
 
@@ -282,7 +317,7 @@ class RadioLink:
         out["meters"] = len(self.registry)
         out["polls_queued"] = len(self._queue)
         out["polls_in_flight"] = self._polls_in_flight
-        out["records_held"] = sum(len(m.held) for m in self.registry.states())
+        out["records_held"] = self._held_total
         return out
 
     def relay(
@@ -340,12 +375,20 @@ class RadioLink:
         if end <= base or end in held:
             self.counters.duplicates += 1
             return False
-        held[end] = record
-        if len(held) > self.settings.max_held:
-            # The newest held record can be polled again later; nothing is lost.
-            del held[max(held)]
+        held[end] = _pack_held(*record[2:])
+        self._held_total += 1
+        if len(held) > self.settings.max_held or (
+            self._held_total > self.settings.max_held_total and end != base + _I
+        ):
+            # The newest held record can be polled again later: nothing is lost, and
+            # memory stays bounded however many meters have gaps at once.
+            newest = max(held)
+            del held[newest]
+            self._held_total -= 1
             self.counters.held_discarded += 1
-        self._dirty.add(meter)
+            if newest == end:
+                return False
+        self._dirty[meter] = None
         return True
 
     def _on_poll_response(self, frame: PollResponse, now: float) -> None:
@@ -380,7 +423,7 @@ class RadioLink:
             progress = True
         if progress:
             meter.backoff = 0.0
-            self._dirty.add(meter)
+            self._dirty[meter] = None
         elif pending is not None:
             self._back_off(meter, now)
 
@@ -474,7 +517,7 @@ class RadioLink:
         batch: list[IntervalRecord] = []
         plan: list[tuple[MeterState, int]] = []
         dirty = self._dirty
-        self._dirty = set()
+        self._dirty = {}
         for meter in dirty:
             if meter.base is None:
                 continue
@@ -482,8 +525,9 @@ class RadioLink:
                 held = meter.held
                 end = meter.base + _I
                 n = 0
+                meter_id = meter.meter_id
                 while end in held:
-                    batch.append(held[end])
+                    batch.append(_make_record((meter_id, end, *_unpack_held(held[end]))))
                     end += _I
                     n += 1
                 if n:
@@ -499,7 +543,7 @@ class RadioLink:
         except Exception:
             self.counters.sink_failures += 1
             self.log.failure("record sink failed; {n} records kept for a retry", n=len(batch))
-            self._dirty |= dirty
+            self._dirty.update(dirty)
             if self._retry_call is None or not self._retry_call.active():
                 self._retry_call = self.clock.callLater(
                     self.settings.sink_retry, self._retry_delivery
@@ -515,6 +559,7 @@ class RadioLink:
                 base += _I
                 del held[base]
             meter.base = base
+            self._held_total -= n
 
     def _retry_delivery(self) -> None:
         self._deliver(self.clock.seconds())
@@ -563,7 +608,9 @@ class RadioLink:
             return
         s = self.settings
         now = self.clock.seconds()
-        self._tokens = min(float(s.poll_burst), self._tokens + (now - self._tokens_at) * s.poll_rate)
+        self._tokens = min(
+            float(s.poll_burst), self._tokens + (now - self._tokens_at) * s.poll_rate
+        )
         self._tokens_at = now
         queue = self._queue
         wake: float | None = None

@@ -10,7 +10,7 @@ Tests: tests/radio/test_frames.py.
 
 from __future__ import annotations
 
-from gridwire._records import Flags, IntervalRecord
+from gridwire import Flags, IntervalRecord
 
 __all__ = ["INTERVAL_SECONDS", "Flags", "IntervalRecord"]
 

@@ -63,7 +63,6 @@ class MeterState:
         "last_seen",
         "meter_id",
         "parent_id",
-        "poll_after",
         "polling",
         "queued",
         "relay_open",
@@ -88,12 +87,12 @@ class MeterState:
         #: True when ``base`` came from the sink or a delivery, False while it is
         #: the provisional back-fill floor of a newly found meter.
         self.base_confirmed = False
-        #: Records newer than a gap, waiting for the gap to be filled.
-        self.held: dict[int, IntervalRecord] = {}
-        self.polling = False
-        self.queued = False
-        self.poll_after = 0.0
-        self.backoff = 0.0
+        #: Records newer than a gap, waiting for the gap to be filled: interval end ->
+        #: the record's other fields, packed by the link.
+        self.held: dict[int, bytes] = {}
+        self.polling = False  #: a poll of this meter is in flight
+        self.queued = False  #: the meter is in the link's poll queue
+        self.backoff = 0.0  #: current wait before re-polling after no answer, seconds
 
     def seen(self, now: float) -> None:
         if self.first_seen is None:

@@ -20,13 +20,13 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .link import LinkSettings, RadioLink
+from .link import Clock, DelayedCall, LinkSettings, RadioLink
 from .sink import RecordSink
 
 __all__ = ["RadioProtocol", "RadioService"]
@@ -44,7 +44,7 @@ class RadioProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.link.connected(self.transport.write)
+        self.link.connected(self.transport.write)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -73,7 +73,7 @@ class RadioService(Service):
         port_path: str,
         baudrate: int,
         sink: RecordSink,
-        reactor: IReactorTime,
+        reactor: Clock,
         settings: LinkSettings | None = None,
         *,
         reopen_initial: float = 0.5,
@@ -90,7 +90,7 @@ class RadioService(Service):
         self.opens = 0
         self._delay = reopen_initial
         self._port: Any = None
-        self._reopen: IDelayedCall | None = None
+        self._reopen: DelayedCall | None = None
         self._closed: Deferred[None] | None = None
         self._stats_loop: LoopingCall | None = None
 
@@ -100,16 +100,16 @@ class RadioService(Service):
         return self._port is not None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.link.start()
         if self.stats_every > 0:
             self._stats_loop = LoopingCall(self._log_stats)
-            self._stats_loop.clock = self.reactor
+            self._stats_loop.clock = self.reactor  # type: ignore[assignment]
             self._stats_loop.start(self.stats_every, now=False)
         self._open()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
         if self._reopen is not None and self._reopen.active():
@@ -132,7 +132,9 @@ class RadioService(Service):
         assert IReactorFDSet.providedBy(self.reactor)
         protocol = RadioProtocol(self.link, self._lost)
         try:
-            self._port = SerialPort(protocol, self.port_path, self.reactor, baudrate=self.baudrate)
+            self._port = SerialPort(  # type: ignore[no-untyped-call]
+                protocol, self.port_path, self.reactor, baudrate=self.baudrate
+            )
         except (SerialException, OSError, ValueError) as exc:
             self.log.info(
                 "radio port {path} not available ({error}); retrying in {delay:.1f} s",
@@ -144,7 +146,9 @@ class RadioService(Service):
             return
         self.opens += 1
         self._delay = self.reopen_initial
-        self.log.info("radio port {path} open at {baud} baud", path=self.port_path, baud=self.baudrate)
+        self.log.info(
+            "radio port {path} open at {baud} baud", path=self.port_path, baud=self.baudrate
+        )
 
     def _schedule_reopen(self) -> None:
         self._reopen = self.reactor.callLater(self._delay, self._open)
@@ -168,7 +172,7 @@ class RadioService(Service):
         s = self.link.stats()
         self.log.info(
             "radio: {meters} meters, {frames_ok} frames ok, {frames_dropped} dropped, "
-            "{records_delivered} records delivered, {polls_sent} polls ({poll_timeouts} timed out), "
-            "{records_held} held",
+            "{records_delivered} records delivered, {polls_sent} polls "
+            "({poll_timeouts} timed out), {records_held} held",
             **s,
         )

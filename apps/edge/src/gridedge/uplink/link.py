@@ -118,8 +118,8 @@ class Link:
         self._send(Hello(
             min_version=min(SUPPORTED_VERSIONS),
             max_version=max(SUPPORTED_VERSIONS),
-            firmware_version=self.settings.firmware_version[:64],
-            boot_slot=self.settings.boot_slot[:8],
+            firmware_version=self.settings.firmware_version,
+            boot_slot=self.settings.boot_slot,
             edge_time=int(now) if now > 1e9 else 0,
         ))
 
