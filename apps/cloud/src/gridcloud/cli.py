@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--force", action="store_true", help="overwrite an existing edge.key")
     revoke = psub.add_parser("revoke", help="refuse an edge, or one certificate, from now on")
     _db_options(revoke)
-    revoke.add_argument("--edge-id", help="revoke this edge (all its certificates)")
+    revoke.add_argument(
+        "--edge-id", help="revoke this edge (with --serial: the edge that certificate belongs to)"
+    )
     revoke.add_argument("--serial", type=int, help="revoke only the certificate with this serial")
     revoke.add_argument("--cert", type=Path, help="revoke only this certificate (PEM file)")
     revoke.add_argument("--reason", default="", help="recorded and logged on refusal")

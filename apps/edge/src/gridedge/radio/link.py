@@ -284,6 +284,7 @@ class RadioLink:
         """Cancel every timer; pending relay commands end with reason "link-stopped"."""
         self._stopped = True
         self._send = None
+        self._requeue_polls()  # a later start() asks again what was in flight
         for call in (self._pump_call, self._retry_call):
             if call is not None and call.active():
                 call.cancel()
