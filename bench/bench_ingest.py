@@ -27,6 +27,7 @@ Prints a table and, as the very last line, one JSON object with the targets.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -137,7 +138,7 @@ def role_raw(args: argparse.Namespace) -> None:
     conn = psycopg2.connect(args.dsn)
     conn.autocommit = True
     cur = conn.cursor()
-    cur.execute("INSERT INTO edges (edge_id) VALUES (%s) ON CONFLICT DO NOTHING", (args.edge,))
+    cur.execute("INSERT INTO edges (edge_id) VALUES (%s)", (args.edge,))
     t0 = interval0()
     # the array literals of 8 batches, prepared once; each call only gets its own first_seq
     arrays = [batch_parameters(args.edge, 1, columns_for(args.index, v, t0))[2:] for v in range(8)]
@@ -149,10 +150,18 @@ def role_raw(args: argparse.Namespace) -> None:
         cur.execute(INGEST_SQL, (args.edge, 1 + BATCH * k, *arrays[k % 8]))
         rows += BATCH
         k += 1
+    cur.execute("SELECT readings_total FROM edges WHERE edge_id = %s", (args.edge,))
+    stored = cur.fetchone()[0]
+    if stored != rows:  # every call must really have inserted its batch
+        sys.exit(f"raw worker {args.edge}: {rows} rows sent but {stored} stored")
     print(json.dumps({"rows": rows}))
 
 
+_raw_runs = itertools.count()
+
+
 def raw_ceiling(dsn: str, connections: int, duration: float) -> float:
+    run = next(_raw_runs)  # fresh edges each run: a known edge would skip its old seqs
     start = time.time() + 1.5
     procs = [
         subprocess.Popen(
@@ -164,7 +173,7 @@ def raw_ceiling(dsn: str, connections: int, duration: float) -> float:
                 "--dsn",
                 dsn,
                 "--edge",
-                f"raw-{connections}-{i}",
+                f"raw{run}-{i}",
                 "--index",
                 str(i),
                 "--start",

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
-from gridwire import EventReport, IntervalRecord, ProtocolError
+from gridwire import AlarmKind, EventReport, IntervalRecord, ProtocolError
 from twisted.logger import Logger
 
 SCHEMA_VERSION = 1
@@ -63,8 +63,8 @@ _MIN_PAGES = 16  # the schema alone needs a handful of pages
 
 #: EventReport kinds for the edge's own events (meter_id 0).  gridwire's AlarmKind
 #: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
-EVENT_JOURNAL_EVICTED = 0x8001
-EVENT_JOURNAL_DISK_FULL = 0x8002
+EVENT_JOURNAL_EVICTED = AlarmKind.JOURNAL_EVICTED
+EVENT_JOURNAL_DISK_FULL = AlarmKind.JOURNAL_DISK_FULL
 
 _MAX_DETAIL = 255  # bytes of UTF-8 in EventReport.detail (docs/protocol.md)
 _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes

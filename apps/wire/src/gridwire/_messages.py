@@ -90,6 +90,9 @@ class AlarmKind(enum.IntEnum):
     METER_BACK = 10
     CLOCK_ADJUSTED = 11
     LOW_CREDIT = 12
+    # Events of the edge unit itself (meter_id 0), from 0x8000 up.
+    JOURNAL_EVICTED = 0x8001  #: the journal was full; detail says how many readings were dropped
+    JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
 
 
 class CommandKind(enum.IntEnum):
