@@ -586,10 +586,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  {'gridcloud serve CPU during e2e (cores)':<{w}} {r['e2e']['server_cpu']:>16.2f}")
     print(f"  {'readings stored == readings acked (exactly once)':<{w}} {exactly_once!s:>16}")
     print(f"  {'idle TLS edges held by one process (target 10,000)':<{w}} {idle['connected']:>16,}")
-    print(
-        f"  {'server RSS before / after the idle edges (MiB)':<{w}} "
-        f"{idle['rss0_kib'] / 1024:>7.0f} / {idle['rss1_kib'] / 1024:<6.0f}"
-    )
+    rss = f"{idle['rss0_kib'] / 1024:.0f} / {idle['rss1_kib'] / 1024:.0f}"
+    print(f"  {'server RSS before / after the idle edges (MiB)':<{w}} {rss:>16}")
     print(f"  {'memory per idle TLS edge (KiB)':<{w}} {idle['per_conn_kib']:>16.1f}")
     for mode, label in (("cache", "session cache (default)"), ("tickets", "stateless tickets")):
         full, resumed = size[mode]["full"], size[mode]["resumed"]

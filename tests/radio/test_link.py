@@ -9,9 +9,12 @@ import pytest
 from gridedge.radio import Flags, IntervalRecord, LinkSettings, MemorySink, RadioLink, RelayOutcome
 from gridedge.radio import frames as F
 from gridedge.radio.framing import FrameDecoder, encode_many
+from gridedge.radio.held import HeldRecords
 from gridsim.model import make_meters
 from gridsim.module import FaultRates, RadioModule
 from gridsim.truth import GroundTruth, TruthWriter
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 T0 = 1767571200  # 2026-01-05 00:00 UTC
@@ -345,3 +348,33 @@ def test_whole_day_against_simulated_module_with_every_fault(tmp_path: Path) -> 
     flags = {r.flags for r in sink.records}
     assert any(f & Flags.TAMPER for f in flags) and any(f & Flags.OUTAGE for f in flags)
     assert link.stats()["leaves"] > 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=80))
+def test_held_slots_behave_like_a_dict(ops: list[tuple[bool, int]]) -> None:
+    """HeldRecords agrees with a plain dict under any mix of puts, deletes and discards."""
+    held, model = HeldRecords(), {}
+    for put, k in ops:
+        end = T0 + k * IV
+        if put:
+            value = k.to_bytes(22, "big")
+            held[end] = value
+            model[end] = value
+        elif end in model:
+            del held[end]
+            del model[end]
+        else:
+            assert held.discard_through(end) == sum(1 for e in model if e <= end)
+            model = {e: v for e, v in model.items() if e > end}
+        assert len(held) == len(model)
+        assert all(e in held and held[e] == v for e, v in model.items())
+        if model:
+            assert (held.lowest(), held.highest()) == (min(model), max(model))
+
+
+def test_held_slots_far_ahead_are_not_held() -> None:
+    """A record far beyond the held window is refused (and re-polled later), bounding memory."""
+    h = Harness(max_held=8)
+    h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV), rec(M, T0 + 1000 * IV))
+    assert h.link.stats()["records_held"] == 1
+    assert h.link.stats()["held_discarded"] == 1

@@ -26,6 +26,8 @@ the answers.  Per connection:
    resumes as commits complete.
 5. Every refusal (TLS, identity, revocation, protocol) is one log line naming
    the peer and the reason.
+6. A revocation committed while the edge is connected arrives by
+   ``NOTIFY gridcloud_revoked`` and closes the live session.
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
 """

@@ -70,7 +70,7 @@ _I = INTERVAL_SECONDS
 FIRMWARE_VERSION = 0x0103
 _STATUS_EVERY = 60
 _SILENT_TIMEOUT = 8.0
-_QUEUE_LIMIT = 64
+_QUEUE_LIMIT = 256
 _DEAF_AFTER_RESET = 20.0
 #: The module clock stops this long after the run's last interval end.
 FREEZE_AFTER_END = 600

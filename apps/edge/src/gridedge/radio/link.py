@@ -120,7 +120,7 @@ class LinkSettings:
     backfill: int = 96  #: intervals fetched before a newly found meter's first report
     overdue_after: int = 600  #: module-clock seconds after an interval end before polling for it
     max_held: int = 96  #: records held per meter while a gap is filled
-    max_held_total: int = 50_000  #: records held for all meters together (~5 MB)
+    max_held_total: int = 50_000  #: records held for all meters together (~8 MB)
     scan_every: float = 5.0  #: seconds between scans for overdue meters
     relay_timeout: float = 30.0  #: seconds to wait for a relay confirmation
     relay_attempts: int = 3  #: sends of one relay command, first one included
@@ -248,9 +248,7 @@ class RadioLink:
             if meter.base is None or meter.base < end or not meter.base_confirmed:
                 meter.base = end
                 meter.base_confirmed = True
-                kept = {e: r for e, r in meter.held.items() if e > end}
-                self._held_total -= len(meter.held) - len(kept)
-                meter.held = kept
+                self._held_total -= meter.held.discard_through(end)
 
     # --- the transport side ---------------------------------------------------------
 
@@ -376,14 +374,21 @@ class RadioLink:
         if end <= base or end in held:
             self.counters.duplicates += 1
             return False
+        s = self.settings
+        if held and end > held.highest() and held.span_with(end) > 2 * s.max_held:
+            # Far beyond what is held: it will be polled once the gap below is filled.
+            self.counters.held_discarded += 1
+            return False
         held[end] = _pack_held(*record[2:])
         self._held_total += 1
-        if len(held) > self.settings.max_held or (
-            self._held_total > self.settings.max_held_total and end != base + _I
+        while (
+            len(held) > s.max_held
+            or held.span_with(end) > 2 * s.max_held
+            or (self._held_total > s.max_held_total and end != base + _I)
         ):
             # The newest held record can be polled again later: nothing is lost, and
             # memory stays bounded however many meters have gaps at once.
-            newest = max(held)
+            newest = held.highest()
             del held[newest]
             self._held_total -= 1
             self.counters.held_discarded += 1
@@ -553,12 +558,10 @@ class RadioLink:
         self.counters.sink_appends += 1
         self.counters.records_delivered += len(batch)
         for meter, n in plan:
-            held = meter.held
             base = meter.base
             assert base is not None
-            for _ in range(n):
-                base += _I
-                del held[base]
+            base += n * _I
+            meter.held.discard_through(base)
             meter.base = base
             self._held_total -= n
 
@@ -574,7 +577,7 @@ class RadioLink:
             return None
         low = meter.base + _I
         if meter.held:
-            high = min(meter.held) - _I
+            high = meter.held.lowest() - _I
         elif meter.joined and self.module_time is not None and meter.base_confirmed:
             high = (self.module_time - self.settings.overdue_after) // _I * _I
         else:

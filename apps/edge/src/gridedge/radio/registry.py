@@ -7,9 +7,10 @@ uses for gap filling.  Readers outside the link get :class:`MeterStatus`
 snapshots, which are immutable, so the web page or the uplink can never bend
 the link's state.
 
-Memory: a MeterState is a slotted object of about 300 bytes plus the records
-held back while a gap is being filled (bounded by ``RadioLink.max_held``), so
-10,000 meters take a few megabytes.
+Memory: a MeterState is a slotted object of about 400 bytes plus the records
+held back while a gap is being filled (about 23 bytes each, see held.py,
+bounded by ``LinkSettings.max_held`` and ``max_held_total``), so 10,000 meters
+take a few megabytes.
 
 Tests: tests/radio/test_link.py.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .held import HeldRecords
 from .records import IntervalRecord
 
 __all__ = ["MeterRegistry", "MeterState", "MeterStatus"]
@@ -89,7 +91,7 @@ class MeterState:
         self.base_confirmed = False
         #: Records newer than a gap, waiting for the gap to be filled: interval end ->
         #: the record's other fields, packed by the link.
-        self.held: dict[int, bytes] = {}
+        self.held = HeldRecords()
         self.polling = False  #: a poll of this meter is in flight
         self.queued = False  #: the meter is in the link's poll queue
         self.backoff = 0.0  #: current wait before re-polling after no answer, seconds
@@ -102,7 +104,7 @@ class MeterState:
     def status(self, interval: int) -> MeterStatus:
         missing = 0
         if self.held and self.base is not None:
-            missing = (max(self.held) - self.base) // interval - len(self.held)
+            missing = (self.held.highest() - self.base) // interval - len(self.held)
         return MeterStatus(
             meter_id=self.meter_id,
             first_seen=self.first_seen,
