@@ -43,7 +43,7 @@ $(VENV)/.stamp: requirements/constraints.txt requirements/dev.txt $(foreach a,$(
 	@touch $@
 	@echo "venv: $(VENV) ready"
 
-test: setup $(TEST_PREREQUISITES) ## run the whole test suite against a throwaway PostgreSQL
+test: setup lint $(TEST_PREREQUISITES) ## lint, then run the whole test suite against a throwaway PostgreSQL
 	$(PGCLUSTER) run -- $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## run the tests that need no firmware image

@@ -268,7 +268,7 @@ def _hello() -> Any:
 def role_load(args: argparse.Namespace) -> None:
     """Edges uploading as fast as acks allow; reports readings acked inside the window."""
     from gridcloud import loadgen, pki
-    from gridwire import ReadingBatch, RecordColumns
+    from gridwire import IntervalRecord, ReadingBatch, RecordColumns
     from twisted.internet import defer, task
 
     raise_nofile()
@@ -287,16 +287,7 @@ def role_load(args: argparse.Namespace) -> None:
             RecordColumns.build(
                 **dict(
                     zip(
-                        (
-                            "meter_id",
-                            "interval_end",
-                            "energy_wh",
-                            "max_demand_w",
-                            "voltage_dv",
-                            "current_ma",
-                            "power_factor",
-                            "flags",
-                        ),
+                        IntervalRecord._fields,
                         columns_for(args.index * 1000 + index, v, t0),
                         strict=True,
                     )

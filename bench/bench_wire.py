@@ -76,16 +76,7 @@ from gridwire import (
 from wire_day import DAY_START, INTERVAL, Row, make_day
 from wire_tls import TlsConnection, TlsPair
 
-FIELDS = (
-    "meter_id",
-    "interval_end",
-    "energy_wh",
-    "max_demand_w",
-    "voltage_dv",
-    "current_ma",
-    "power_factor",
-    "flags",
-)
+FIELDS = IntervalRecord._fields  # column order on the wire
 HEARTBEATS_PER_GAP = 2  # 300 s keepalive in a 900 s gap between uploads
 RECONNECT_BEFORE = (19, 38, 57, 76)  # uploads that start a new connection (4 drops a day)
 EDGE_NAME = "edge-0001"

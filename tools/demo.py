@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pgcluster  # noqa: E402
+import pgcluster
 
 EDGE_ID = "demo-edge-1"
 DATABASE = "gridedge"
@@ -82,10 +82,12 @@ class Demo:
         self.run_step("applying schema migrations", _bin("gridcloud"), "migrate", "--dsn", self.dsn)
         self.make_pki()
         port = pgcluster.free_port()
-        self.spawn("cloud", _bin("gridcloud"), "serve", "--listen", f"tcp:{port}:interface=127.0.0.1",
+        self.spawn("cloud", _bin("gridcloud"), "serve",
+                   "--listen", f"tcp:{port}:interface=127.0.0.1",
                    "--cert", str(self.pki / "server.pem"), "--key", str(self.pki / "server.key"),
                    "--ca", str(self.pki / "ca.pem"), "--dsn", self.dsn)
-        self.spawn("gridsim", _bin("gridsim"), "--meters", str(self.meters), "--port", str(self.radio),
+        self.spawn("gridsim", _bin("gridsim"), "--meters", str(self.meters),
+                   "--port", str(self.radio),
                    "--speed", str(self.speed), "--truth", str(self.truth), "--resume")
         self.wait_for(self.radio, "gridsim's serial port")
         config = self.edge_dir / "gridedge.toml"

@@ -173,11 +173,13 @@ class Cluster:
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=1
+            ):
+                return
             time.sleep(0.1)
-        raise ClusterError(f"PostgreSQL did not accept connections; see {self.directory}/server.log")
+        raise ClusterError(
+            f"PostgreSQL did not accept connections; see {self.directory}/server.log")
 
     def stop(self, mode: str = "fast") -> None:
         if not self.is_running():
@@ -215,7 +217,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         cm = temporary_cluster()
     with cm as cluster:
-        print(f"pgcluster: PostgreSQL on 127.0.0.1:{cluster.port} ({cluster.directory})", flush=True)
+        print(f"pgcluster: PostgreSQL on 127.0.0.1:{cluster.port} ({cluster.directory})",
+              flush=True)
         env = {**os.environ, DSN_ENV: cluster.dsn()}
         child = subprocess.Popen(command, env=env)
 
@@ -236,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", help="start a cluster, run a command with GRIDEDGE_PG_DSN set, stop it")
-    run.add_argument("--dir", help="keep the cluster in DIR (default: a temporary folder, deleted after)")
+    run = sub.add_parser(
+        "run", help="start a cluster, run a command with GRIDEDGE_PG_DSN set, stop it")
+    run.add_argument(
+        "--dir", help="keep the cluster in DIR (default: a temporary folder, deleted after)")
     run.add_argument("--keep", action="store_true", help="leave the server running after COMMAND")
     run.add_argument("command", nargs=argparse.REMAINDER)
     for name in ("start", "stop", "dsn"):

@@ -371,39 +371,41 @@ def apply_overlay(src: Path, rootfs: Path) -> None:
 
 
 def write_users(rootfs: Path) -> None:
-    """Accounts: root (locked password), the D-Bus daemon's, and gridedge's own.
-
-    Buildroot makes these from users tables; a board/common users table wins where present.
-    """
-    etc = rootfs / "etc"
+    """/etc/passwd, group and shadow: Buildroot's base accounts and groups, the D-Bus daemon's,
+    and the users the project's Buildroot packages declare (package/*/*.mk, '<PKG>_USERS'
+    blocks in makeusers format), so both images create the same gridedge user."""
+    groups = {"root": 0, "tty": 5, "dialout": 20, "messagebus": 101}
+    members: dict[str, list[str]] = {}
     users = [
-        ("root", 0, "root", 0, "/root", "/bin/sh"),
-        ("messagebus", 100, "messagebus", 101, "/nonexistent", "/bin/false"),
-        ("gridedge", 1000, "gridedge", 1000, "/data/gridedge", "/bin/false"),
+        ("root", 0, 0, "/root", "/bin/sh"),
+        ("messagebus", 100, 101, "/nonexistent", "/bin/false"),
     ]
-    table = ROOT / "board/common/users.txt"
-    if table.exists():
-        users = [u for u in users if u[0] in ("root", "messagebus")]
-        uid = 1000
-        for raw in table.read_text().splitlines():
-            fields = raw.split()
-            if not fields or raw.lstrip().startswith("#"):
-                continue
-            # makeusers format: user uid group gid password home shell groups comment
-            user_uid = uid if fields[1] == "-1" else int(fields[1])
-            user_gid = user_uid if fields[3] == "-1" else int(fields[3])
-            users.append((fields[0], user_uid, fields[2], user_gid, fields[5], fields[6]))
-            uid += 1
-    passwd = "".join(
-        f"{u}:x:{uid}:{gid}:{u}:{home}:{shell}\n" for u, uid, _, gid, home, shell in users
+    next_id = 1000
+    for mk in sorted((ROOT / "package").glob("*/*.mk")):
+        for block in re.findall(r"^define \w+_USERS\n(.*?)^endef", mk.read_text(), re.M | re.S):
+            for line in block.splitlines():
+                fields = line.split(None, 8)
+                if len(fields) < 8:
+                    continue
+                name, uid, group, gid, _password, home, shell, extra = fields[:8]
+                user_id = next_id if uid == "-1" else int(uid)
+                next_id = max(next_id, user_id) + 1
+                groups.setdefault(group, user_id if gid == "-1" else int(gid))
+                users.append(
+                    (name, user_id, groups[group], home, "/bin/false" if shell == "-" else shell)
+                )
+                for other in extra.split(",") if extra != "-" else []:
+                    groups.setdefault(other, next_id)
+                    members.setdefault(other, []).append(name)
+    etc = rootfs / "etc"
+    (etc / "passwd").write_text(
+        "".join(f"{n}:x:{uid}:{gid}:{n}:{home}:{shell}\n" for n, uid, gid, home, shell in users)
     )
-    groups = {(g, gid) for _, _, g, gid, _, _ in users}
-    (etc / "passwd").write_text(passwd)
     (etc / "group").write_text(
-        "".join(f"{g}:x:{gid}:\n" for g, gid in sorted(groups, key=lambda x: x[1]))
+        "".join(f"{g}:x:{gid}:{','.join(members.get(g, []))}\n" for g, gid in groups.items())
     )
-    shadow = "".join(f"{u}:*:19000:0:99999:7:::\n" for u, *_ in users)
-    (etc / "shadow").write_text(shadow)
+    # Locked passwords: the console is a root shell, nothing else logs in.
+    (etc / "shadow").write_text("".join(f"{u[0]}:*:19000:0:99999:7:::\n" for u in users))
     (etc / "shadow").chmod(0o600)
 
 

@@ -8,7 +8,8 @@ tests/qemu/ (console driven with pexpect). Facts behind the options:
 - 'romfile=' on the NIC: no iPXE option ROM is needed (or installed);
 - '-smp 1' boots as fast as '-smp 2' under TCG and leaves a core to the host side of a test;
 - the radio module: an optional host serial device (a pty of gridsim) appears in the guest as
-  the 16550 UART /dev/ttyS0 of a PCI serial card (8250_pci is built into the kernel);
+  /dev/ttyS1, the second 16550 UART of a PCI serial card (8250_pci is built into the kernel),
+  the radio's port on the BeagleBone too;
 - user networking: the guest reaches the host's loopback as 10.0.2.2.
 
 Tests: tests/qemu/ (every boot test runs QEMU through command()).
@@ -42,7 +43,12 @@ def command(disk: Path, *, radio: str | None = None, memory_mb: int = 512) -> li
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
     if radio is not None:
-        args += ["-chardev", f"serial,id=radio,path={radio}", "-device", "pci-serial,chardev=radio"]
+        # Two UARTs, the radio on the second: /dev/ttyS1, as on the BeagleBone.
+        args += [
+            "-chardev", "null,id=uart0",
+            "-chardev", f"serial,id=radio,path={radio}",
+            "-device", "pci-serial-2x,chardev1=uart0,chardev2=radio",
+        ]  # fmt: skip
     return args
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from gridcloud import loadgen, migrations, pki
 from gridcloud.config import ServerConfig
 from gridcloud.server import CloudService
@@ -118,6 +119,17 @@ def records(
 
 def batch(first_seq: int, count: int, **kw: Any) -> ReadingBatch:
     return ReadingBatch(first_seq=first_seq, records=records(count, **kw))
+
+
+def query(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on its own connection (committed); its rows, if it returns any."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
 
 
 async def within(reactor: Any, d: defer.Deferred[Any], seconds: float) -> Any:

@@ -7,20 +7,10 @@ from collections.abc import AsyncIterator
 import psycopg2
 import pytest
 import pytest_twisted
-from cloud_harness import T0, batch, within
+from cloud_harness import T0, batch, query, within
 from gridcloud import migrations, revocation
 from gridcloud.ingest import BIGINT_MAX, BadBatch, EdgeInfo, EdgeRefused, IngestStore
 from gridwire import ReadingBatch
-
-
-def query(dsn: str, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def reactor():

@@ -7,19 +7,10 @@ import datetime
 
 import psycopg2
 import pytest
+from cloud_harness import query
 from gridcloud import migrations
 from gridcloud.cli import main
 from gridcloud.server import check_schema
-
-
-def query(dsn: str, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def test_migrate_twice_is_a_no_op_and_records_versions(pg_dsn: str) -> None:

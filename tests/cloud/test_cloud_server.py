@@ -12,6 +12,7 @@ from cloud_harness import (
     batch,
     endpoint_of,
     hello,
+    query,
     sleep,
     start_cloud,
     within,
@@ -36,13 +37,7 @@ async def connect(
 
 
 def count(dsn: str, sql: str = "SELECT count(*) FROM readings") -> int:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+    return int(query(dsn, sql)[0][0])
 
 
 class EdgeRowLock:

@@ -14,23 +14,12 @@ import pytest
 from gridedge.journal import (
     EVENT_JOURNAL_EVICTED,
     Event,
-    Journal,
     JournalClosedError,
 )
 from gridwire import IntervalRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-
-def rec(meter: int, energy: int = 0) -> IntervalRecord:
-    """A valid interval record for meter ``meter``."""
-    return IntervalRecord(meter, 1_700_000_100, energy, 1500, 2301, 6500, 950, 0)
-
-
-def open_journal(path: Path, max_bytes: int = 10_000_000, **kw: object) -> Journal:
-    j = Journal(path / "journal.db", max_bytes=max_bytes, **kw)  # type: ignore[arg-type]
-    j.open()
-    return j
+from journal_helpers import open_journal, rec
 
 
 def test_append_assigns_consecutive_sequence_numbers(tmp_path: Path) -> None:
@@ -62,7 +51,7 @@ def test_records_survive_kill_9_right_after_append(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_journal import open_journal, rec
+        from journal_helpers import open_journal, rec
         from pathlib import Path
         j = open_journal(Path({str(tmp_path)!r}))
         for i in range(50):
@@ -146,6 +135,18 @@ def test_closed_journal_refuses_appends(tmp_path: Path) -> None:
     j = open_journal(tmp_path)
     j.close()
     with pytest.raises(JournalClosedError):
+        j.append([rec(1)])
+
+
+def test_append_errors_are_sink_errors_for_the_radio_link(tmp_path: Path) -> None:
+    """Journal errors are SinkErrors: the radio link logs them once per outage, no traceback."""
+    from gridedge.journal import JournalFullError
+    from gridedge.radio import SinkError
+
+    assert issubclass(JournalFullError, SinkError)
+    j = open_journal(tmp_path)
+    j.close()
+    with pytest.raises(SinkError):
         j.append([rec(1)])
 
 

@@ -11,23 +11,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gridedge.journal import EVENT_JOURNAL_DISK_FULL, Event, Journal, JournalFullError
-from test_journal import rec
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """Mount a real tmpfs of ``size`` at ``where`` (needs root)."""
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+from journal_helpers import rec, tiny_tmpfs
 
 
 @pytest.mark.skipif(os.geteuid() != 0,
@@ -72,7 +60,7 @@ def test_file_size_limit_gives_clear_error_then_recovers(tmp_path: Path) -> None
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
         from gridedge.journal import Journal, JournalFullError
-        from test_journal import rec
+        from journal_helpers import rec
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         j = Journal(Path({str(tmp_path)!r}) / "journal.db", max_bytes=100 << 20)
         j.open()

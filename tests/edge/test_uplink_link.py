@@ -25,7 +25,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from test_journal import rec
+from journal_helpers import rec
 from twisted.internet.task import Clock
 
 

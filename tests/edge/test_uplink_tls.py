@@ -24,7 +24,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from test_journal import rec
+from journal_helpers import rec
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -78,8 +78,9 @@ async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-async def start_cloud(pki_dir: Path, state: dict[str, Any]) -> Any:
-    tls = ServerTLS.from_files(pki_dir / "server.pem", pki_dir / "server.key", pki_dir / "ca.pem")
+async def start_cloud(pki_dir: Path, state: dict[str, Any], resumption: str = "cache") -> Any:
+    tls = ServerTLS.from_files(pki_dir / "server.pem", pki_dir / "server.key", pki_dir / "ca.pem",
+                               resumption=resumption)
     factory = TLSMemoryBIOFactory(tls, False, Factory.forProtocol(lambda: TinyCloud(state)))
     return await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
 
@@ -95,14 +96,16 @@ def make_uplink(
     )
 
 
+@pytest.mark.parametrize("resumption", ["cache", "tickets"])
 @pytest_twisted.ensureDeferred
 async def test_delivers_and_resumes_tls_session_with_fewer_bytes(
-    tmp_path: Path, pki: tuple[Path, Path]
+    tmp_path: Path, pki: tuple[Path, Path], resumption: str
 ) -> None:
-    """All records arrive once; the reconnect resumes TLS 1.3 and its handshake is smaller."""
+    """All records arrive once; after a cut the reconnect resumes TLS 1.3 (either server mode)
+    and its handshake is smaller."""
     pki_dir, tls = pki
     state: dict[str, Any] = {"conns": [], "seqs": [], "acked": 0}
-    port = await start_cloud(pki_dir, state)
+    port = await start_cloud(pki_dir, state, resumption)
     journal = Journal(tmp_path / "data" / "journal.db", max_bytes=10 << 20)
     journal.open()
     journal.append([rec(i) for i in range(250)])

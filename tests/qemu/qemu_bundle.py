@@ -60,7 +60,7 @@ def changed_rootfs(src: Path, dest: Path, files: dict[str, tuple[bytes, int]]) -
             f"cd {folder or '/'}",
             f"rm {name}",
             f"write {local} {name}",
-            f"sif {name} mode {0o100000 | mode:#o}",
+            f"sif {name} mode 0{0o100000 | mode:o}",
             f"sif {name} uid 0",
             f"sif {name} gid 0",
         ]

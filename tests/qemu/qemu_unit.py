@@ -30,15 +30,21 @@ sys.path.insert(0, str(ROOT / "board" / "qemu-ci"))
 import run_qemu  # noqa: E402
 
 #: Signs of a broken unit, watched for during every wait.
+TRACEBACK = r"Traceback \(most recent call last\)"
 FAILURES = (
     r"Kernel panic",
     r"initramfs: cannot mount",
-    r"Traceback \(most recent call last\)",
+    TRACEBACK,
     r"EXT4-fs error",
     r"Starting [\w.-]+: FAIL",
     r"A/B: slot \w did not start",
 )
+#: BusyBox init stopping everything for a reboot or power-off, and the boot loader starting.
+SHUTDOWN = r"The system is going down NOW!"
+BOOTLOADER = r"U-Boot 20\d\d"
 PROMPT = "@@> "
+#: Terminal escapes (colours of 'rauc status', ash's cursor queries), dropped from outputs.
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: The shell prompt of a freshly booted unit (skeleton/etc/profile sets PS1).
 BOOT_PROMPT = r"gridedge-ci:[^\r\n]*# "
 BOOT_TIMEOUT = 240.0
@@ -57,6 +63,8 @@ class Unit:
         self.radio = radio
         self.child: pexpect.spawn | None = None
         self.boots = 0
+        self.shutting_down = False
+        self.shutdown_tracebacks = 0
 
     # --- power ---------------------------------------------------------------------------
 
@@ -119,22 +127,37 @@ class Unit:
             self.child.logfile_read.flush()
 
     def expect(self, pattern: str, timeout: float) -> re.Match[str]:
-        """Wait for ``pattern`` on the console; fail at once on any of FAILURES."""
+        """Wait for ``pattern`` on the console; fail at once on any of FAILURES.
+
+        Between BusyBox init's "going down" and the next U-Boot banner (a reboot), a Python
+        traceback is recorded in ``shutdown_tracebacks`` instead: an application that
+        complains while SIGTERM and SIGKILL stop it is a bug of its own, not a broken boot.
+        """
         child = self._child()
-        patterns = [pattern, *FAILURES]
-        try:
-            index = child.expect(patterns, timeout=timeout)
-        except pexpect.TIMEOUT:
-            raise self.error(f"timed out after {timeout:.0f} s waiting for {pattern!r}") from None
-        except pexpect.EOF:
-            raise self.error(f"QEMU exited while waiting for {pattern!r}") from None
-        if index > 0:
+        patterns = [pattern, SHUTDOWN, BOOTLOADER, *FAILURES]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                index = child.expect(patterns, timeout=max(0.0, deadline - time.monotonic()))
+            except pexpect.TIMEOUT:
+                raise self.error(
+                    f"timed out after {timeout:.0f} s waiting for {pattern!r}"
+                ) from None
+            except pexpect.EOF:
+                raise self.error(f"QEMU exited while waiting for {pattern!r}") from None
+            if index == 0:
+                break
+            if index in (1, 2):
+                self.shutting_down = index == 1
+                continue
+            failure = FAILURES[index - 3]
+            if self.shutting_down and failure == TRACEBACK:
+                self.shutdown_tracebacks += 1
+                continue
             # Let the rest of the message reach the log before quoting it.
             with contextlib.suppress(pexpect.EOF):
                 child.expect(pexpect.TIMEOUT, timeout=3)
-            raise self.error(
-                f"the unit failed ({FAILURES[index - 1]!r}) while waiting for {pattern!r}"
-            )
+            raise self.error(f"the unit failed ({failure!r}) while waiting for {pattern!r}")
         match = child.match
         assert isinstance(match, re.Match)
         return match
@@ -160,7 +183,7 @@ class Unit:
         child.sendline(f"printf '@@B%s\\n' {token}; {command}{end}printf '@@E%s %s\\n' {token} $?")
         match = self.expect(rf"@@B{token}\r*\n(.*?)@@E{token} (\d+)\r*\n", timeout)
         child.expect_exact(PROMPT, timeout=30)
-        output = match.group(1).replace("\r", "").replace("\x1b[6n", "")
+        output = ANSI.sub("", match.group(1).replace("\r", ""))
         return int(match.group(2)), output
 
     def check(self, command: str, timeout: float = 60.0) -> str:
@@ -216,7 +239,7 @@ class Unit:
             lines = self.console_log.read_text(errors="replace").splitlines()[-60:]
         except OSError:
             lines = []
-        tail = "\n".join(line.replace("\x1b[6n", "") for line in lines)
+        tail = "\n".join(ANSI.sub("", line) for line in lines)
         return UnitError(f"{message}\n--- console ({self.console_log}), last lines ---\n{tail}")
 
 

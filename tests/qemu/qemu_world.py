@@ -14,8 +14,9 @@ from qemu_unit import Unit
 
 #: What the unit's gridedge.toml calls the cloud; the guest reaches the host's loopback here.
 HOST_FROM_GUEST = "10.0.2.2"
-#: The radio module's UART in the guest: QEMU's PCI 16550 (board/qemu-ci/run_qemu.py).
-GUEST_RADIO = "/dev/ttyS0"
+#: The radio module's UART in the guest: a PCI 16550 (board/qemu-ci/run_qemu.py), /dev/ttyS1
+#: as on the BeagleBone.
+GUEST_RADIO = "/dev/ttyS1"
 DATA = "/data/gridedge"
 
 
@@ -97,6 +98,6 @@ def wait_until_marked_good(unit: Unit, timeout: float) -> None:
 #: PIDs of 'gridedge run' (BusyBox has no pgrep): the console script runs as
 #: "/usr/bin/python3 /usr/bin/gridedge run ...".
 GRIDEDGE_PIDS = (
-    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null"
+    "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '"
     " | grep -q '^/usr/bin/python3 /usr/bin/gridedge run' && echo ${p#/proc/}; done"
 )

@@ -9,6 +9,7 @@ host HTTP server, as it would fetch them from the cloud.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +101,12 @@ def test_update_goes_to_slot_b_and_is_marked_good_once_healthy(
     rows = w.stored_rows()
     wait_until_marked_good(unit, 300)
     assert boot_env(unit) == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
-    assert "boot status: good" in unit.check("rauc status --detailed --output-format=readable")
+    status = unit.check("rauc status --detailed")
+    assert re.search(
+        r"\[rootfs\.1\] \(/dev/vda3, ext4, booted\)\s+bootname: B\s+mounted: /\s+"
+        r"boot status: good",
+        status,
+    ), status
     deadline = time.monotonic() + 120
     while w.stored_rows() <= rows:
         assert time.monotonic() < deadline, "no new readings from slot B"

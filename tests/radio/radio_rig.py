@@ -3,11 +3,13 @@
 ``GridsimProcess`` runs the ``gridsim`` command; ``EdgeProcess`` runs
 ``python -m gridedge.radio`` (the edge's RadioService with an SQLite sink) and
 talks to it over its stdin/stdout command interface.  Both are killed at the
-end of the test whatever happens.
+end of the test whatever happens.  ``assert_exactly_once`` and
+``wait_until_delivered`` compare the edge's sink with gridsim's ground truth.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import selectors
@@ -19,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gridsim.truth import GroundTruth
 
 PY = sys.executable
 START = "2026-01-05T00:00:00Z"
@@ -223,3 +227,33 @@ class Rig:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
+
+
+def assert_exactly_once(rig: Rig) -> None:
+    """The edge's sink holds every ground-truth record once, unchanged, and nothing else."""
+    rows = sink_rows(rig.records)
+    counts = collections.Counter((r[0], r[1]) for r in rows)
+    repeated = [k for k, n in counts.items() if n > 1]
+    assert not repeated, f"{len(repeated)} records delivered twice, e.g. {repeated[:3]}"
+    with GroundTruth(rig.truth) as truth:
+        expected = {(r.meter_id, r.interval_end): tuple(r) for r in truth.records()}
+    got = {(r[0], r[1]): r for r in rows}
+    missing = expected.keys() - got.keys()
+    extra = got.keys() - expected.keys()
+    assert not missing, f"{len(missing)} records never reached the sink, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"{len(extra)} records the meters never produced, e.g. {sorted(extra)[:3]}"
+    wrong = [k for k in expected if expected[k] != got[k]]
+    assert not wrong, f"{len(wrong)} records differ from the ground truth, e.g. {wrong[:3]}"
+
+
+def wait_until_delivered(rig: Rig, timeout: float) -> int:
+    """Wait until gridsim finished and the sink has as many records; returns that count."""
+    def done() -> bool:
+        if not rig.truth.exists():
+            return False
+        with GroundTruth(rig.truth) as truth:
+            return truth.is_complete() and sink_count(rig.records) >= truth.count()
+
+    wait_for(done, timeout, "every ground-truth record to reach the edge's sink", step=0.5)
+    with GroundTruth(rig.truth) as truth:
+        return truth.count()

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import collections
 import time
 
 import pytest
 from gridedge.radio import Flags
-from gridsim.truth import GroundTruth
-from radio_rig import Rig, sink_count, sink_rows, wait_for
+from radio_rig import (
+    Rig,
+    assert_exactly_once,
+    sink_count,
+    sink_rows,
+    wait_for,
+    wait_until_delivered,
+)
 
 pytestmark = pytest.mark.slow
 
 FIRST = 100_001
-
-
-def _assert_exactly_once(rig: Rig) -> None:
-    rows = sink_rows(rig.records)
-    counts = collections.Counter((r[0], r[1]) for r in rows)
-    repeated = [k for k, n in counts.items() if n > 1]
-    assert not repeated, f"{len(repeated)} records delivered twice, e.g. {repeated[:3]}"
-    with GroundTruth(rig.truth) as truth:
-        expected = {(r.meter_id, r.interval_end): tuple(r) for r in truth.records()}
-    got = {(r[0], r[1]): r for r in rows}
-    missing = expected.keys() - got.keys()
-    extra = got.keys() - expected.keys()
-    assert not missing, f"{len(missing)} records never reached the sink, e.g. {sorted(missing)[:3]}"
-    assert not extra, f"{len(extra)} records the meters never produced, e.g. {sorted(extra)[:3]}"
-    wrong = [k for k in expected if expected[k] != got[k]]
-    assert not wrong, f"{len(wrong)} records differ from the ground truth, e.g. {wrong[:3]}"
-
-
-def _wait_until_delivered(rig: Rig, timeout: float) -> int:
-    def done() -> bool:
-        if not rig.truth.exists():
-            return False
-        with GroundTruth(rig.truth) as truth:
-            return truth.is_complete() and sink_count(rig.records) >= truth.count()
-
-    wait_for(done, timeout, "every ground-truth record to reach the edge's sink", step=0.5)
-    with GroundTruth(rig.truth) as truth:
-        return truth.count()
 
 
 def test_five_thousand_meters_one_day_exactly_once(rig: Rig) -> None:
@@ -58,9 +35,9 @@ def test_five_thousand_meters_one_day_exactly_once(rig: Rig) -> None:
         meters=5000,
         speed=2000,
     )
-    total = _wait_until_delivered(rig, timeout=240)
+    total = wait_until_delivered(rig, timeout=240)
     assert total == 5000 * 96
-    _assert_exactly_once(rig)
+    assert_exactly_once(rig)
     stats = edge.command("stats")["stats"]
     assert stats["dropped_crc"] > 2000, "the corrupted frames were not noticed"
     assert stats["polls_sent"] > 4000, "gaps were not filled by polling"

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from gridedge.radio import Flags, IntervalRecord, LinkSettings, MemorySink, RadioLink, RelayOutcome
+from gridedge.radio import (
+    Flags,
+    IntervalRecord,
+    LinkSettings,
+    MemorySink,
+    RadioLink,
+    RelayOutcome,
+    SinkError,
+)
 from gridedge.radio import frames as F
 from gridedge.radio.framing import FrameDecoder, encode_many
 from gridedge.radio.held import HeldRecords
@@ -16,6 +24,7 @@ from gridsim.truth import GroundTruth, TruthWriter
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 T0 = 1767571200  # 2026-01-05 00:00 UTC
 IV = 900
@@ -26,6 +35,19 @@ def rec(meter: int, end: int, energy: int | None = None, flags: int = 0) -> Inte
     return IntervalRecord(
         meter, end, energy if energy is not None else end // 100, 500, 2300, 2000, 950, flags
     )
+
+
+class FailingSink(MemorySink):
+    """A MemorySink whose append raises ``error`` while it is set."""
+
+    def __init__(self, error: Exception | None) -> None:
+        super().__init__()
+        self.error = error
+
+    def append(self, records: Sequence[IntervalRecord]) -> None:
+        if self.error is not None:
+            raise self.error
+        super().append(records)
 
 
 class Harness:
@@ -190,23 +212,43 @@ def test_poll_rate_and_in_flight_are_bounded() -> None:
 
 def test_sink_failure_keeps_records_and_retries() -> None:
     """When append raises, nothing is lost and nothing is appended twice."""
-
-    class Flaky(MemorySink):
-        fail = True
-
-        def append(self, records: Sequence[IntervalRecord]) -> None:
-            if self.fail:
-                raise OSError("disk full")
-            super().append(records)
-
-    sink = Flaky()
+    sink = FailingSink(OSError("disk full"))
     h = Harness(sink, sink_retry=1.0)
     h.report(rec(M, T0 + IV), rec(M, T0 + 2 * IV))
     assert h.delivered() == [] and h.link.stats()["sink_failures"] == 1
-    sink.fail = False
+    sink.error = None
     h.clock.advance(1.0)
     h.report(rec(M, T0 + 2 * IV))
     assert h.delivered() == [(M, T0 + IV), (M, T0 + 2 * IV)]
+
+
+def test_expected_sink_outage_is_logged_once_each_way_without_traceback() -> None:
+    """A SinkError (disk full) logs one line when appends start failing and one on recovery."""
+    sink = FailingSink(SinkError("journal: disk full"))
+    h = Harness(sink, sink_retry=1.0)
+    with capturedLogs() as events:
+        for k in range(1, 6):
+            h.report(rec(M, T0 + k * IV))
+            h.clock.advance(1.0)
+        sink.error = None
+        h.clock.advance(1.0)
+    texts = [formatEvent(e) for e in events]
+    assert h.link.stats()["sink_failures"] >= 5
+    assert not any("log_failure" in e for e in events), texts
+    failing = [t for t in texts if "disk full" in t]
+    assert len(failing) == 1 and "retrying every 1.0s" in failing[0], texts
+    recovered = [t for t in texts if "stores records again" in t]
+    assert recovered == [f"record sink stores records again, after "
+                         f"{h.link.stats()['sink_failures']} failed appends"], texts
+    assert h.delivered() == [(M, T0 + k * IV) for k in range(1, 6)]
+
+
+def test_unexpected_sink_error_keeps_its_traceback() -> None:
+    """Any other exception from append is a bug: it is logged with its traceback."""
+    h = Harness(FailingSink(ValueError("bug")), sink_retry=1.0)
+    with capturedLogs() as events:
+        h.report(rec(M, T0 + IV))
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [ValueError]
 
 
 def test_held_records_are_bounded() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from radio_rig import Rig, sink_count, wait_for
-from test_end_to_end import _assert_exactly_once, _wait_until_delivered
+from radio_rig import Rig, assert_exactly_once, sink_count, wait_for, wait_until_delivered
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +20,8 @@ def test_edge_survives_gridsim_restart(rig: Rig) -> None:
     sim.kill()
     time.sleep(1.0)
     rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000, resume=True)
-    _wait_until_delivered(rig, timeout=90)
-    _assert_exactly_once(rig)
+    wait_until_delivered(rig, timeout=90)
+    assert_exactly_once(rig)
     stats = edge.command("stats")["stats"]
     assert edge.proc.poll() is None
     assert "reopening" in edge.log()
@@ -38,6 +37,6 @@ def test_gridsim_survives_edge_restart(rig: Rig) -> None:
     edge.kill()
     time.sleep(1.5)
     edge = rig.edge()
-    _wait_until_delivered(rig, timeout=90)
-    _assert_exactly_once(rig)
+    wait_until_delivered(rig, timeout=90)
+    assert_exactly_once(rig)
     assert sim.proc.poll() is None, "gridsim died with the edge"

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
 
 from edge_harness import (
     EDGE_ID,
@@ -32,6 +31,7 @@ from edge_harness import (
     wait_until,
 )
 from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
+from journal_helpers import tiny_tmpfs
 from proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -76,16 +76,6 @@ def test_size_bound_drops_oldest_reports_and_keeps_running(tmp_path: Path, pg_ds
             assert all(got.per_meter[m][0] <= truth[m][0] for m in got.per_meter)
             assert sum(c for c, _ in truth.values()) > got.rows
             assert edge.proc.stop() == 0
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root "

@@ -25,22 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gridwire import IntervalRecord
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
 
-#: Field order of the arrays passed to ingest_batch() (same as gridwire.FIELDS).
-COLUMNS = (
-    "meter_id",
-    "interval_end",
-    "energy_wh",
-    "max_demand_w",
-    "voltage_dv",
-    "current_ma",
-    "power_factor",
-    "flags",
-)
+#: Field order of the arrays passed to ingest_batch(): the wire's column order.
+COLUMNS: tuple[str, ...] = IntervalRecord._fields
 
 #: The one statement that stores a batch; bench/bench_ingest.py measures the raw
 #: ceiling of PostgreSQL with exactly this statement.

@@ -224,7 +224,7 @@ async def connect(
     """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``)."""
     client = EdgeClient(hello, tls, limits)
     protocols: Any = Factory.forProtocol(lambda: client)
-    factory: Any = TLSMemoryBIOFactory(tls, True, protocols)  # type: ignore[arg-type]
+    factory: Any = TLSMemoryBIOFactory(tls, True, protocols)
     counter = None
     if counting:
         counter = factory = CountingFactory(factory)

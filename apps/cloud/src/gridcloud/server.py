@@ -479,7 +479,7 @@ class CloudService(service.MultiService):
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
             self.reactor, self.config.listen
         )
-        factory = TLSMemoryBIOFactory(self.tls, False, EdgeFactory(self))  # type: ignore[arg-type]
+        factory = TLSMemoryBIOFactory(self.tls, False, EdgeFactory(self))
         self.port = await endpoint.listen(factory)
         log.info("gridcloud listening on {address} (mutual TLS)", address=self.port.getHost())
         return self.port

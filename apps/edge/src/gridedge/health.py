@@ -142,7 +142,7 @@ class HealthService(service.Service):
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(self.watch_radio)
         self._loop.clock = self.reactor
         self._loop.start(self._poll, now=True)
@@ -152,11 +152,11 @@ class HealthService(service.Service):
         factory = Factory.forProtocol(_Answer)
         factory.noisy = False
         factory.report = self.report  # type: ignore[attr-defined]
-        endpoint = UNIXServerEndpoint(self.reactor, str(self.socket_path), mode=0o660)
-        self._port = yield endpoint.listen(factory)
+        endpoint = UNIXServerEndpoint(self.reactor, str(self.socket_path), mode=0o660)  # type: ignore[no-untyped-call]
+        self._port = yield endpoint.listen(factory)  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         port, self._port = self._port, None

@@ -58,6 +58,8 @@ from typing import NoReturn, TypeAlias
 from gridwire import AlarmKind, EventReport, IntervalRecord, ProtocolError
 from twisted.logger import Logger
 
+from gridedge.radio.sink import SinkError
+
 SCHEMA_VERSION = 1
 _MIN_PAGES = 16  # the schema alone needs a handful of pages
 
@@ -71,8 +73,11 @@ _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 byt
 _EVENT = struct.Struct("<IQH")  # meter_id, time, kind; the UTF-8 detail follows
 
 
-class JournalError(Exception):
-    """The journal could not do what was asked; the message says why and what to do."""
+class JournalError(SinkError):
+    """The journal could not do what was asked; the message says why and what to do.
+
+    A :class:`~gridedge.radio.sink.SinkError`: the radio link keeps the records and retries.
+    """
 
 
 class JournalFullError(JournalError):

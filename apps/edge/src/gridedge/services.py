@@ -106,7 +106,7 @@ class Supervisor(service.Service):
         return None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for child in self._children:
             self._start(child)
 
@@ -124,9 +124,9 @@ class Supervisor(service.Service):
             child.service = svc
             child.started_at = self.clock.seconds()
             child.running = True
-            result = svc.startService()
+            result = svc.startService()  # type: ignore[no-untyped-call]
         except Exception as exc:
-            self._failed(child, Failure(exc))
+            self._failed(child, Failure(exc))  # type: ignore[no-untyped-call]
             return
         if isinstance(result, defer.Deferred):
             result.addErrback(crashed)
@@ -169,7 +169,7 @@ class Supervisor(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop the children in reverse order, each after the previous one has stopped."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         order: list[tuple[str, service.Service]] = []
         for child in reversed(self._children):
             pending = child.pending
@@ -199,13 +199,13 @@ class JournalService(service.Service):
 
     def startService(self) -> None:
         self.journal.open()  # JournalError: the supervisor logs it and retries
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(self.journal.flush)
         self._loop.clock = self.clock
         self._loop.start(self.flush_every, now=False)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.journal.close()
@@ -301,12 +301,12 @@ def build_unit(config: Config, reactor: Any) -> Unit:
         backoff=backoff_policy(up.backoff_initial, up.backoff_max, up.backoff_factor),
         connect_timeout=up.connect_timeout,
     ))
-    root = service.MultiService()
-    supervisor.setServiceParent(root)
+    root = service.MultiService()  # type: ignore[no-untyped-call]
+    supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     unit = Unit(config, root, supervisor, journal, None, reactor.seconds())  # type: ignore[arg-type]
     unit.health = HealthService(
         reactor, config.health.socket, unit.snapshot, unit.radio_frames,
         radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
     )
-    unit.health.setServiceParent(root)
+    unit.health.setServiceParent(root)  # type: ignore[no-untyped-call]
     return unit

@@ -199,6 +199,24 @@ class _Session:
         """Value rules of READY and the handshake (per role)."""
         raise NotImplementedError
 
+    def _guard_from_edge(self, message: Message, side: Side) -> None:
+        """What the edge sends: checked alike when the edge sends it and the cloud receives it."""
+        if isinstance(message, Hello):
+            self.hello = message
+        elif (span := _upload_range(message)) is not None:
+            self._check_upload(span[0], span[1], side)
+        elif isinstance(message, ChunkRequest):
+            self._check_chunk_request(message, side)
+
+    def _guard_from_cloud(self, message: Message, side: Side) -> None:
+        """What the cloud sends after Welcome: checked alike on both ends (Welcome is per role)."""
+        if isinstance(message, Ack):
+            self._check_ack(message, side)
+        elif isinstance(message, FirmwareOffer):
+            self._offers[message.offer_id] = message
+        elif isinstance(message, FirmwareChunk):
+            self._check_chunk(message, side)
+
     def _start(self, welcome: Welcome) -> None:
         self.welcome = welcome
         self.version = welcome.version
@@ -286,12 +304,7 @@ class EdgeSession(_Session):
 
     def _guard(self, direction: Direction, message: Message, side: Side) -> None:
         if direction is Direction.SEND:
-            if isinstance(message, Hello):
-                self.hello = message
-            elif (span := _upload_range(message)) is not None:
-                self._check_upload(span[0], span[1], side)
-            elif isinstance(message, ChunkRequest):
-                self._check_chunk_request(message, side)
+            self._guard_from_edge(message, side)
             return
         if isinstance(message, Welcome):
             assert self.hello is not None
@@ -306,12 +319,8 @@ class EdgeSession(_Session):
                     side,
                 )
             self._start(message)
-        elif isinstance(message, Ack):
-            self._check_ack(message, side)
-        elif isinstance(message, FirmwareOffer):
-            self._offers[message.offer_id] = message
-        elif isinstance(message, FirmwareChunk):
-            self._check_chunk(message, side)
+        else:
+            self._guard_from_cloud(message, side)
 
 
 class CloudSession(_Session):
@@ -332,12 +341,7 @@ class CloudSession(_Session):
 
     def _guard(self, direction: Direction, message: Message, side: Side) -> None:
         if direction is Direction.RECEIVE:
-            if isinstance(message, Hello):
-                self.hello = message
-            elif (span := _upload_range(message)) is not None:
-                self._check_upload(span[0], span[1], side)
-            elif isinstance(message, ChunkRequest):
-                self._check_chunk_request(message, side)
+            self._guard_from_edge(message, side)
             return
         if isinstance(message, Welcome):
             assert self.hello is not None
@@ -357,9 +361,5 @@ class CloudSession(_Session):
                     side,
                 )
             self._start(message)
-        elif isinstance(message, Ack):
-            self._check_ack(message, side)
-        elif isinstance(message, FirmwareOffer):
-            self._offers[message.offer_id] = message
-        elif isinstance(message, FirmwareChunk):
-            self._check_chunk(message, side)
+        else:
+            self._guard_from_cloud(message, side)

@@ -9,7 +9,8 @@ Public surface (everything else is private):
   :class:`MeterStatus`;
 * :class:`RadioService`: the link on a (re)opened serial port, for the
   supervision tree;
-* :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`.
+* :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`, and
+  :class:`SinkError` for the failures a sink expects.
 
 The protocol is specified in docs/radio.md; ``python -m gridedge.radio`` runs
 the link alone against a port (see ``--help``).
@@ -23,7 +24,7 @@ from .link import LinkSettings, RadioLink, RelayOutcome
 from .records import INTERVAL_SECONDS, Flags, IntervalRecord
 from .registry import MeterStatus
 from .service import RadioProtocol, RadioService
-from .sink import MemorySink, RecordSink, SQLiteSink
+from .sink import MemorySink, RecordSink, SinkError, SQLiteSink
 
 __all__ = [
     "INTERVAL_SECONDS",
@@ -41,5 +42,6 @@ __all__ = [
     "RecordSink",
     "RelayOutcome",
     "SQLiteSink",
+    "SinkError",
     "encode",
 ]

@@ -79,7 +79,7 @@ class _Commands(LineReceiver):
 
     def _say(self, obj: dict[str, Any]) -> None:
         assert self.transport is not None
-        self.transport.write(json.dumps(obj).encode() + b"\n")  # type: ignore[call-arg,misc]
+        self.transport.write(json.dumps(obj).encode() + b"\n")
 
     def lineReceived(self, line: bytes) -> None:
         words = line.decode(errors="replace").split()

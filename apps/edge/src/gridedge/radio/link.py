@@ -69,7 +69,7 @@ from .frames import (
 from .framing import FrameDecoder, encode
 from .records import INTERVAL_SECONDS, Flags, IntervalRecord
 from .registry import MeterRegistry, MeterState, MeterStatus
-from .sink import RecordSink
+from .sink import RecordSink, SinkError
 
 __all__ = ["Clock", "DelayedCall", "LinkSettings", "RadioLink", "RelayOutcome"]
 
@@ -225,6 +225,7 @@ class RadioLink:
         self._tokens_at = clock.seconds()
         self._pump_call: DelayedCall | None = None
         self._retry_call: DelayedCall | None = None
+        self._sink_failing = 0  # appends failed in a row (logged at the first and the end)
         self._last_scan = float("-inf")
         # Meters with records to deliver, in arrival order (a dict is an ordered set).
         self._dirty: dict[MeterState, None] = {}
@@ -546,15 +547,26 @@ class RadioLink:
             return
         try:
             self.sink.append(batch)
-        except Exception:
+        except Exception as exc:
             self.counters.sink_failures += 1
-            self.log.failure("record sink failed; {n} records kept for a retry", n=len(batch))
+            self._sink_failing += 1
+            if not isinstance(exc, SinkError):  # a bug: its traceback, every time
+                self.log.failure("record sink failed; {n} records kept for a retry", n=len(batch))
+            elif self._sink_failing == 1:  # expected (disk full): once per outage
+                self.log.error(
+                    "record sink cannot store records, keeping them and retrying every "
+                    "{retry}s: {error}", retry=self.settings.sink_retry, error=str(exc),
+                )
             self._dirty.update(dirty)
             if self._retry_call is None or not self._retry_call.active():
                 self._retry_call = self.clock.callLater(
                     self.settings.sink_retry, self._retry_delivery
                 )
             return
+        if self._sink_failing:
+            self.log.info("record sink stores records again, after {n} failed appends",
+                          n=self._sink_failing)
+            self._sink_failing = 0
         self.counters.sink_appends += 1
         self.counters.records_delivered += len(batch)
         for meter, n in plan:

@@ -44,7 +44,7 @@ class RadioProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.link.connected(self.transport.write)  # type: ignore[arg-type]
+        self.link.connected(self.transport.write)
 
     def dataReceived(self, data: bytes) -> None:
         try:

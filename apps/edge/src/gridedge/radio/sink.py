@@ -4,7 +4,9 @@ The contract that makes delivery exactly-once (docs/radio.md, "Delivery"):
 
 * ``append(records)`` is synchronous and the records are durable when it
   returns.  The radio link considers a record delivered only then; a record
-  whose append raised is kept by the link and offered again later.
+  whose append raised is kept by the link and offered again later.  A sink
+  raises :class:`SinkError` for conditions it expects (a full disk, closed
+  while restarting): the link then logs the outage once, not every retry.
 * For each meter the link appends records in strictly increasing
   ``interval_end`` order and never one at or below that meter's watermark.
 * ``watermarks()`` returns, per meter, the ``interval_end`` of the newest
@@ -29,7 +31,16 @@ from typing import Protocol, runtime_checkable
 
 from .records import IntervalRecord
 
-__all__ = ["MemorySink", "RecordSink", "SQLiteSink"]
+__all__ = ["MemorySink", "RecordSink", "SQLiteSink", "SinkError"]
+
+
+class SinkError(Exception):
+    """The sink cannot store records now, for a known reason the message gives (not a bug).
+
+    The radio link keeps the records and retries; it logs one line when storing
+    starts failing and one when it works again, without a traceback, since the
+    reason (e.g. a full disk) is already in the message.
+    """
 
 
 @runtime_checkable

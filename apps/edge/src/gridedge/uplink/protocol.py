@@ -12,10 +12,10 @@ Tests: tests/edge/test_uplink_tls.py, tests/edge/test_uplink_service.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -34,7 +34,7 @@ class _CountingProtocol(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         self.sent += len(data)
         self.factory.count(len(data), 0)
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]
 
     def writeSequence(self, data: Any) -> None:
         for chunk in data:
@@ -43,14 +43,14 @@ class _CountingProtocol(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
         self.factory.count(0, len(data))
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
 
 class _CountingFactory(WrappingFactory):
     protocol = _CountingProtocol
 
     def __init__(self, wrapped: IProtocolFactory, count: Callable[[int, int], None]) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.count = count
 
 
@@ -107,7 +107,8 @@ class UplinkProtocol(Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            # Always TLS over TCP here (ITLSTransport), which has abortConnection.
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def tls_connection(self) -> Any:
         """The pyOpenSSL connection under this protocol (None without TLS)."""

@@ -102,13 +102,13 @@ class UplinkService(service.Service):
         factory = Factory.forProtocol(lambda: UplinkProtocol(self._make_link))
         self._client = ClientService(endpoint, factory, retryPolicy=self._backoff,
                                      clock=self.reactor)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._client.startService()
         self.log.info("uplink to {host}:{port} (server name {name}) started",
                       host=self.host, port=self.port, name=self.server_name)
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         client, self._client = self._client, None
         if client is None:
             return defer.succeed(None)

@@ -11,8 +11,11 @@ project CA, check the server name with service_identity, present the device
 certificate); :class:`ResumingCreator` wraps it, hands the session kept from
 the previous connection to ``set_session()`` before the handshake, and keeps
 ``get_session()`` once application data has arrived (in TLS 1.3 the ticket
-arrives after the handshake, so not earlier).  The server must issue tickets
-(``enableSessionTickets=True`` in gridcloud).
+arrives after the handshake, so not earlier).  The client side is the same
+for both of gridcloud's ``tls_resumption`` modes: in TLS 1.3 the server always
+sends a ticket, either a short one naming a session in its cache ("cache",
+the default, which sets ``OP_IGNORE_UNEXPECTED_EOF`` so that a cut connection
+stays resumable) or a stateless one carrying the whole session ("tickets").
 
 The catch, found while testing cuts: when a connection ends without a TLS
 close_notify (a cut, exactly the case resumption is for), OpenSSL marks that
@@ -68,7 +71,7 @@ class DeviceIdentity:
             except OSError as exc:
                 raise TLSFilesError(f"cannot read {path}: {exc}") from None
         try:
-            cert = ssl.PrivateCertificate.loadPEM(texts[CERT_FILE] + texts[KEY_FILE])
+            cert = ssl.PrivateCertificate.loadPEM(texts[CERT_FILE] + texts[KEY_FILE])  # type: ignore[no-untyped-call]
             ca = ssl.Certificate.loadPEM(texts[CA_FILE])
         except Exception as exc:  # pyOpenSSL raises its own Error types
             raise TLSFilesError(f"bad certificate or key in {tls_dir}: {exc}") from None
