@@ -29,7 +29,7 @@ ci-image-lock: ## re-resolve the CI image's Debian packages (board/qemu-ci/packa
 	$(PY) board/qemu-ci/build.py --lock --cache output/cache
 
 qemu-test: ci-image ## boot the CI image in QEMU: first boot, power cut, update, rollback
-	$(PGCLUSTER) run -- $(PY) -m pytest tests/qemu -m qemu $(PYTEST_ARGS)
+	$(PGCLUSTER) run -- $(PY) -m pytest tests/qemu -m qemu -v --log-cli-level=INFO $(PYTEST_ARGS)
 
 qemu-run: ci-image ## boot a copy of the CI image with the console attached (Ctrl-A X quits)
 	$(PY) board/qemu-ci/run_qemu.py --disk $(CI_IMAGE_DIR)/qemu-run.img --fresh-from $(CI_IMAGE)

@@ -434,7 +434,7 @@ def post_build(rootfs: Path, version: str, keyring: Path) -> None:
     )
 
 
-def test_keys(out: Path) -> Path:
+def ci_signing_keys(out: Path) -> Path:
     """The throwaway RAUC CA and signing key of the CI image (made once, kept under out/)."""
     keys = out / "test-keys"
     if not (keys / "signing.key.pem").exists():
@@ -736,7 +736,7 @@ def main() -> int:
     apply_overlay(BOARD / "rootfs-overlay", rootfs)
     write_users(rootfs)
     version = git_version()
-    keyring = Path(os.environ.get("GRIDEDGE_RAUC_KEYRING") or test_keys(out) / "ca.cert.pem")
+    keyring = Path(os.environ.get("GRIDEDGE_RAUC_KEYRING") or ci_signing_keys(out) / "ca.cert.pem")
     post_build(rootfs, version, keyring)
     install_kernel(kernel_tree, rootfs, out)
     compile_python(rootfs)

@@ -14,6 +14,7 @@ Tests: this is a helper of tests/qemu/test_qemu_update.py.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -80,26 +81,56 @@ def changed_rootfs(src: Path, dest: Path, files: dict[str, tuple[bytes, int]]) -
     return dest
 
 
-def make_bundle(
+class BundleJob:
+    """'rauc bundle' running in the background (it takes seconds: the unit boots meanwhile)."""
+
+    def __init__(
+        self, out: Path, rootfs: Path, keys: SigningKeys, *, version: str, compatible: str
+    ) -> None:
+        self.out = out
+        self.content = out.parent.parent / f"{out.name}.content"
+        shutil.rmtree(self.content, ignore_errors=True)
+        self.content.mkdir(parents=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image = self.content / "rootfs.ext4"
+        try:
+            os.link(rootfs, image)
+        except OSError:
+            shutil.copyfile(rootfs, image)
+        (self.content / "manifest.raucm").write_text(
+            f"[update]\ncompatible={compatible}\nversion={version}\n\n"
+            "[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n"
+        )
+        out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                "rauc",
+                "bundle",
+                f"--cert={keys.cert}",
+                f"--key={keys.key}",
+                str(self.content),
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def path(self) -> Path:
+        """Wait for the bundle; fail with rauc's output if it could not be made."""
+        output, _ = self.proc.communicate(timeout=300)
+        shutil.rmtree(self.content, ignore_errors=True)
+        if self.proc.returncode != 0:
+            raise AssertionError(
+                f"rauc bundle {self.out} failed:\n{output.decode(errors='replace')}"
+            )
+        return self.out
+
+
+def start_bundle(
     out: Path, rootfs: Path, keys: SigningKeys, *, version: str, compatible: str = COMPATIBLE
-) -> Path:
-    """Sign a verity bundle installing ``rootfs`` into the inactive rootfs slot."""
-    content = out.parent / f"{out.name}.d"
-    shutil.rmtree(content, ignore_errors=True)
-    content.mkdir(parents=True)
-    subprocess.run(["cp", "--sparse=always", str(rootfs), str(content / "rootfs.ext4")], check=True)
-    (content / "manifest.raucm").write_text(
-        f"[update]\ncompatible={compatible}\nversion={version}\n\n"
-        "[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n"
-    )
-    out.unlink(missing_ok=True)
-    subprocess.run(
-        ["rauc", "bundle", f"--cert={keys.cert}", f"--key={keys.key}", str(content), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    shutil.rmtree(content)
-    return out
+) -> BundleJob:
+    """Start signing a verity bundle that installs ``rootfs`` into the inactive rootfs slot."""
+    return BundleJob(out, rootfs, keys, version=version, compatible=compatible)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import re
 import shlex
 import signal
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "board" / "qemu-ci"))
 
 import run_qemu  # noqa: E402
+
+progress = logging.getLogger("qemu")
 
 #: Signs of a broken unit, watched for during every wait.
 TRACEBACK = r"Traceback \(most recent call last\)"
@@ -63,6 +66,7 @@ class Unit:
         self.radio = radio
         self.child: pexpect.spawn | None = None
         self.boots = 0
+        self.powered_on = 0.0
         self.shutting_down = False
         self.shutdown_tracebacks = 0
 
@@ -72,7 +76,7 @@ class Unit:
         """Start QEMU (U-Boot runs at once); the console log keeps every boot's output."""
         assert self.child is None or not self.child.isalive(), "the unit is already running"
         cmd = run_qemu.command(self.disk, radio=str(self.radio) if self.radio else None)
-        log = self.console_log.open("a", encoding="utf-8", errors="replace")
+        log = ConsoleLog(self.console_log)
         log.write(f"\n===== power on #{self.boots + 1} at {time.strftime('%H:%M:%S')} =====\n")
         self.child = pexpect.spawn(
             cmd[0],
@@ -84,17 +88,22 @@ class Unit:
         )
         self.child.logfile_read = log
         self.boots += 1
+        self.powered_on = time.monotonic()
+        log.write(f"{' '.join(cmd)}\n")
+        progress.info("power on #%d: %s", self.boots, self.disk.name)
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> str:
         """Power on and wait for the shell; returns the slot U-Boot chose ("A" or "B")."""
         self.power_on()
         slot = self.expect(r"A/B: booting slot (\w)", timeout).group(1)
+        progress.info("U-Boot chose slot %s after %.1f s", slot, time.monotonic() - self.powered_on)
         self.wait_for_shell(timeout)
         return slot
 
     def wait_for_shell(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Wait for the console shell of a boot in progress and make it scriptable."""
         self.expect(BOOT_PROMPT, timeout)
+        progress.info("shell after %.1f s", time.monotonic() - self.powered_on)
         child = self._child()
         # A prompt no log line can contain; kernel messages off the console.
         child.sendline("PS1='@@''> '; dmesg -n 1")  # typed so that its echo is not the prompt
@@ -103,6 +112,7 @@ class Unit:
 
     def power_cut(self) -> None:
         """SIGKILL QEMU: the unit loses power with whatever it had not written."""
+        progress.info("power cut (SIGKILL) after %.1f s", time.monotonic() - self.powered_on)
         child = self._child()
         child.kill(signal.SIGKILL)
         child.close(force=True)
@@ -241,6 +251,27 @@ class Unit:
             lines = []
         tail = "\n".join(ANSI.sub("", line) for line in lines)
         return UnitError(f"{message}\n--- console ({self.console_log}), last lines ---\n{tail}")
+
+
+class ConsoleLog:
+    """The console transcript, each line stamped with the seconds since power-on."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a", encoding="utf-8", errors="replace")
+        self.started = time.monotonic()
+        self.at_line_start = True
+
+    def write(self, text: str) -> None:
+        stamp = f"[{time.monotonic() - self.started:6.1f}] "
+        for line in text.splitlines(keepends=True):
+            self.file.write((stamp if self.at_line_start else "") + line)
+            self.at_line_start = line.endswith("\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def copy_disk(src: Path, dest: Path) -> Path:

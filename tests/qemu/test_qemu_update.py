@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qemu_bundle import SigningKeys, changed_rootfs, http_server, make_bundle
+from qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
 from qemu_unit import Unit
 from qemu_world import World, wait_until_healthy, wait_until_marked_good
 
@@ -72,7 +72,7 @@ def test_update_goes_to_slot_b_and_is_marked_good_once_healthy(
         tmp_path / "rootfs-v2.ext4",
         {"/etc/gridedge/version": (b"update-test-v2\n", 0o644)},
     )
-    bundle = make_bundle(
+    job = start_bundle(
         tmp_path / "bundles" / "v2.raucb",
         rootfs,
         SigningKeys.in_folder(ci_image / "test-keys"),
@@ -84,6 +84,7 @@ def test_update_goes_to_slot_b_and_is_marked_good_once_healthy(
     w.provision(unit)
     wait_until_healthy(unit, 240)
 
+    bundle = job.path()
     with http_server(bundle.parent) as port:
         status, output = install(unit, port, bundle.name)
     assert status == 0, output
@@ -132,7 +133,7 @@ def test_update_that_never_gets_healthy_rolls_back(
             "/etc/gridedge/platform.conf": (platform + b"GRIDEDGE_HEALTH_TIMEOUT=10\n", 0o644),
         },
     )
-    bundle = make_bundle(
+    job = start_bundle(
         tmp_path / "bundles" / "broken.raucb",
         rootfs,
         SigningKeys.in_folder(ci_image / "test-keys"),
@@ -145,6 +146,7 @@ def test_update_that_never_gets_healthy_rolls_back(
     wait_until_healthy(unit, 240)
     version = unit.value("cat /etc/gridedge/version")
 
+    bundle = job.path()
     with http_server(bundle.parent) as port:
         status, output = install(unit, port, bundle.name)
     assert status == 0, output
@@ -178,19 +180,23 @@ def test_bundles_with_bad_signature_or_wrong_compatible_are_refused(
     rootfs = ci_image / "rootfs.ext4"
     stranger = SigningKeys.make(tmp_path / "stranger-keys")
     bundles = tmp_path / "bundles"
-    make_bundle(bundles / "unsigned-by-us.raucb", rootfs, stranger, version="evil-1")
-    make_bundle(
-        bundles / "other-board.raucb",
-        rootfs,
-        SigningKeys.in_folder(ci_image / "test-keys"),
-        version="other-1",
-        compatible="gridedge-beaglebone-black",
+    jobs = [start_bundle(bundles / "unsigned-by-us.raucb", rootfs, stranger, version="evil-1")]
+    jobs.append(
+        start_bundle(
+            bundles / "other-board.raucb",
+            rootfs,
+            SigningKeys.in_folder(ci_image / "test-keys"),
+            version="other-1",
+            compatible="gridedge-beaglebone-black",
+        )
     )
     unit = make_unit()
     assert unit.boot() == "A"
     wait_until_marked_good(unit, 120)
     before = boot_env(unit)
 
+    for job in jobs:
+        job.path()
     with http_server(bundles) as port:
         status, output = install(unit, port, "unsigned-by-us.raucb")
         assert status != 0
