@@ -75,7 +75,8 @@ class Unit:
     def power_on(self) -> None:
         """Start QEMU (U-Boot runs at once); the console log keeps every boot's output."""
         assert self.child is None or not self.child.isalive(), "the unit is already running"
-        cmd = run_qemu.command(self.disk, radio=str(self.radio) if self.radio else None)
+        radio = str(self.radio) if self.radio else None
+        cmd = run_qemu.command(self.disk, radio=radio, exit_on_reset=True)
         log = ConsoleLog(self.console_log)
         log.write(f"\n===== power on #{self.boots + 1} at {time.strftime('%H:%M:%S')} =====\n")
         self.child = pexpect.spawn(
@@ -132,6 +133,13 @@ class Unit:
 
     # --- the console -----------------------------------------------------------------------
 
+    def _reset_by_guest(self) -> bool:
+        """Did QEMU exit because the guest reset (reboot)? Then it exits 0 (-no-reboot)."""
+        child = self._child()
+        child.close()
+        self._close_log()
+        return child.exitstatus == 0 and child.signalstatus is None
+
     def _flush_log(self) -> None:
         if self.child is not None and self.child.logfile_read is not None:
             self.child.logfile_read.flush()
@@ -154,7 +162,14 @@ class Unit:
                     f"timed out after {timeout:.0f} s waiting for {pattern!r}"
                 ) from None
             except pexpect.EOF:
-                raise self.error(f"QEMU exited while waiting for {pattern!r}") from None
+                if not self._reset_by_guest():
+                    raise self.error(f"QEMU exited while waiting for {pattern!r}") from None
+                progress.info(
+                    "the unit reset itself after %.1f s", time.monotonic() - self.powered_on
+                )
+                self.power_on()
+                child = self._child()
+                continue
             if index == 0:
                 break
             if index in (1, 2):
