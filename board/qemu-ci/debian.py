@@ -15,9 +15,42 @@ import re
 import subprocess
 from pathlib import Path
 
-MIRROR = "http://deb.debian.org/debian"
 SUITES = ("bookworm", "bookworm-updates")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's own apt uses (GRIDEDGE_DEBIAN_MIRROR overrides it).
+
+    The project names no download host: it takes the one the host is already set up with,
+    from deb822 .sources files or one-line sources.list entries, skipping security archives.
+    """
+    override = os.environ.get("GRIDEDGE_DEBIAN_MIRROR")
+    if override:
+        return override.rstrip("/")
+    candidates: list[str] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                (key.strip().lower(), value.strip())
+                for key, sep, value in (line.partition(":") for line in stanza.splitlines())
+                if sep and not key.startswith("#")
+            )
+            if "deb" in fields.get("types", "").split() and "bookworm" in fields.get("suites", ""):
+                candidates += fields.get("uris", "").split()
+    sources_list = Path("/etc/apt/sources.list")
+    if sources_list.exists():
+        for line in sources_list.read_text().splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2].startswith("bookworm"):
+                candidates.append(words[1])
+    for uri in candidates:
+        if "security" not in uri:
+            return uri.rstrip("/")
+    raise SystemExit(
+        "no Debian bookworm archive found in /etc/apt/sources.list(.d): "
+        "set GRIDEDGE_DEBIAN_MIRROR to the URL of a Debian archive"
+    )
 
 
 def read_package_list(path: Path) -> tuple[list[str], set[str]]:
@@ -54,9 +87,10 @@ class Apt:
         for sub in ("lists/partial", "archives/partial", "etc/apt.conf.d", "etc/preferences.d"):
             (state / sub).mkdir(parents=True, exist_ok=True)
         (state / "status").touch()
+        mirror = debian_mirror()
         (state / "sources.list").write_text(
             "".join(
-                f"deb [arch=armhf signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES
+                f"deb [arch=armhf signed-by={KEYRING}] {mirror} {suite} main\n" for suite in SUITES
             )
         )
         settings = {

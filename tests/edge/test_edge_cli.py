@@ -55,6 +55,10 @@ def test_run_health_and_sigterm(tmp_path: Path) -> None:
         assert "UNHEALTHY" in health.stdout
         assert "edge.pem is missing" in health.stdout
         assert "never connected" in health.stdout
+        running = gridedge("health", "--running", "--config", str(cfg))
+        assert running.returncode == 1 and "NOT RUNNING" in running.stdout, running.stdout
+        assert "uplink is not running" in running.stdout
+        assert "never connected" not in running.stdout
         js = gridedge("health", "--json", "--config", str(cfg))
         assert '"journal_open": true' in js.stdout
         assert gridedge("traffic", "--config", str(cfg)).returncode == 0
@@ -64,6 +68,31 @@ def test_run_health_and_sigterm(tmp_path: Path) -> None:
     assert code == 0
     text = log.read_text()
     assert "journal" in text and "uplink failed" in text and "gridedge stopped" in text
+
+
+def test_repeated_sigterm_stops_once_without_traceback(tmp_path: Path) -> None:
+    """A second SIGTERM during shutdown (as BusyBox init sends at reboot) is harmless."""
+    data = tmp_path / "data"
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'data_dir = "{data}"\n[uplink]\nhost = "127.0.0.1"\nport = 9\n')
+    log = tmp_path / "edge.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "health.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (data / "health.sock").exists(), log.read_text()
+    finally:
+        for _ in range(3):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+        code = proc.wait(30)
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "ReactorNotRunning" not in text, text
+    assert text.count("gridedge stopping") == 1 and "gridedge stopped" in text
 
 
 def test_health_without_a_running_unit(tmp_path: Path) -> None:

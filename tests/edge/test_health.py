@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gridedge.health import Snapshot, evaluate
+from gridedge.health import Snapshot, evaluate, running_problems
 
 GOOD = Snapshot(
     now=10_000.0, started_at=0.0,
@@ -49,3 +49,16 @@ def test_windows() -> None:
     assert check(replace(GOOD, radio_last_frame_at=9_800.0, uplink_connected=False,
                          uplink_last_connected_at=9_200.0)) == []
     assert check(replace(GOOD, radio_configured=False, radio_last_frame_at=None)) == []
+
+
+def test_running_ignores_silent_meters_and_an_unreachable_cloud() -> None:
+    """'Running' (what mark-good waits for) survives a network outage but not a dead part."""
+    outage = replace(GOOD, radio_last_frame_at=None, uplink_connected=False,
+                     uplink_last_connected_at=None)
+    assert len(check(outage)) == 2
+    assert running_problems(outage) == []
+    parts = dict(GOOD.parts, uplink={"running": False, "restarts": 1, "last_error": "no cert"})
+    assert running_problems(replace(outage, parts=parts)) == [
+        "uplink is not running (restarts: 1, last error: no cert)"]
+    assert running_problems(replace(GOOD, journal_disk_full=True)) == [
+        "journal: data partition is full"]

@@ -42,9 +42,6 @@ FAILURES = (
     r"Starting [\w.-]+: FAIL",
     r"A/B: slot \w did not start",
 )
-#: BusyBox init stopping everything for a reboot or power-off, and the boot loader starting.
-SHUTDOWN = r"The system is going down NOW!"
-BOOTLOADER = r"U-Boot 20\d\d"
 PROMPT = "@@> "
 #: Terminal escapes (colours of 'rauc status', ash's cursor queries), dropped from outputs.
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -67,8 +64,6 @@ class Unit:
         self.child: pexpect.spawn | None = None
         self.boots = 0
         self.powered_on = 0.0
-        self.shutting_down = False
-        self.shutdown_tracebacks = 0
 
     # --- power ---------------------------------------------------------------------------
 
@@ -147,12 +142,11 @@ class Unit:
     def expect(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait for ``pattern`` on the console; fail at once on any of FAILURES.
 
-        Between BusyBox init's "going down" and the next U-Boot banner (a reboot), a Python
-        traceback is recorded in ``shutdown_tracebacks`` instead: an application that
-        complains while SIGTERM and SIGKILL stop it is a bug of its own, not a broken boot.
+        That includes a Python traceback while the system goes down: gridedge must stop
+        cleanly on the SIGTERMs of a reboot.
         """
         child = self._child()
-        patterns = [pattern, SHUTDOWN, BOOTLOADER, *FAILURES]
+        patterns = [pattern, *FAILURES]
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -172,13 +166,7 @@ class Unit:
                 continue
             if index == 0:
                 break
-            if index in (1, 2):
-                self.shutting_down = index == 1
-                continue
-            failure = FAILURES[index - 3]
-            if self.shutting_down and failure == TRACEBACK:
-                self.shutdown_tracebacks += 1
-                continue
+            failure = FAILURES[index - 1]
             # Let the rest of the message reach the log before quoting it.
             with contextlib.suppress(pexpect.EOF):
                 child.expect(pexpect.TIMEOUT, timeout=3)

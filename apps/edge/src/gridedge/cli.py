@@ -1,19 +1,20 @@
 """The `gridedge` command: run the unit, ask it whether it is healthy, read its counters.
 
     gridedge run --config /data/gridedge/gridedge.toml
-    gridedge health --config /data/gridedge/gridedge.toml [--json]
+    gridedge health --config /data/gridedge/gridedge.toml [--running] [--json]
     gridedge traffic --config /data/gridedge/gridedge.toml
 
 Exit codes: 0 success/healthy, 1 unhealthy (health) or failure, 2 bad usage or
 configuration (the message names the file, section and key).
 
-Tests: tests/edge/test_cli.py, tests/system/.
+Tests: tests/edge/test_edge_cli.py, tests/edge/test_health.py, tests/system/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="ask the running unit whether it is healthy (exit 0 if so, 1 if not)")
     health.add_argument("--json", action="store_true", help="print the full report as JSON")
+    health.add_argument(
+        "--running", action="store_true",
+        help="only check that every part runs and the journal writes, not that meters and the "
+             "cloud were heard recently (what the firmware waits for before marking a slot good)")
     health.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for the unit's answer (default 5)")
     traffic = sub.add_parser("traffic", help="print the bytes sent/received per day")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(config)
     if args.command == "health":
-        return health(config, as_json=args.json, timeout=args.timeout)
+        return health(config, as_json=args.json, timeout=args.timeout, running=args.running)
     return traffic(config)
 
 
@@ -82,12 +87,42 @@ def run(config: Config) -> int:
              version=config.edge.firmware_version, slot=config.edge.boot_slot,
              config=str(config.source), data=str(config.data_dir))
     unit = build_unit(config, reactor)
+    _stop_once_on_signals(reactor)
     reactor.callWhenRunning(unit.root.startService)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: _stopping(log, unit.root))
-    reactor.run()
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]  # on ReactorBase, not IReactorCore
+    # Stopped and flushed: a late signal must not turn a clean exit into death by signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("gridedge stopped")
     return 0
+
+
+def _stop_once_on_signals(reactor: Any) -> None:
+    """Stop on the first SIGTERM/SIGINT and ignore repeats.
+
+    At shutdown, BusyBox init signals every process after the init script has already
+    stopped the service, so gridedge can get SIGTERM twice while it drains; Twisted's own
+    handler would call reactor.stop() again and log a ReactorNotRunning traceback, and
+    once Twisted restores the default handlers during shutdown a late SIGTERM would kill
+    the process before the journal is closed. So the reactor runs without its own signal
+    handlers (gridedge spawns no processes, so it needs no SIGCHLD handling either) and
+    these stay in place until the process exits.
+    """
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            reactor.stop()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _stopping(log: Any, root: Any) -> Any:
@@ -95,7 +130,7 @@ def _stopping(log: Any, root: Any) -> Any:
     return root.stopService()
 
 
-def health(config: Config, *, as_json: bool, timeout: float) -> int:
+def health(config: Config, *, as_json: bool, timeout: float, running: bool = False) -> int:
     """Print the verdict of the running unit (see gridedge.health for the rule)."""
     from gridedge.health import ask
 
@@ -104,15 +139,17 @@ def health(config: Config, *, as_json: bool, timeout: float) -> int:
     except (OSError, ValueError) as exc:
         print(f"UNHEALTHY: gridedge is not answering on {config.health.socket} ({exc})")
         return 1
+    ok, problems = ((report["running"], report["running_problems"]) if running
+                    else (report["healthy"], report["problems"]))
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
-    elif report["healthy"]:
-        print("healthy")
+    elif ok:
+        print("running" if running else "healthy")
     else:
-        print("UNHEALTHY:")
-        for problem in report["problems"]:
+        print("NOT RUNNING:" if running else "UNHEALTHY:")
+        for problem in problems:
             print(f"  - {problem}")
-    return 0 if report["healthy"] else 1
+    return 0 if ok else 1
 
 
 def traffic(config: Config) -> int:

@@ -17,9 +17,11 @@ The rule (``evaluate``): the unit is healthy when all of these hold
    ``uplink_window`` seconds (default 900).
 
 Right after boot, 3 and 4 are false until the first frame and the first
-Welcome: the firmware polls `gridedge health` until it passes (or gives up and
-lets the boot count roll back), so a unit only marks a new slot good once it
-has actually heard the meters and reached the cloud.
+Welcome.  Rules 1 and 2 alone are "running" (``gridedge health --running``):
+that is what the firmware's mark-good step waits for, because a slot must not
+be given up for an outage of the cellular network or of the meters' mesh (the
+unit would reboot into the other slot during every long outage).  The full
+rule is for monitoring and for a technician on site.
 
 Tests: tests/edge/test_health.py.
 """
@@ -59,6 +61,13 @@ class Snapshot:
 
 def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
     """The problems that make the unit unhealthy (empty list: healthy)."""
+    problems = running_problems(s)
+    problems += contact_problems(s, radio_window, uplink_window)
+    return problems
+
+
+def running_problems(s: Snapshot) -> list[str]:
+    """Rules 1 and 2: a part is down or the journal cannot write."""
     problems = [
         f"{name} is not running (restarts: {p['restarts']}, last error: {p['last_error']})"
         for name, p in s.parts.items() if not p["running"]
@@ -67,6 +76,12 @@ def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str
         problems.append("journal is not open")
     elif s.journal_disk_full:
         problems.append("journal: data partition is full")
+    return problems
+
+
+def contact_problems(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
+    """Rules 3 and 4: the meters or the cloud have not been heard recently."""
+    problems: list[str] = []
     if s.radio_configured:
         if s.radio_last_frame_at is None:
             problems.append("radio: no frame received yet")
@@ -92,7 +107,9 @@ class _Answer(Protocol):
             report = self.factory.report()
         except Exception as exc:
             self.log.failure("health report failed")
-            report = {"healthy": False, "problems": [f"health report failed: {exc!r}"]}
+            failed = [f"health report failed: {exc!r}"]
+            report = {"healthy": False, "problems": failed,
+                      "running": False, "running_problems": failed}
         assert self.transport is not None
         self.transport.write(json.dumps(report, sort_keys=True, default=str).encode() + b"\n")
         self.transport.loseConnection()
@@ -129,8 +146,11 @@ class HealthService(service.Service):
     def report(self) -> dict[str, Any]:
         self.watch_radio()
         snap = self._snapshot()
-        problems = evaluate(snap, self.radio_window, self.uplink_window)
-        return {"healthy": not problems, "problems": problems, "snapshot": asdict(snap)}
+        running = running_problems(snap)
+        problems = running + contact_problems(snap, self.radio_window, self.uplink_window)
+        return {"healthy": not problems, "problems": problems,
+                "running": not running, "running_problems": running,
+                "snapshot": asdict(snap)}
 
     def watch_radio(self) -> None:
         """Note when the radio link's good-frame counter last moved."""
