@@ -706,6 +706,7 @@ def main() -> int:
     parser.add_argument("--bootargs", default="quiet", help="extra kernel command line")
     # GRIDEDGE_RAUC_KEYRING (environment): a CA certificate to trust instead of test-keys/.
     args = parser.parse_args()
+    args.cache = args.cache.resolve()
     started = time.monotonic()
     if args.lock:
         lock(args.cache)

@@ -83,6 +83,8 @@ class Apt:
     """apt-get and apt-cache confined to a state folder under the cache."""
 
     def __init__(self, state: Path) -> None:
+        # apt reads relative Dir:: settings against its own root, not our working directory.
+        state = state.resolve()
         self.state = state
         for sub in ("lists/partial", "archives/partial", "etc/apt.conf.d", "etc/preferences.d"):
             (state / sub).mkdir(parents=True, exist_ok=True)
