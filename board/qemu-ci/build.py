@@ -77,6 +77,14 @@ WHEEL_PLATFORMS = (
     "manylinux2014_armv7l",
     "linux_armv7l",
 )
+#: pip options that pick wheels for the image's interpreter (CPython 3.11 on armv7l), not ours.
+TARGET_WHEELS = (
+    "--only-binary=:all:",
+    "--python-version", "3.11",
+    "--implementation", "cp",
+    "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+    *(arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)),
+)
 PRUNE = (
     "usr/share/doc",
     "usr/share/man",
@@ -206,7 +214,6 @@ def fetch_wheels(cache: Path, requirements: dict[str, str]) -> Path:
     stamp = dest / ".complete"
     step(f"Python wheels: {len(pins)} pinned (cache {dest})")
     if not stamp.exists():
-        platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
         run(
             VENV_PY,
             "-m",
@@ -214,18 +221,7 @@ def fetch_wheels(cache: Path, requirements: dict[str, str]) -> Path:
             "download",
             "-q",
             "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            "3.11",
-            "--implementation",
-            "cp",
-            "--abi",
-            "cp311",
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
-            *platforms,
+            *TARGET_WHEELS,
             "-d",
             dest,
             *pins,
@@ -281,18 +277,7 @@ def install_python(rootfs: Path, wheels: Path, work: Path) -> None:
         "--no-deps",
         "--no-index",
         "--no-compile",
-        "--only-binary=:all:",
-        "--python-version",
-        "3.11",
-        "--implementation",
-        "cp",
-        "--abi",
-        "cp311",
-        "--abi",
-        "abi3",
-        "--abi",
-        "none",
-        *[a for p in WHEEL_PLATFORMS for a in ("--platform", p)],
+        *TARGET_WHEELS,
         "--target",
         site,
         *files,
