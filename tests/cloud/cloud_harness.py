@@ -8,7 +8,7 @@ loopback port with real TLS, a migrated PostgreSQL database from the suite's
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,17 @@ async def sleep(reactor: Any, seconds: float) -> None:
     from twisted.internet import task
 
     await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(
+    reactor: Any, condition: Callable[[], object], what: str, seconds: float = 10.0
+) -> None:
+    """Let the reactor run until ``condition()`` is true; fail naming ``what`` after ``seconds``."""
+    deadline = reactor.seconds() + seconds
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        await sleep(reactor, 0.01)
 
 
 @implementer(ILogObserver)

@@ -9,7 +9,8 @@ import pytest
 import pytest_twisted
 from cloud_harness import T0, batch, query, within
 from gridcloud import migrations, revocation
-from gridcloud.ingest import BIGINT_MAX, BadBatch, EdgeInfo, EdgeRefused, IngestStore
+from gridcloud.connection import EdgeInfo, EdgeRefused
+from gridcloud.ingest import BIGINT_MAX, BadBatch, IngestStore
 from gridwire import ReadingBatch
 
 

@@ -1,4 +1,9 @@
-"""The cloud server over real TLS on loopback, with real PostgreSQL and a gridwire edge client."""
+"""The cloud server over real TLS on loopback, with real PostgreSQL and a gridwire edge client.
+
+Integration tests: the decisions themselves are unit-tested in test_cloud_connection.py; here
+they must hold with the real socket, TLS, txpostgres and NOTIFY.  Every wait is on something
+observable (a Deferred, a log line, the reactor's readers, a Ping answered), with a deadline.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,15 @@ from cloud_harness import (
     endpoint_of,
     hello,
     query,
-    sleep,
     start_cloud,
+    wait_until,
     within,
 )
 from gridcloud import loadgen, revocation
-from gridcloud.server import CloudService, EdgeProtocol
+from gridcloud.connection import EdgeConnection
+from gridcloud.server import CloudService
 from gridwire import ErrorCode, Ping
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol, task, tcp
 
 
 def reactor() -> Any:
@@ -53,10 +59,26 @@ class EdgeRowLock:
         self.conn.close()
 
 
-def live(service: CloudService, edge_id: str) -> EdgeProtocol:
+def live(service: CloudService, edge_id: str) -> EdgeConnection:
     found = service.sessions.get(edge_id)
     assert found is not None
     return found
+
+
+def server_socket(client: loadgen.EdgeClient) -> Any:
+    """The server's end of ``client``'s TCP connection, found among the reactor's readers."""
+    local = client.transport.getHost().port
+    found = [
+        r for r in reactor().getReaders() if isinstance(r, tcp.Server) and r.getPeer().port == local
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def round_trip(client: loadgen.EdgeClient, nonce: int) -> None:
+    """Ping and wait for the Pong: whatever the server sent before it has arrived."""
+    client.send(Ping(nonce=nonce))
+    await wait_until(reactor(), lambda: nonce in client.pongs, f"Pong {nonce}")
 
 
 @pytest_twisted.ensureDeferred
@@ -96,7 +118,9 @@ async def test_no_ack_before_commit(cloud: CloudService, cloud_pki: CloudPKI, pg
     lock = EdgeRowLock(pg_dsn, "edge-1")
     try:
         acked = client.upload(batch(1, 20))
-        await sleep(reactor(), 0.5)
+        edge = live(cloud, "edge-1")
+        await wait_until(reactor(), lambda: edge.pending_uploads == 1, "the upload to arrive")
+        await round_trip(client, 1)  # an Ack sent on arrival would have come before the Pong
         assert not acked.called and client.acked == 0
         assert count(pg_dsn) == 0
     finally:
@@ -116,24 +140,20 @@ async def test_slow_database_pauses_reading_the_socket(cloud_pki: CloudPKI, pg_d
     try:
         client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
         await within(reactor(), client.welcome, 10)
+        edge = live(service, "edge-1")
+        tcp = server_socket(client)
         lock = EdgeRowLock(pg_dsn, "edge-1")
         try:
             acks = [client.upload(batch(1 + 500 * i, 500)) for i in range(8)]
-            edge = live(service, "edge-1")
-            for _ in range(250):
-                if edge._paused:
-                    break
-                await sleep(reactor(), 0.02)
-            assert edge._paused
-            tcp = edge.transport.transport  # below TLS: the socket itself
+            await wait_until(reactor(), lambda: edge.paused, "reading to pause")
             assert tcp not in reactor().getReaders()
-            assert len(edge._uploads) <= 8
+            assert 2 <= edge.pending_uploads <= 8
             assert count(pg_dsn) == 0
         finally:
             lock.release()
         done = await within(reactor(), defer.gatherResults(acks), 20)
         assert done == [500 * (i + 1) for i in range(8)]
-        assert not edge._paused and tcp in reactor().getReaders()
+        assert not edge.paused and tcp in reactor().getReaders()
         assert count(pg_dsn) == 4000
         client.transport.loseConnection()
         await within(reactor(), client.lost, 10)
@@ -174,11 +194,7 @@ async def test_protocol_violation_closes_only_that_connection(
     assert bad.errors and bad.errors[0].code == ErrorCode.FRAME_TOO_LARGE
     await logs.wait_for(reactor(), "edge bad", "broke the protocol")
     assert await within(reactor(), good.upload(batch(1, 3)), 10) == 3
-    good.send(Ping(nonce=77))
-    for _ in range(100):
-        if good.pongs:
-            break
-        await sleep(reactor(), 0.02)
+    await round_trip(good, 77)
     assert good.pongs == [77]
     good.transport.loseConnection()
     await within(reactor(), good.lost, 10)
@@ -216,18 +232,15 @@ async def test_edge_silent_for_three_heartbeats_is_dropped(
     try:
         client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
         assert (await within(reactor(), client.welcome, 10)).heartbeat_interval == 60
+        edge = live(service, "edge-1")
         clock.advance(170)
-        client.send(Ping(nonce=1))  # heard at t=170: the deadline moves to t=350
-        for _ in range(100):
-            if client.pongs:
-                break
-            await sleep(reactor(), 0.02)
+        await round_trip(client, 1)  # heard at t=170: the deadline moves to t=350
         clock.advance(20)  # t=190: the first check finds recent traffic and waits
-        assert not client.lost.called
-        clock.advance(159)  # t=349
-        await sleep(reactor(), 0.1)
-        assert not client.lost.called
+        assert not edge.closing
+        clock.advance(159)  # t=349 (the server's timers run inside advance())
+        assert not edge.closing and not client.lost.called
         clock.advance(2)  # t=351
+        assert edge.closing
         await within(reactor(), client.lost, 10)
         assert [e.code for e in client.errors] == [ErrorCode.TIMEOUT]
         await logs.wait_for(reactor(), "edge-1", "silent for 3 heartbeat intervals")
@@ -245,7 +258,7 @@ async def test_tls_session_resumes_after_a_cut_connection(
         client = await connect(cloud, tls)
         await within(reactor(), client.welcome, 10)
         assert client.resumed is expect_resumed
-        await sleep(reactor(), 0.05)  # the session tickets follow Welcome
+        await round_trip(client, 1)  # the session tickets follow Welcome
         client.transport.abortConnection()  # a cut: no close_notify either way
         await within(reactor(), client.lost, 10)
 
@@ -260,7 +273,8 @@ async def test_revoking_a_connected_edge_closes_its_session(
     client = await connect(cloud, cloud_pki.client_tls(edge_dir))
     await within(reactor(), client.welcome, 10)
     revocation.revoke_certificate(pg_dsn, 42, "edge-1", "some older certificate")
-    await sleep(reactor(), 0.3)
+    await wait_until(reactor(), lambda: cloud.revocations.handled == 1, "the NOTIFY")
+    await round_trip(client, 1)  # still served
     assert not client.lost.called
     revocation.revoke_edge(pg_dsn, "edge-1", "stolen")
     await within(reactor(), client.lost, 10)

@@ -22,7 +22,6 @@ Tests: tests/cloud/test_cloud_ingest.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from gridwire import IntervalRecord
@@ -30,6 +29,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
+
+from .connection import EdgeInfo, EdgeRefused
 
 #: Field order of the arrays passed to ingest_batch(): the wire's column order.
 COLUMNS: tuple[str, ...] = IntervalRecord._fields
@@ -66,10 +67,6 @@ SELECT coalesce(
 """
 
 
-class EdgeRefused(Exception):
-    """The edge may not connect (revoked); ``str()`` says why."""
-
-
 class BadBatch(ValueError):
     """A batch holds a value PostgreSQL cannot store; it is refused, not truncated."""
 
@@ -89,17 +86,6 @@ def batch_parameters(
     if energy and max(energy) > BIGINT_MAX:
         raise BadBatch("energy_wh above 2**63-1 cannot be stored")
     return (edge_id, first_seq, *map(array_literal, columns))
-
-
-@dataclass(frozen=True, slots=True)
-class EdgeInfo:
-    """What an edge said about itself, recorded in ``edges`` on each connection."""
-
-    edge_id: str
-    serial: int
-    peer: str
-    firmware_version: str = ""
-    boot_slot: str = ""
 
 
 def _first_int(d: Any) -> defer.Deferred[int]:

@@ -6,7 +6,7 @@ connection, with no file to distribute and reload.  The server checks both
 tables when an edge says Hello (``IngestStore.admit``).  To end a session that
 is already open, each revocation also sends ``NOTIFY gridcloud_revoked`` (on
 commit) with "<edge id>" or "<edge id> <serial>"; every node LISTENs and closes
-the matching live session (see ``CloudService._revoked``).
+the matching live session (see ``gridcloud.server.RevocationListener``).
 
 - ``revoke_edge``: the edge itself is banned, whatever certificate it shows.
 - ``revoke_certificate``: one certificate (by serial) is banned, e.g. the key of

@@ -7,7 +7,8 @@ ghost times out.  So a new session replaces the old one, which is closed.  Any
 batch the old session was still committing is harmless: ingest is idempotent
 and serialised per edge (see ingest_batch() in migration 0001).
 
-Tests: tests/cloud/test_cloud_server.py (session replacement).
+Tests: tests/cloud/test_cloud_connection.py, tests/cloud/test_cloud_server.py (session
+replacement).
 """
 
 from __future__ import annotations
