@@ -240,11 +240,6 @@ class EdgeConnection:
         """True once this side decided to close, or the connection is gone."""
         return self._closing
 
-    @property
-    def handshake_done(self) -> bool:
-        """True once TLS is up (whether or not the certificate named an edge)."""
-        return self._handshake_done
-
     # -- events from the adapter -------------------------------------------------------------
 
     def connected(self) -> None:
