@@ -17,7 +17,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PGCLUSTER := $(PY) tools/pgcluster.py
-APPS := wire edge cloud sim
+APPS := wire radio edge cloud sim
 
 # Debian packages the Python side needs; firmware and QEMU targets add theirs in mk/*.mk.
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql-15 postgresql-client-15

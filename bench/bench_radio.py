@@ -1,6 +1,6 @@
 """Radio link benchmark: frame parsing speed; edge CPU and memory with 5,000 meters.
 
-1. Parsing on one core: the edge's FrameDecoder (SLIP, CRC, typed frames) over
+1. Parsing on one core: gridradio's FrameDecoder (SLIP, CRC, typed frames) over
    a day-like mix of frames fed in 4 KiB reads, side by side with two
    baselines on the same bytes: the floor (just splitting the bytes at the
    delimiters, no checks, no objects) and a naive byte-by-byte SLIP decoder
@@ -31,9 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gridedge.radio import encode
-from gridedge.radio.frames import IntervalReport, ModuleStatus, PollResponse, PollStatus
-from gridedge.radio.framing import FrameDecoder
+from gridradio import FrameDecoder, IntervalReport, ModuleStatus, PollResponse, PollStatus, encode
 from gridsim.model import make_meters, produce_interval
 
 TARGET_FPS = 50_000
@@ -272,7 +270,7 @@ def main() -> None:
     )
     print(f"  {'implementation':<44} {'frames/s':>12} {'vs decoder':>11}")
     for name, key in (
-        ("gridedge FrameDecoder (SLIP+CRC+typed frames)", "decoder_fps"),
+        ("gridradio FrameDecoder (SLIP+CRC+typed frames)", "decoder_fps"),
         ("floor: split at delimiters only", "floor_fps"),
         ("naive byte-by-byte SLIP + CRC, no decoding", "naive_fps"),
     ):

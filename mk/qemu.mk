@@ -9,9 +9,9 @@
 CI_IMAGE_DIR := output/ci-image
 CI_IMAGE := $(CI_IMAGE_DIR)/disk.img
 # Everything the image is made of: a change to any of these rebuilds it.
-CI_IMAGE_INPUTS := $(shell find board/qemu-ci board/common apps/wire/src apps/edge/src \
-	-type f -not -name '*.pyc' 2>/dev/null) apps/wire/pyproject.toml apps/edge/pyproject.toml \
-	requirements/constraints.txt
+CI_IMAGE_INPUTS := $(shell find board/qemu-ci board/common apps/wire/src apps/radio/src \
+	apps/edge/src -type f -not -name '*.pyc' 2>/dev/null) apps/wire/pyproject.toml \
+	apps/radio/pyproject.toml apps/edge/pyproject.toml requirements/constraints.txt
 
 # Host tools of the image build and of the boot tests.
 APT_PACKAGES += qemu-system-arm u-boot-qemu rauc genimage mtools dosfstools squashfs-tools \

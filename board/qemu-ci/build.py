@@ -7,7 +7,7 @@ layout and boot, init and update logic from Debian's armhf binary packages inste
 1. Debian packages pinned in packages.lock (debian.py), unpacked without maintainer scripts;
 2. pure-Python dependencies at the versions pinned in requirements/constraints.txt from PyPI
    wheels (armv7l wheels where PyPI has them, e.g. cryptography), the compiled modules PyPI has
-   no armv7l wheel for from Debian, then gridwire and gridedge themselves; .pyc compiled here;
+   no armv7l wheel for from Debian, then gridwire, gridradio and gridedge themselves; .pyc compiled here;
 3. overlays stacked like Buildroot's: skeleton/ (stands in for Buildroot's skeleton), then
    board/common/rootfs-overlay (shared with the BeagleBone image), then rootfs-overlay/;
 4. a small initramfs (Debian's armmp kernel has virtio, ext4 and vfat as modules);
@@ -200,7 +200,7 @@ print(json.dumps(seen))
 """
     out = run(VENV_PY, "-c", probe, stdout=subprocess.PIPE).stdout
     found: dict[str, str] = json.loads(out)
-    for own in ("gridedge", "gridwire"):
+    for own in ("gridedge", "gridradio", "gridwire"):
         found.pop(own, None)
     return found
 
@@ -247,11 +247,11 @@ def install_python(rootfs: Path, wheels: Path, work: Path) -> None:
     site = rootfs / "usr/lib/python3/dist-packages"
     own = work / "own-wheels"
     shutil.rmtree(own, ignore_errors=True)
-    step("building gridwire and gridedge wheels")
+    step("building gridwire, gridradio and gridedge wheels")
     # From copies: setuptools leaves build/ folders in the project it builds.
     sources = work / "own-sources"
     shutil.rmtree(sources, ignore_errors=True)
-    for app in ("wire", "edge"):
+    for app in ("wire", "radio", "edge"):
         skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
         shutil.copytree(ROOT / "apps" / app, sources / app, ignore=skip)
     run(
@@ -264,6 +264,7 @@ def install_python(rootfs: Path, wheels: Path, work: Path) -> None:
         "-w",
         own,
         sources / "wire",
+        sources / "radio",
         sources / "edge",
     )
     files = sorted(wheels.glob("*.whl")) + sorted(own.glob("*.whl"))

@@ -38,7 +38,13 @@ EXTERNAL = REPO / "br2-external"
 # The parts of the repository that make up the Buildroot tree. board/qemu-ci belongs to the
 # CI image (Debian packages), which Buildroot never reads.
 TREE_DIRS = ("br2-external", "package", "board/common", "board/beaglebone", "board/qemu-vexpress")
-OUR_PACKAGES = ("python-gridedge", "python-gridwire", "python-klein", "python-tubes")
+OUR_PACKAGES = (
+    "python-gridedge",
+    "python-gridradio",
+    "python-gridwire",
+    "python-klein",
+    "python-tubes",
+)
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -33,6 +33,7 @@ BUILDROOT_FILES = {"support/scripts/genimage.sh"}
 # PyPI distribution name -> the Buildroot symbol that provides it.
 PYPI_TO_SYMBOL = {
     "attrs": "BR2_PACKAGE_PYTHON_ATTRS",
+    "gridradio": "BR2_PACKAGE_PYTHON_GRIDRADIO",
     "gridwire": "BR2_PACKAGE_PYTHON_GRIDWIRE",
     "hyperlink": "BR2_PACKAGE_PYTHON_HYPERLINK",
     "incremental": "BR2_PACKAGE_PYTHON_INCREMENTAL",
@@ -64,7 +65,13 @@ def prefix(package: Path) -> str:
 def test_expected_packages_exist() -> None:
     """The tree packages both apps and the Python modules Buildroot 2025.02 lacks."""
     names = {p.name for p in PACKAGE_DIRS}
-    assert {"python-gridwire", "python-gridedge", "python-klein", "python-tubes"} <= names
+    assert {
+        "python-gridradio",
+        "python-gridwire",
+        "python-gridedge",
+        "python-klein",
+        "python-tubes",
+    } <= names
 
 
 @pytest.mark.parametrize("package", PACKAGE_DIRS, ids=lambda p: p.name)

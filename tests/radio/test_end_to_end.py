@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from gridedge.radio import Flags
+from gridradio import Flags
 from radio_rig import (
     Rig,
     assert_exactly_once,

@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import gridradio as F
 import pytest
 from gridedge.radio import (
-    Flags,
-    IntervalRecord,
     LinkSettings,
     MemorySink,
     RadioLink,
     RelayOutcome,
     SinkError,
 )
-from gridedge.radio import frames as F
-from gridedge.radio.framing import FrameDecoder, encode_many
 from gridedge.radio.held import HeldRecords
+from gridradio import Flags, FrameDecoder, IntervalRecord, encode_many
 from gridsim.model import make_meters
 from gridsim.module import FaultRates, RadioModule
 from gridsim.truth import GroundTruth, TruthWriter

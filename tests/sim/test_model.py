@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from gridedge.radio import Flags
+from gridradio import Flags
 from gridsim.model import FIRST_METER_ID, expected_load, make_meters, produce_interval
 
 T0 = 1767571200  # Monday 2026-01-05 00:00 UTC

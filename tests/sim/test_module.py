@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from gridedge.radio import Flags
-from gridedge.radio import frames as F
-from gridedge.radio.framing import FrameDecoder, encode
+import gridradio as F
+from gridradio import Flags, FrameDecoder, encode
 from gridsim.model import FIRST_METER_ID, make_meters
 from gridsim.module import FREEZE_AFTER_END, RadioModule
 

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from gridedge.radio import frames as F
-from gridedge.radio.framing import FrameDecoder
+import gridradio as F
+from gridradio import FrameDecoder
 
 PY = sys.executable
 

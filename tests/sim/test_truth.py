@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gridradio as F
 import pytest
-from gridedge.radio import frames as F
-from gridedge.radio.framing import FrameDecoder
+from gridradio import FrameDecoder
 from gridsim.model import make_meters
 from gridsim.module import RadioModule
 from gridsim.truth import GroundTruth, TruthWriter

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gridedge.radio import INTERVAL_SECONDS, Flags
-from gridedge.radio.frames import ResetReason
+from gridradio import INTERVAL_SECONDS, Flags, ResetReason
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 

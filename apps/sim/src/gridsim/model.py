@@ -30,7 +30,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from gridedge.radio import INTERVAL_SECONDS, Flags, IntervalRecord
+from gridradio import INTERVAL_SECONDS, Flags, IntervalRecord
 
 __all__ = ["FIRST_METER_ID", "Meter", "MeterParams", "make_meters", "produce_interval"]
 

@@ -39,10 +39,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gridedge.radio import INTERVAL_SECONDS, IntervalRecord
-from gridedge.radio.frames import (
+from gridradio import (
+    INTERVAL_SECONDS,
     MAX_POLL_COUNT,
     Frame,
+    FrameDecoder,
+    IntervalRecord,
     IntervalReport,
     LeaveReason,
     MeshStatus,
@@ -58,8 +60,8 @@ from gridedge.radio.frames import (
     RelayState,
     RelayStatus,
     ResetReason,
+    encode,
 )
-from gridedge.radio.framing import FrameDecoder, encode
 
 from .model import Meter, produce_interval
 from .truth import TruthWriter

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from gridedge.radio import IntervalRecord
+from gridradio import IntervalRecord
 
 __all__ = ["GroundTruth", "TruthWriter"]
 

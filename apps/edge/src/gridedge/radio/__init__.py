@@ -2,8 +2,6 @@
 
 Public surface (everything else is private):
 
-* frames and codec, sans-IO: :mod:`gridedge.radio.frames` (frame types),
-  :func:`encode`, :class:`FrameDecoder` (bytes in, frames out);
 * :class:`RadioLink`: registry, gap filling, relay commands, delivery to a
   :class:`RecordSink`; :class:`LinkSettings`, :class:`RelayOutcome`,
   :class:`MeterStatus`;
@@ -12,27 +10,20 @@ Public surface (everything else is private):
 * :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`, and
   :class:`SinkError` for the failures a sink expects.
 
-The protocol is specified in docs/radio.md; ``python -m gridedge.radio`` runs
-the link alone against a port (see ``--help``).
+The serial protocol itself (frames, framing, CRC, the interval record) is the
+sans-IO package ``gridradio``, shared with the simulator; it is specified in
+docs/radio.md.  ``python -m gridedge.radio`` runs the link alone against a
+port (see ``--help``).
 
 Tests: tests/radio/.
 """
 
-from .frames import Frame, FrameError
-from .framing import FrameDecoder, encode
 from .link import LinkSettings, RadioLink, RelayOutcome
-from .records import INTERVAL_SECONDS, Flags, IntervalRecord
 from .registry import MeterStatus
 from .service import RadioProtocol, RadioService
 from .sink import MemorySink, RecordSink, SinkError, SQLiteSink
 
 __all__ = [
-    "INTERVAL_SECONDS",
-    "Flags",
-    "Frame",
-    "FrameDecoder",
-    "FrameError",
-    "IntervalRecord",
     "LinkSettings",
     "MemorySink",
     "MeterStatus",
@@ -43,5 +34,4 @@ __all__ = [
     "RelayOutcome",
     "SQLiteSink",
     "SinkError",
-    "encode",
 ]

@@ -13,7 +13,7 @@ Tests: tests/radio/test_link.py (test_held_slots_*).
 
 from __future__ import annotations
 
-from .records import INTERVAL_SECONDS
+from gridradio import INTERVAL_SECONDS
 
 __all__ = ["SLOT_SIZE", "HeldRecords"]
 

@@ -46,12 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-
-from .frames import (
+from gridradio import (
+    INTERVAL_SECONDS,
     MAX_POLL_COUNT,
+    Flags,
     Frame,
+    FrameDecoder,
+    IntervalRecord,
     IntervalReport,
     MeshStatus,
     MeterJoin,
@@ -65,9 +66,11 @@ from .frames import (
     RelayConfirm,
     RelayState,
     RelayStatus,
+    encode,
 )
-from .framing import FrameDecoder, encode
-from .records import INTERVAL_SECONDS, Flags, IntervalRecord
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
 from .registry import MeterRegistry, MeterState, MeterStatus
 from .sink import RecordSink, SinkError
 

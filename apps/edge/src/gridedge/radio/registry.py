@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gridradio import IntervalRecord
+
 from .held import HeldRecords
-from .records import IntervalRecord
 
 __all__ = ["MeterRegistry", "MeterState", "MeterStatus"]
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .records import IntervalRecord
+from gridradio import IntervalRecord
 
 __all__ = ["MemorySink", "RecordSink", "SQLiteSink", "SinkError"]
 

@@ -19,7 +19,7 @@ that is badly escaped, too long, fails its CRC or does not decode is dropped
 and counted in :attr:`FrameDecoder.errors` under the reason's name.  Memory is
 bounded by ``MAX_STUFFED`` whatever arrives.
 
-Tests: tests/radio/test_framing.py (property tests: round trips, one byte at
+Tests: tests/gridradio/test_framing.py (property tests: round trips, one byte at
 a time, arbitrary garbage).
 """
 
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .frames import Frame, FrameError, decode_payload, encode_payload
+from ._codec import decode_payload, encode_payload
+from ._frames import Frame, FrameError
 
 __all__ = [
     "END",
@@ -122,6 +123,7 @@ class FrameDecoder:
         self._buffer = tail
         frames: list[Frame] = []
         append = frames.append
+        decode = decode_payload
         for part in parts:
             if not part:
                 continue
@@ -137,7 +139,7 @@ class FrameDecoder:
                 self._drop("oversize", f"frame of {len(part)} bytes")
                 continue
             try:
-                append(decode_payload(part))
+                append(decode(part))
             except FrameError as exc:
                 self._drop(exc.kind, str(exc))
         self.frames_ok += len(frames)

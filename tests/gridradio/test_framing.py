@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from gridedge.radio.crc import CHECK_VALUE, crc16, frame_ok
-from gridedge.radio.frames import IntervalReport, ModuleStatus, decode_payload, encode_payload
-from gridedge.radio.framing import END, ESC, MAX_STUFFED, FrameDecoder, encode, stuff
-from gridedge.radio.records import IntervalRecord
+from gridradio import (
+    CHECK_VALUE,
+    END,
+    ESC,
+    MAX_STUFFED,
+    FrameDecoder,
+    IntervalRecord,
+    IntervalReport,
+    ModuleStatus,
+    crc16,
+    decode_payload,
+    encode,
+    encode_payload,
+    frame_ok,
+    stuff,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

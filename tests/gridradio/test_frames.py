@@ -1,18 +1,12 @@
-"""Every radio frame type: round trips, validation, fuzzing, the worked examples in the docs."""
+"""Every radio frame type: round trips, validation and fuzzing of the payload codec."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
+import gridradio as F
 import pytest
-from gridedge.radio import frames as F
-from gridedge.radio.framing import FrameDecoder, encode
-from gridedge.radio.records import IntervalRecord
+from gridradio import FrameDecoder, IntervalRecord, encode
 from hypothesis import given
 from hypothesis import strategies as st
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "radio.md"
 
 u8 = st.integers(0, 2**8 - 1)
 u16 = st.integers(0, 2**16 - 1)
@@ -106,13 +100,45 @@ def test_any_single_bit_error_is_caught(frame: F.Frame, where: int, bit: int) ->
 @given(st.binary(min_size=1, max_size=400), st.sampled_from(list(F.FrameType)))
 def test_valid_crc_but_wrong_body_is_rejected(body: bytes, kind: F.FrameType) -> None:
     """A body with a good CRC but a wrong length or value raises FrameError (never a crash)."""
-    from gridedge.radio.crc import crc16
-
     data = bytes((kind,)) + body
     try:
-        F.decode_payload(data + crc16(data).to_bytes(2, "big"))
+        F.decode_payload(data + F.crc16(data).to_bytes(2, "big"))
     except F.FrameError as exc:
         assert exc.kind in {"length", "value"}
+
+
+@given(any_frame, st.lists(st.tuples(st.integers(0, 400), u8), min_size=1, max_size=4))
+def test_mutated_body_with_good_crc_decodes_canonically_or_raises(
+    frame: F.Frame, edits: list[tuple[int, int]]
+) -> None:
+    """Valid frames with bytes overwritten (CRC recomputed, so the layouts are exercised)
+    decode to a frame that encodes back to the same bytes, or raise FrameError: nothing else."""
+    data = bytearray(F.encode_payload(frame)[:-2])
+    for where, value in edits:
+        data[where % len(data)] = value
+    payload = bytes(data) + F.crc16(data).to_bytes(2, "big")
+    try:
+        decoded = F.decode_payload(payload)
+    except F.FrameError as exc:
+        assert exc.kind in {"unknown_type", "length", "value"}
+    else:
+        assert F.encode_payload(decoded) == payload
+
+
+@given(st.lists(st.one_of(any_frame, st.binary(max_size=40)), max_size=20), st.integers(1, 64))
+def test_decoder_fed_frames_and_garbage_never_raises(
+    pieces: list[F.Frame | bytes], size: int
+) -> None:
+    """Frames mixed with arbitrary bytes, in arbitrary reads: feed() never raises, and every
+    frame comes out (each starts with END, so the garbage before it is dropped on its own)."""
+    wire = b"".join(p if isinstance(p, bytes) else encode(p) for p in pieces)
+    decoder = FrameDecoder()
+    decoded: list[F.Frame] = []
+    for i in range(0, len(wire), size):
+        decoded += decoder.feed(wire[i : i + size])
+    remaining = iter(decoded)
+    for frame in (p for p in pieces if not isinstance(p, bytes)):
+        assert frame in remaining  # in order; garbage may rarely decode too
 
 
 def test_invalid_frames_cannot_be_built() -> None:
@@ -128,32 +154,3 @@ def test_invalid_frames_cannot_be_built() -> None:
         F.PollResponse(1, 7, 900, 4, F.PollStatus.BUSY, 0, 0, (rec,))  # failure with records
     with pytest.raises(F.FrameError):
         F.encode_payload(F.IntervalReport(IntervalRecord(7, 900, 2**40, 1, 1, 1, 1, 0)))
-
-
-def _doc_examples() -> list[tuple[str, str]]:
-    text = DOC.read_text()
-    blocks = re.findall(r"```radio-example\n(.*?)```", text, re.S)
-    out = []
-    for block in blocks:
-        lines = [line for line in block.strip().splitlines() if line.strip()]
-        expr = lines[0]
-        wire = "".join(lines[1:])
-        out.append((expr, wire))
-    return out
-
-
-def test_docs_have_an_example_of_every_frame_type() -> None:
-    """docs/radio.md has a worked example for every frame type."""
-    namespace = {**vars(F), "IntervalRecord": IntervalRecord}
-    kinds = {eval(expr, namespace).TYPE for expr, _ in _doc_examples()}
-    assert kinds == set(F.FrameType)
-
-
-@pytest.mark.parametrize(("expr", "wire"), _doc_examples())
-def test_doc_example(expr: str, wire: str) -> None:
-    """The bytes shown in docs/radio.md are exactly what the codec produces and accepts."""
-    namespace = {**vars(F), "IntervalRecord": IntervalRecord}
-    frame = eval(expr, namespace)
-    data = bytes.fromhex(wire)
-    assert encode(frame).hex(" ") == data.hex(" ")
-    assert FrameDecoder().feed(data) == [frame]
