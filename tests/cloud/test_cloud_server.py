@@ -17,8 +17,10 @@ from cloud_harness import (
     start_cloud,
     within,
 )
-from gridcloud import loadgen, revocation
+from gridcloud import revocation
 from gridcloud.server import CloudService, EdgeProtocol
+from gridedge import loadgen
+from gridedge.uplink.tls import ResumingCreator
 from gridwire import ErrorCode, Ping
 from twisted.internet import defer, endpoints, protocol, task
 
@@ -30,7 +32,7 @@ def reactor() -> Any:
 
 
 async def connect(
-    service: CloudService, tls: loadgen.ResumingClientTLS, **kw: Any
+    service: CloudService, tls: ResumingCreator, **kw: Any
 ) -> loadgen.EdgeClient:
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello(**kw))
     return client
