@@ -43,7 +43,8 @@ def test_config_file_is_read_with_paths_relative_to_it(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[server]\nlisten = 7400\n", "[server] listen: must be a string, got 7400"),
-        ("[server]\nheartbeat_interval = 'often'\n", "[server] heartbeat_interval: must be a number"),
+        ("[server]\nheartbeat_interval = 'often'\n",
+         "[server] heartbeat_interval: must be a number"),
         ("[server]\nmax_in_flight = 2.5\n", "[server] max_in_flight: must be a whole number"),
         ("[server]\ncolour = 'blue'\n", "[server]: unknown key(s) colour"),
         ("[cache]\nsize = 1\n", "[cache]: unknown section"),
