@@ -248,13 +248,14 @@ class Server:
 
 
 def _edge_tls(ca: Any, edge_id: str) -> Any:
-    from gridcloud import loadgen, pki
+    from gridcloud import pki
+    from gridedge.uplink.tls import ResumingCreator
     from twisted.internet import ssl
 
     issued = pki.issue_edge(ca, edge_id, days=2)
     mine = ssl.PrivateCertificate.loadPEM(issued.cert_pem() + b"\n" + issued.key_pem())
     authority = ssl.Certificate.loadPEM(ca.cert_pem())
-    return loadgen.ResumingClientTLS(
+    return ResumingCreator(
         ssl.optionsForClientTLS(SERVER_NAME, trustRoot=authority, clientCertificate=mine)
     )
 
@@ -267,7 +268,8 @@ def _hello() -> Any:
 
 def role_load(args: argparse.Namespace) -> None:
     """Edges uploading as fast as acks allow; reports readings acked inside the window."""
-    from gridcloud import loadgen, pki
+    from gridcloud import pki
+    from gridedge import loadgen
     from gridwire import IntervalRecord, ReadingBatch, RecordColumns
     from twisted.internet import defer, task
 
@@ -324,7 +326,8 @@ def role_load(args: argparse.Namespace) -> None:
 
 def role_idle(args: argparse.Namespace) -> None:
     """Many edges connect (full TLS + Hello/Welcome), report READY, then stay idle until killed."""
-    from gridcloud import loadgen, pki
+    from gridcloud import pki
+    from gridedge import loadgen
     from twisted.internet import defer, task
 
     limit = raise_nofile()
@@ -367,7 +370,8 @@ def role_idle(args: argparse.Namespace) -> None:
 
 def role_handshake(args: argparse.Namespace) -> None:
     """Bytes on the socket up to Welcome: a full TLS handshake, then a resumed one."""
-    from gridcloud import loadgen, pki
+    from gridcloud import pki
+    from gridedge import loadgen
     from twisted.internet import defer, task
 
     ca = pki.load_issued(Path(args.pki) / "ca.pem", Path(args.pki) / "ca.key")
@@ -383,8 +387,8 @@ def role_handshake(args: argparse.Namespace) -> None:
             await task.deferLater(reactor, 0.2, lambda: None)  # session tickets arrive
             assert counter is not None
             out[kind] = {
-                "in": counter.bytes_in,
-                "out": counter.bytes_out,
+                "in": counter.received,
+                "out": counter.sent,
                 "resumed": client.resumed,
             }
             client.transport.loseConnection()

@@ -2,7 +2,7 @@
 
 Real parts only: certificates made by gridcloud.pki, a CloudService on a
 loopback port with real TLS, a migrated PostgreSQL database from the suite's
-``pg_dsn`` fixture, and gridcloud.loadgen's edge client speaking gridwire.
+``pg_dsn`` fixture, and gridedge.loadgen's edge client speaking gridwire.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from gridcloud import loadgen, migrations, pki
+from gridcloud import migrations, pki
 from gridcloud.config import ServerConfig
 from gridcloud.server import CloudService
+from gridedge import loadgen
+from gridedge.uplink.tls import ResumingCreator
 from gridwire import Hello, IntervalRecord, ReadingBatch
 from twisted.internet import defer, ssl
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
@@ -53,15 +55,15 @@ class CloudPKI:
         pki.write_certificate(out / pki.CA_CERT, self.ca.cert_pem())
         return out
 
-    def client_tls(self, edge_dir: Path, hostname: str = SERVER_NAME) -> loadgen.ResumingClientTLS:
+    def client_tls(self, edge_dir: Path, hostname: str = SERVER_NAME) -> ResumingCreator:
         return loadgen.client_tls(
             hostname, edge_dir / pki.CA_CERT, edge_dir / pki.EDGE_CERT, edge_dir / pki.EDGE_KEY
         )
 
-    def anonymous_tls(self, hostname: str = SERVER_NAME) -> loadgen.ResumingClientTLS:
+    def anonymous_tls(self, hostname: str = SERVER_NAME) -> ResumingCreator:
         """Client options that trust the CA but present no certificate."""
         authority = ssl.Certificate.loadPEM(self.ca.cert_pem())
-        return loadgen.ResumingClientTLS(ssl.optionsForClientTLS(hostname, trustRoot=authority))
+        return ResumingCreator(ssl.optionsForClientTLS(hostname, trustRoot=authority))
 
 
 def make_pki(root: Path) -> CloudPKI:

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest_twisted
 from cloud_harness import CloudPKI, hello, within
-from gridcloud import loadgen, migrations
+from gridcloud import migrations
 from gridcloud.cli import main
+from gridedge import loadgen
 
 
 def reactor() -> Any:

@@ -22,9 +22,11 @@ from cloud_harness import (
     wait_until,
     within,
 )
-from gridcloud import loadgen, revocation
+from gridcloud import revocation
 from gridcloud.connection import EdgeConnection
 from gridcloud.server import CloudService
+from gridedge import loadgen
+from gridedge.uplink.tls import ResumingCreator
 from gridwire import ErrorCode, Ping
 from twisted.internet import defer, endpoints, protocol, task, tcp
 
@@ -36,7 +38,7 @@ def reactor() -> Any:
 
 
 async def connect(
-    service: CloudService, tls: loadgen.ResumingClientTLS, **kw: Any
+    service: CloudService, tls: ResumingCreator, **kw: Any
 ) -> loadgen.EdgeClient:
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello(**kw))
     return client

@@ -77,6 +77,8 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          'port = 1\n', r"\[edge\] boot_slot: at most 8 bytes"),
         ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n',
          r"\[radio\]: must be a table"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\nport = 80\n',
+         r"\[web\]: unknown section"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

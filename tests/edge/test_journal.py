@@ -1,5 +1,5 @@
 """The journal: durable appends, consecutive never-reused sequence numbers, cumulative acks,
-the size bound with eviction events, traffic counters, and survival across reopen/kill -9."""
+the size bound with eviction events, and survival across reopen/kill -9."""
 
 from __future__ import annotations
 
@@ -103,19 +103,6 @@ def test_events_share_the_sequence_space(tmp_path: Path) -> None:
     assert j.read(0, 10) == [(1, rec(1)), (2, Event(7, 1_700_000_000, 1, "tamper ☇")), (3, rec(2))]
     j.ack(2)
     assert j.read(0, 10) == [(3, rec(2))]
-
-
-def test_traffic_counters_per_day_persist(tmp_path: Path) -> None:
-    """Byte counters are summed per UTC day and survive a reopen."""
-    now = [86400.0 * 10 + 5]
-    j = open_journal(tmp_path, clock=lambda: now[0])
-    j.count_traffic(sent=100, received=7)
-    j.count_traffic(sent=1)
-    now[0] += 86400
-    j.count_traffic(received=3)
-    j.close()
-    j = open_journal(tmp_path)
-    assert j.traffic() == {"1970-01-11": (101, 7), "1970-01-12": (0, 3)}
 
 
 def test_skip_to_moves_numbering_forward_only(tmp_path: Path) -> None:

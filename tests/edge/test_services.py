@@ -4,7 +4,7 @@ pending restarts."""
 
 from __future__ import annotations
 
-from gridedge.services import Crashed, Supervisor
+from gridedge.supervisor import Crashed, Supervisor
 from twisted.application import service
 from twisted.internet.task import Clock
 

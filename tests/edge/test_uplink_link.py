@@ -5,8 +5,10 @@ same sequence space, heartbeats and dead-peer detection, and errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Event, Journal
 from gridedge.uplink.link import Link, LinkSettings
 from gridwire import (
@@ -69,16 +71,24 @@ class Cloud:
         self.to_edge(Ack(up_to_seq=self.session.unacked_seq))
 
 
-def connect(journal: Journal, cloud: Cloud, clock: Clock, **settings: object) -> Link:
+def settings(**uplink: Any) -> LinkSettings:
+    """The link's settings from an [uplink] section with these keys (defaults for the rest)."""
+    return LinkSettings.from_config(
+        EdgeConfig(firmware_version="1.0", boot_slot="A"),
+        UplinkConfig(host="cloud.test", port=7400, server_name="cloud.test",
+                     tls_dir=Path("tls"), **uplink),
+    )
+
+
+def connect(journal: Journal, cloud: Cloud, clock: Clock, **uplink: Any) -> Link:
     """A Link wired to ``cloud``, connected (Hello sent, Welcome answered)."""
-    opts: dict[str, object] = {"firmware_version": "1.0", "boot_slot": "A", "batch_linger": 0.0,
-                               "batch_records": 100, "max_in_flight": 4}
-    opts.update(settings)
+    opts: dict[str, Any] = {"batch_linger": 0.0, "batch_records": 100, "max_in_flight": 4}
+    opts.update(uplink)
 
     def close() -> None:
         cloud.closed += 1
 
-    link = Link(journal, LinkSettings(**opts), clock, cloud.from_edge, close)  # type: ignore[arg-type]
+    link = Link(journal, settings(**opts), clock, cloud.from_edge, close)
     cloud.link = link
     link.connected()
     return link
@@ -208,7 +218,7 @@ def test_no_welcome_in_time_closes(journal: Journal) -> None:
     """A cloud that accepts TLS but never answers Hello is dropped after welcome_timeout."""
     clock = Clock()
     closed: list[int] = []
-    link = Link(journal, LinkSettings("1.0", "A", welcome_timeout=20.0), clock,
+    link = Link(journal, settings(connect_timeout=20.0), clock,
                 lambda data: None, lambda: closed.append(1))
     link.connected()
     clock.advance(19)
@@ -233,7 +243,7 @@ def test_garbage_from_cloud_is_a_protocol_error_and_close(journal: Journal) -> N
     """Malformed bytes end the connection with an Error frame, never an exception."""
     sent: list[bytes] = []
     closed: list[int] = []
-    link = Link(journal, LinkSettings("1.0", "A"), Clock(), sent.append, lambda: closed.append(1))
+    link = Link(journal, settings(), Clock(), sent.append, lambda: closed.append(1))
     link.connected()
     link.data_received(b"\xff\xff\xff\xff\xff\xff")
     assert closed == [1]

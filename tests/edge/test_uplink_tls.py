@@ -12,10 +12,12 @@ import pytest
 import pytest_twisted
 from gridcloud.pki import PKIDirectory
 from gridcloud.tls import ServerTLS
+from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Journal
 from gridedge.uplink.link import LinkSettings
 from gridedge.uplink.service import UplinkService, backoff_policy
 from gridedge.uplink.tls import DeviceIdentity
+from gridedge.uplink.traffic import Traffic
 from gridwire import (
     Ack,
     CloudSession,
@@ -88,11 +90,13 @@ async def start_cloud(pki_dir: Path, state: dict[str, Any], resumption: str = "c
 def make_uplink(
     journal: Journal, tls: Path, port: int, server_name: str = SERVER_NAME
 ) -> UplinkService:
+    config = UplinkConfig(host="127.0.0.1", port=port, server_name=server_name, tls_dir=tls,
+                          batch_linger=0.0, batch_records=100)
     return UplinkService(
-        reactor, journal, host="127.0.0.1", port=port, server_name=server_name,
-        identity_loader=lambda: DeviceIdentity.load(tls),
-        settings=LinkSettings("1.0", "A", batch_linger=0.0, batch_records=100),
-        backoff=backoff_policy(0.05, 0.2, 2.0),
+        reactor, journal, Traffic(journal.path), host=config.host, port=config.port,
+        server_name=config.server_name, identity_loader=lambda: DeviceIdentity.load(tls),
+        settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
+        backoff=backoff_policy(0.05, 0.2, 2.0), connect_timeout=config.connect_timeout,
     )
 
 
@@ -131,12 +135,14 @@ async def test_delivers_and_resumes_tls_session_with_fewer_bytes(
         print(f"\nTLS handshake + Hello/Welcome on the wire: full {full_bytes} B, "
               f"resumed {resumed_bytes} B, saved {full_bytes - resumed_bytes} B "
               f"({100 * (full_bytes - resumed_bytes) / full_bytes:.0f}%)")
-        sent, received = next(iter(journal.traffic().values()))
+        sent, received = next(iter(uplink.traffic.per_day().values()))
         assert sent == second.bytes_sent > 0 and received == second.bytes_received > 0
     finally:
         await uplink.stopService()
         await port.stopListening()
         journal.close()
+    stored = next(iter(Traffic(journal.path).per_day().values()))  # written at stop
+    assert stored >= (sent, received)
 
 
 @pytest_twisted.ensureDeferred

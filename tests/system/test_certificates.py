@@ -28,8 +28,10 @@ from cloud_harness import (
     start_cloud,
     within,
 )
-from gridcloud import loadgen, pki, revocation
+from gridcloud import pki, revocation
 from gridcloud.server import CloudService
+from gridedge import loadgen
+from gridedge.uplink.tls import ResumingCreator
 from gridwire import ErrorCode
 from twisted.internet import defer
 
@@ -58,7 +60,7 @@ async def cloud(cloud_pki: CloudPKI, pg_dsn: str) -> AsyncIterator[CloudService]
     await service.stopService()
 
 
-async def attempt(service: CloudService, tls: loadgen.ResumingClientTLS) -> loadgen.EdgeClient:
+async def attempt(service: CloudService, tls: ResumingCreator) -> loadgen.EdgeClient:
     """Connect and say Hello; return the client once the connection is closed (refused)."""
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello())
     try:
@@ -71,7 +73,7 @@ async def attempt(service: CloudService, tls: loadgen.ResumingClientTLS) -> load
     raise AssertionError("the edge was welcomed, but should have been refused")
 
 
-async def assert_accepted(service: CloudService, tls: loadgen.ResumingClientTLS) -> None:
+async def assert_accepted(service: CloudService, tls: ResumingCreator) -> None:
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello())
     await within(reactor(), client.welcome, 10)
     client.transport.loseConnection()

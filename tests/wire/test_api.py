@@ -10,6 +10,8 @@ import gridwire
 PACKAGE = Path(gridwire.__file__).parent
 
 PUBLIC = {
+    "MAX_BOOT_SLOT",
+    "MAX_FIRMWARE_VERSION",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",

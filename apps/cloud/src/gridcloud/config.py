@@ -6,6 +6,12 @@ chosen on purpose (certificate, key, CA and the database), so a missing one is
 a clear error at start, never a surprise later.  The format is documented in
 docs/cloud.md ("Configuration").
 
+Same pattern as the edge's gridedge.config (the two apps share no code, so
+each keeps its own small reader): the record's field defaults are the only
+defaults, the reader passes on only the keys the file gives, unknown sections
+and keys are refused, and every error names the file, the section and the key
+("FILE: [server] listen: must be a string, got 7400").
+
 Tests: tests/cloud/test_cloud_config.py.
 """
 
@@ -110,24 +116,25 @@ _TYPES = {f.name: f.type for f in fields(ServerConfig)}
 
 
 def _coerce(name: str, value: Any, base: Path) -> Any:
+    """The value checked against the ServerConfig field's type; ValueError says why not."""
     kind = str(_TYPES[name])
     if "Path" in kind:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a path string")
+            raise ValueError("must be a path string")
         path = Path(value)
         return path if path.is_absolute() else base / path
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false")
+            raise ValueError("must be true or false")
         return value
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number")
+            raise ValueError("must be a number")
         if kind == "int" and not isinstance(value, int):
-            raise ConfigError(f"{name} must be a whole number")
+            raise ValueError("must be a whole number")
         return value
     if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string")
+        raise ValueError("must be a string")
     return value
 
 
@@ -135,15 +142,26 @@ def load_config(path: Path) -> ServerConfig:
     """Read a TOML config file; relative paths in it are relative to the file's folder."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (give the file with --config)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for section, table in data.items():
         keys = _SECTIONS.get(section)
-        if keys is None or not isinstance(table, dict):
-            raise ConfigError(f"{path}: unknown section [{section}]")
+        if keys is None:
+            raise ConfigError(f"{path}: [{section}]: unknown section (typo? see docs/cloud.md)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}]: must be a table")
+        unknown = set(table) - keys
+        if unknown:
+            raise ConfigError(f"{path}: [{section}]: unknown key(s) "
+                              f"{', '.join(sorted(unknown))} (typo? see docs/cloud.md)")
         for key, value in table.items():
-            if key not in keys:
-                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
-            values[key] = _coerce(key, value, path.parent)
+            try:
+                values[key] = _coerce(key, value, path.parent)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {value!r}") from None
     return ServerConfig(**values)

@@ -118,8 +118,9 @@ def keep_session_resumable(connection: SSL.Connection | None) -> None:
     truncation attacks.  TLS 1.3 dropped that rule (RFC 8446, section 6.1), and
     a cut connection is exactly when an edge needs to resume, so for TLS 1.3 the
     connection is marked as shut down before it is freed.  TLS 1.2 keeps the
-    old rule.  Called from connectionLost on both sides; it matters for the side
-    that aborts (the other side's end of stream is handled by tolerate_cuts).
+    old rule.  Called from the server's connectionLost; it matters when the
+    server aborts (an edge's cut is handled by tolerate_cuts).  Edges keep their
+    session their own way (gridedge.uplink.tls.ResumingCreator).
     """
     if connection is None or connection.get_protocol_version_name() != "TLSv1.3":
         return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,10 +73,10 @@ def run(config: Config) -> int:
         textFileLogObserver,
     )
 
-    from gridedge.services import build_unit
+    from gridedge.services import Unit
 
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(
-        _LEVELS[config.log_level]))
+        _LEVELS[config.log.level]))
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])],
         redirectStandardIO=False,
@@ -86,11 +85,11 @@ def run(config: Config) -> int:
     log.info("gridedge {version} (slot {slot}) starting with {config}; data in {data}",
              version=config.edge.firmware_version, slot=config.edge.boot_slot,
              config=str(config.source), data=str(config.data_dir))
-    unit = build_unit(config, reactor)
+    unit = Unit(config, reactor)
     _stop_once_on_signals(reactor)
-    reactor.callWhenRunning(unit.root.startService)
+    reactor.callWhenRunning(unit.startService)
     reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: _stopping(log, unit.root))
+        "before", "shutdown", lambda: _stopping(log, unit))
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]  # on ReactorBase, not IReactorCore
     # Stopped and flushed: a late signal must not turn a clean exit into death by signal.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -153,21 +152,20 @@ def health(config: Config, *, as_json: bool, timeout: float, running: bool = Fal
 
 
 def traffic(config: Config) -> int:
-    """Bytes on the cellular link per UTC day, from the journal (works while running)."""
+    """Bytes on the cellular link per UTC day, as the uplink counted them (works while running)."""
+    from gridedge.uplink.traffic import Traffic, TrafficError
+
     path = config.journal.path
     if not path.exists():
         print(f"gridedge: no journal at {path} yet", file=sys.stderr)
         return 1
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        rows = db.execute(
-            "SELECT day, bytes_sent, bytes_received FROM traffic ORDER BY day").fetchall()
-        db.close()
-    except sqlite3.Error as exc:
-        print(f"gridedge: cannot read {path}: {exc}", file=sys.stderr)
+        days = Traffic(path).per_day()
+    except TrafficError as exc:
+        print(f"gridedge: {exc}", file=sys.stderr)
         return 1
     print(f"{'day (UTC)':<12} {'sent':>14} {'received':>14}")
-    for day, sent, received in rows:
+    for day, (sent, received) in days.items():
         print(f"{day:<12} {sent:>14,} {received:>14,}")
     return 0
 

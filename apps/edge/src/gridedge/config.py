@@ -3,7 +3,18 @@
 Why strict: the file is edited by hand on a unit in the field, so a typo must
 stop the start with a message naming the file, the section, the key and what
 was expected, rather than be ignored and surface as a mystery hours later.
-Unknown keys are errors for the same reason.
+Unknown sections and keys are errors for the same reason.
+
+How it is laid out (gridcloud.config follows the same pattern): one frozen
+record per section, whose field defaults are the only place a default is
+written; one small reader per section (``_read_<section>``) that type-checks
+the keys present and passes only those on, so an absent key takes the record's
+default; and ``_SECTIONS``, the list of sections, which is also what makes an
+unknown section an error.  A default that depends on another value (a path
+under ``data_dir``, ``server_name`` from ``host``, ``dead_after`` from
+``heartbeat``) is worked out in its section's reader.  Adding a section: write
+its record, its reader, add both to ``Config`` and ``_SECTIONS``, and document
+its keys in docs/edge.md.
 
 Example (docs/edge.md has the reference)::
 
@@ -33,11 +44,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+
+from gridwire import MAX_BOOT_SLOT, MAX_FIRMWARE_VERSION
 
 T = TypeVar("T")
 
@@ -58,20 +70,28 @@ class EdgeConfig:
 class RadioConfig:
     """The UART to the radio module (None in [radio] port: no radio, e.g. a bench unit)."""
 
-    port: str | None
+    port: str | None = None
     baudrate: int = 115200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkConfig:
-    """Where the cloud is and how to talk to it over a metered, flaky cellular link."""
+    """Where the cloud is and how to talk to it over a metered, flaky cellular link.
+
+    The one home of the uplink's defaults: the reader below and the uplink
+    (gridedge.uplink) both take them from here.
+    """
 
     host: str
     port: int
     server_name: str
     tls_dir: Path
     heartbeat: float = 60.0
+    #: Seconds of silence before the cloud is taken for dead.  The file's default is
+    #: three heartbeats (the reader works it out, as it depends on ``heartbeat``); 180
+    #: is that for the default heartbeat, for records made in code.
     dead_after: float = 180.0
+    #: TCP connect, and TLS + Hello -> Welcome.
     connect_timeout: float = 30.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
@@ -100,6 +120,13 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How much the unit logs."""
+
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file."""
 
@@ -110,8 +137,7 @@ class Config:
     uplink: UplinkConfig
     journal: JournalConfig
     health: HealthConfig
-    log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    log: LogConfig
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -170,6 +196,7 @@ class _Section:
 
     def get(self, key: str, kind: type[T], default: T | None = None, *,
             required: bool = False) -> T:
+        """The key's value checked against ``kind``; ``default`` when it is absent."""
         self.used.add(key)
         if key not in self.table:
             if required:
@@ -182,21 +209,128 @@ class _Section:
             raise self.error(key, f"expected {kind.__name__}, got {value!r}")
         return value
 
-    def positive(self, key: str, default: float) -> float:
-        value = self.get(key, float, default)
-        if value <= 0:
+    def given(self, out: dict[str, Any], key: str, kind: type[Any], *,
+              positive: bool = False) -> None:
+        """Put the key's checked value into ``out`` only if the file gives it (so that the
+        section record's default applies otherwise)."""
+        if key not in self.table:
+            self.used.add(key)
+            return
+        value = self.get(key, kind)
+        if positive and value <= 0:
             raise self.error(key, f"must be > 0, got {value}")
-        return value
+        out[key] = value
 
-    def check_unknown(self, allowed_tables: tuple[str, ...] = ()) -> None:
-        unknown = set(self.table) - self.used - set(allowed_tables)
+    def path(self, key: str, base: Path, default: str) -> Path:
+        """A path; a relative one is taken from ``base``."""
+        value = Path(self.get(key, str, default))
+        return value if value.is_absolute() else base / value
+
+    def check_unknown(self) -> None:
+        unknown = set(self.table) - self.used
         if unknown:
             raise self.error(
                 None, f"unknown key(s) {', '.join(sorted(unknown))} (typo? see docs/edge.md)"
             )
 
 
-_SECTIONS = ("edge", "radio", "uplink", "journal", "health", "web", "log")
+def _read_edge(s: _Section, data_dir: Path, cmdline: Path) -> EdgeConfig:
+    edge = EdgeConfig(
+        firmware_version=s.get("firmware_version", str, None) or _package_version(),
+        boot_slot=s.get("boot_slot", str, None) or boot_slot_from_cmdline(cmdline),
+    )
+    # Hello's text fields are bounded by gridwire (docs/protocol.md).
+    for key, limit in (("firmware_version", MAX_FIRMWARE_VERSION), ("boot_slot", MAX_BOOT_SLOT)):
+        if len(getattr(edge, key).encode()) > limit:
+            raise s.error(key, f"at most {limit} bytes of UTF-8")
+    return edge
+
+
+def _read_radio(s: _Section, data_dir: Path, cmdline: Path) -> RadioConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "port", str)
+    s.given(given, "baudrate", int, positive=True)
+    return RadioConfig(**given)
+
+
+def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:
+    host = s.get("host", str, required=True)
+    port = s.get("port", int, required=True)
+    if not 1 <= port <= 65535:
+        raise s.error("port", f"must be 1..65535, got {port}")
+    given: dict[str, Any] = {}
+    for key in ("heartbeat", "dead_after", "connect_timeout", "backoff_initial",
+                "backoff_max", "backoff_factor"):
+        s.given(given, key, float, positive=True)
+    for key in ("max_in_flight", "batch_records"):
+        s.given(given, key, int, positive=True)
+    s.given(given, "batch_linger", float)
+    uplink = UplinkConfig(
+        host=host,
+        port=port,
+        server_name=s.get("server_name", str, host),
+        tls_dir=s.path("tls_dir", data_dir, "tls"),
+        **given,
+    )
+    if "dead_after" not in given:
+        uplink = replace(uplink, dead_after=3 * uplink.heartbeat)
+    if uplink.dead_after <= uplink.heartbeat:
+        raise s.error("dead_after", f"must be longer than heartbeat ({uplink.heartbeat} s)")
+    if uplink.backoff_max < uplink.backoff_initial:
+        raise s.error("backoff_max", "must be >= backoff_initial")
+    return uplink
+
+
+def _read_journal(s: _Section, data_dir: Path, cmdline: Path) -> JournalConfig:
+    given: dict[str, Any] = {}
+    if "max_size" in s.table:
+        try:
+            given["max_bytes"] = parse_size(s.get("max_size", object))
+        except ValueError as exc:
+            raise s.error("max_size", str(exc)) from None
+        if given["max_bytes"] < 128 * 1024:
+            raise s.error("max_size",
+                          f"must be at least 128 KiB, got {given['max_bytes']} bytes")
+    s.used.add("max_size")
+    if "synchronous" in s.table:
+        sync = s.get("synchronous", str).upper()
+        if sync not in ("FULL", "NORMAL", "EXTRA"):
+            raise s.error("synchronous", f"must be full, normal or extra, got {sync.lower()!r}")
+        given["synchronous"] = sync
+    s.used.add("synchronous")
+    return JournalConfig(path=s.path("file", data_dir, "journal.db"), **given)
+
+
+def _read_health(s: _Section, data_dir: Path, cmdline: Path) -> HealthConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "radio_window", float, positive=True)
+    s.given(given, "uplink_window", float, positive=True)
+    health = HealthConfig(socket=s.path("socket", data_dir, "health.sock"), **given)
+    if len(str(health.socket).encode()) > 107:  # sun_path holds 108 bytes with the NUL
+        raise s.error("socket", f"path longer than 107 bytes: {health.socket}")
+    return health
+
+
+def _read_log(s: _Section, data_dir: Path, cmdline: Path) -> LogConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "level", str)
+    if "level" in given:
+        given["level"] = given["level"].lower()
+        if given["level"] not in ("debug", "info", "warn", "error"):
+            raise s.error("level",
+                          f"must be debug, info, warn or error, got {given['level']!r}")
+    return LogConfig(**given)
+
+
+#: Every section of the file, in the order they are checked, with its reader.
+_SECTIONS = {
+    "edge": _read_edge,
+    "radio": _read_radio,
+    "uplink": _read_uplink,
+    "journal": _read_journal,
+    "health": _read_health,
+    "log": _read_log,
+}
 
 
 def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
@@ -214,93 +348,15 @@ def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
     data_dir = Path(top.get("data_dir", str, required=True))
     if not data_dir.is_absolute():
         data_dir = (path.parent / data_dir).resolve()
-    top.check_unknown(_SECTIONS)
-
-    s = _Section(path, "edge", raw.get("edge"))
-    edge = EdgeConfig(
-        firmware_version=s.get("firmware_version", str, None) or _package_version(),
-        boot_slot=s.get("boot_slot", str, None) or boot_slot_from_cmdline(cmdline),
-    )
-    # The limits of Hello's text fields (docs/protocol.md).
-    for key, limit in (("firmware_version", 64), ("boot_slot", 8)):
-        if len(getattr(edge, key).encode()) > limit:
-            raise s.error(key, f"at most {limit} bytes of UTF-8")
-    s.check_unknown()
-
-    s = _Section(path, "radio", raw.get("radio"))
-    baud = s.get("baudrate", int, 115200)
-    if baud <= 0:
-        raise s.error("baudrate", f"must be > 0, got {baud}")
-    radio = RadioConfig(port=s.get("port", str, None), baudrate=baud)
-    s.check_unknown()
-
-    s = _Section(path, "uplink", raw.get("uplink"))
-    host = s.get("host", str, required=True)
-    port = s.get("port", int, required=True)
-    if not 1 <= port <= 65535:
-        raise s.error("port", f"must be 1..65535, got {port}")
-    heartbeat = s.positive("heartbeat", 60.0)
-    tls_dir = Path(s.get("tls_dir", str, str(data_dir / "tls")))
-    uplink = UplinkConfig(
-        host=host,
-        port=port,
-        server_name=s.get("server_name", str, host),
-        tls_dir=tls_dir if tls_dir.is_absolute() else data_dir / tls_dir,
-        heartbeat=heartbeat,
-        dead_after=s.positive("dead_after", 3 * heartbeat),
-        connect_timeout=s.positive("connect_timeout", 30.0),
-        backoff_initial=s.positive("backoff_initial", 1.0),
-        backoff_max=s.positive("backoff_max", 300.0),
-        backoff_factor=s.positive("backoff_factor", 2.0),
-        max_in_flight=int(s.positive("max_in_flight", 4)),
-        batch_records=int(s.positive("batch_records", 500)),
-        batch_linger=s.get("batch_linger", float, 1.0),
-    )
-    if uplink.dead_after <= uplink.heartbeat:
-        raise s.error("dead_after", f"must be longer than heartbeat ({uplink.heartbeat} s)")
-    if uplink.backoff_max < uplink.backoff_initial:
-        raise s.error("backoff_max", "must be >= backoff_initial")
-    s.check_unknown()
-
-    s = _Section(path, "journal", raw.get("journal"))
-    try:
-        max_bytes = parse_size(s.get("max_size", object, "64 MiB"))
-    except ValueError as exc:
-        raise s.error("max_size", str(exc)) from None
-    if max_bytes < 128 * 1024:
-        raise s.error("max_size", f"must be at least 128 KiB, got {max_bytes} bytes")
-    sync = s.get("synchronous", str, "full").upper()
-    if sync not in ("FULL", "NORMAL", "EXTRA"):
-        raise s.error("synchronous", f"must be full, normal or extra, got {sync.lower()!r}")
-    journal = JournalConfig(
-        path=data_dir / s.get("file", str, "journal.db"), max_bytes=max_bytes, synchronous=sync
-    )
-    s.check_unknown()
-
-    s = _Section(path, "health", raw.get("health"))
-    health = HealthConfig(
-        socket=Path(s.get("socket", str, str(data_dir / "health.sock"))),
-        radio_window=s.positive("radio_window", 300.0),
-        uplink_window=s.positive("uplink_window", 900.0),
-    )
-    if len(str(health.socket).encode()) > 107:  # sun_path holds 108 bytes with the NUL
-        raise s.error("socket", f"path longer than 107 bytes: {health.socket}")
-    s.check_unknown()
-
-    s = _Section(path, "log", raw.get("log"))
-    level = s.get("level", str, "info").lower()
-    if level not in ("debug", "info", "warn", "error"):
-        raise s.error("level", f"must be debug, info, warn or error, got {level!r}")
-    s.check_unknown()
-
-    return Config(
-        source=path,
-        data_dir=data_dir,
-        edge=edge,
-        radio=radio,
-        uplink=uplink,
-        journal=journal,
-        health=health,
-        log_level=level,
-        extra={"web": raw.get("web", {})},
-    )
+    for name, value in raw.items():
+        if isinstance(value, dict) and name not in _SECTIONS:
+            raise ConfigError(
+                f"{path}: [{name}]: unknown section (typo? see docs/edge.md)")
+    sections: dict[str, Any] = {}
+    for name, read in _SECTIONS.items():
+        top.used.add(name)
+        s = _Section(path, name, raw.get(name))
+        sections[name] = read(s, data_dir, cmdline)
+        s.check_unknown()
+    top.check_unknown()
+    return Config(source=path, data_dir=data_dir, **sections)

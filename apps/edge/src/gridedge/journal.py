@@ -14,9 +14,8 @@ Durability and fsync policy
   it is offered for bench work only.
 * Flash wear: the cost is per commit, not per record, so the radio link hands
   over a whole burst in one :meth:`append` call (one transaction, one fsync).
-  Acknowledgements delete in one transaction per Ack.  Traffic counters are
-  kept in memory and written with the next commit or at most once a minute by
-  the journal service, never per packet.
+  Acknowledgements delete in one transaction per Ack.  (The link's traffic
+  counters share this file but not this code: gridedge.uplink.traffic.)
 * ``journal_size_limit`` truncates the WAL after checkpoints so it cannot grow
   without bound after a long offline period.
 
@@ -116,17 +115,12 @@ class JournalStats:
 
 @dataclass(slots=True)
 class _Unsaved:
-    """What waits in memory for the next transaction: traffic counters (batched to spare
-    the flash) and events that could not be written yet (full disk)."""
+    """What waits in memory for the next transaction: events that could not be written yet
+    (full disk)."""
 
-    traffic: dict[str, list[int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
     def merge(self, other: _Unsaved) -> None:
-        for day, (sent, received) in other.traffic.items():
-            t = self.traffic.setdefault(day, [0, 0])
-            t[0] += sent
-            t[1] += received
         self.events.extend(other.events)
 
 
@@ -138,9 +132,6 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS watermarks (
     meter_id INTEGER PRIMARY KEY, interval_end INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS traffic (
-    day TEXT PRIMARY KEY, bytes_sent INTEGER NOT NULL, bytes_received INTEGER NOT NULL
-);
 INSERT OR IGNORE INTO meta (key, value)
     VALUES ('schema', 1), ('next_seq', 1), ('evicted_total', 0);
 """
@@ -262,7 +253,7 @@ class Journal:
         )
 
     def close(self) -> None:
-        """Write what is still in memory (counters, events) and close the database."""
+        """Write what is still in memory (events) and close the database."""
         if self._db is None:
             return
         self.flush()
@@ -322,12 +313,6 @@ class Journal:
                     "interval_end = MAX(interval_end, excluded.interval_end)",
                     change.watermarks.items(),
                 )
-            db.executemany(
-                "INSERT INTO traffic (day, bytes_sent, bytes_received) VALUES (?, ?, ?) "
-                "ON CONFLICT (day) DO UPDATE SET bytes_sent = bytes_sent + excluded.bytes_sent, "
-                "bytes_received = bytes_received + excluded.bytes_received",
-                [(day, s, r) for day, (s, r) in unsaved.traffic.items()],
-            )
             if seq != self._next_seq:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
             if change.evict:
@@ -525,37 +510,17 @@ class Journal:
         shift = after_seq + 1 - base
         self._transaction(_Change(shift=shift, next_seq_at_least=self._next_seq + shift))
 
-    # -- counters ---------------------------------------------------------------------------
-
-    def count_traffic(self, sent: int = 0, received: int = 0) -> None:
-        """Add to today's byte counters (UTC day); written with the next commit or flush."""
-        day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
-        t = self._unsaved.traffic.setdefault(day, [0, 0])
-        t[0] += sent
-        t[1] += received
-
-    def traffic(self) -> dict[str, tuple[int, int]]:
-        """Bytes (sent, received) per UTC day, including what is not written yet."""
-        out: dict[str, tuple[int, int]] = {}
-        if self._db is not None:
-            for day, s, r in self._db.execute(
-                "SELECT day, bytes_sent, bytes_received FROM traffic"
-            ):
-                out[day] = (int(s), int(r))
-        for day, (s, r) in self._unsaved.traffic.items():
-            s0, r0 = out.get(day, (0, 0))
-            out[day] = (s0 + s, r0 + r)
-        return out
+    # -- upkeep ----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write counters and events kept in memory (called periodically and at close)."""
-        if self._db is None or not (self._unsaved.traffic or self._unsaved.events):
+        """Write events kept in memory (called periodically and at close)."""
+        if self._db is None or not self._unsaved.events:
             return
         try:
             self._transaction(_Change())
         except sqlite3.Error as exc:
             self.log.warn(
-                "journal: could not save counters and events yet: {error}", error=str(exc)
+                "journal: could not save events yet: {error}", error=str(exc)
             )
 
     def stats(self) -> JournalStats:

@@ -12,7 +12,13 @@ Tests: tests/wire/ (test_api.py pins this surface).
 """
 
 from ._errors import ErrorCode, ProtocolError, Side
-from ._limits import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limits
+from ._limits import (
+    MAX_BOOT_SLOT,
+    MAX_FIRMWARE_VERSION,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Limits,
+)
 from ._messages import (
     Ack,
     AlarmKind,
@@ -40,6 +46,8 @@ from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
+    "MAX_BOOT_SLOT",
+    "MAX_FIRMWARE_VERSION",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from ._errors import ErrorCode, local_error
 
-__all__ = ["MAX_TEXT", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Limits"]
+__all__ = [
+    "MAX_BOOT_SLOT",
+    "MAX_FIRMWARE_VERSION",
+    "MAX_TEXT",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Limits",
+]
 
 #: The highest protocol version this implementation speaks.
 PROTOCOL_VERSION = 1
@@ -21,6 +28,10 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = range(1, PROTOCOL_VERSION + 1)
 #: Absolute bound on any UTF-8 text field, in bytes (validated on construction).
 MAX_TEXT = 255
+#: Bound on a firmware version string (Hello, FirmwareOffer), in bytes of UTF-8.
+MAX_FIRMWARE_VERSION = 64
+#: Bound on Hello.boot_slot (a slot name such as "A"), in bytes of UTF-8.
+MAX_BOOT_SLOT = 8
 #: Absolute bound on a command payload, in bytes.
 MAX_PAYLOAD = 4096
 #: Absolute bound on one firmware chunk, in bytes.

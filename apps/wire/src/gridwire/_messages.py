@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import ErrorCode, local_error
-from ._limits import MAX_CHUNK, MAX_PAYLOAD, MAX_TEXT
+from ._limits import MAX_BOOT_SLOT, MAX_CHUNK, MAX_FIRMWARE_VERSION, MAX_PAYLOAD, MAX_TEXT
 from ._records import IntervalRecord, RecordColumns
 
 __all__ = [
@@ -198,8 +198,8 @@ class Hello(Message):
     WIRE = (
         ("min_version", U16),
         ("max_version", U16),
-        ("firmware_version", ("text", 64)),
-        ("boot_slot", ("text", 8)),
+        ("firmware_version", ("text", MAX_FIRMWARE_VERSION)),
+        ("boot_slot", ("text", MAX_BOOT_SLOT)),
         ("last_command_id", U64),
         ("edge_time", U64),
     )
@@ -422,7 +422,7 @@ class FirmwareOffer(Message):
     TYPE = MessageType.FIRMWARE_OFFER
     WIRE = (
         ("offer_id", U64),
-        ("version", ("text", 64)),
+        ("version", ("text", MAX_FIRMWARE_VERSION)),
         ("size", ("uint", 40)),
         ("sha256", ("fixed", 32)),
         ("chunk_size", U32),

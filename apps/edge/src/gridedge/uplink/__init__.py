@@ -2,16 +2,20 @@
 
 * :mod:`gridedge.uplink.link`: one connection's rules (resume, window, batching,
   heartbeats), sans-IO apart from an injected clock;
-* :mod:`gridedge.uplink.protocol`: the thin Twisted adapter and byte counting;
+* :mod:`gridedge.uplink.protocol`: the thin Twisted adapter;
+* :mod:`gridedge.uplink.counting`: raw bytes on the socket, below TLS;
 * :mod:`gridedge.uplink.tls`: device identity, server-name checks, TLS 1.3 resumption;
+* :mod:`gridedge.uplink.traffic`: bytes per day, kept on the data partition;
 * :mod:`gridedge.uplink.service`: the reconnecting service for the supervision tree.
 
-Tests: tests/edge/test_uplink_link.py, tests/edge/test_uplink_tls.py, tests/system/.
+Tests: tests/edge/test_uplink_link.py, tests/edge/test_uplink_tls.py, tests/edge/test_traffic.py,
+tests/system/.
 """
 
 from gridedge.uplink.link import Link, LinkSettings
 from gridedge.uplink.service import UplinkService, UplinkStatus, backoff_policy
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator, TLSFilesError
+from gridedge.uplink.traffic import Traffic
 
 __all__ = [
     "DeviceIdentity",
@@ -19,6 +23,7 @@ __all__ = [
     "LinkSettings",
     "ResumingCreator",
     "TLSFilesError",
+    "Traffic",
     "UplinkService",
     "UplinkStatus",
     "backoff_policy",

@@ -56,21 +56,36 @@ from gridwire import (
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Event, Journal, JournalError
 
 
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    """The knobs of one connection (from [uplink] in the configuration)."""
+    """The knobs of one connection: what Hello says, and [uplink] values (whose defaults
+    live in gridedge.config.UplinkConfig, only there)."""
 
     firmware_version: str
     boot_slot: str
-    heartbeat: float = 60.0
-    dead_after: float = 180.0
-    welcome_timeout: float = 30.0
-    max_in_flight: int = 4
-    batch_records: int = 500
-    batch_linger: float = 1.0
+    heartbeat: float
+    dead_after: float
+    welcome_timeout: float
+    max_in_flight: int
+    batch_records: int
+    batch_linger: float
+
+    @classmethod
+    def from_config(cls, edge: EdgeConfig, uplink: UplinkConfig) -> LinkSettings:
+        return cls(
+            firmware_version=edge.firmware_version,
+            boot_slot=edge.boot_slot,
+            heartbeat=uplink.heartbeat,
+            dead_after=uplink.dead_after,
+            welcome_timeout=uplink.connect_timeout,
+            max_in_flight=uplink.max_in_flight,
+            batch_records=uplink.batch_records,
+            batch_linger=uplink.batch_linger,
+        )
 
 
 class Link:

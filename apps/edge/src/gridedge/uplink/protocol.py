@@ -1,12 +1,12 @@
-"""The Twisted side of the uplink: byte counting below TLS, a thin adapter above it.
+"""The Twisted side of the uplink: a thin adapter between the TLS transport and the Link.
 
 Stack of one connection (bottom to top)::
 
-    TCP  ->  _CountingProtocol (raw bytes = what the operator pays for)
+    TCP  ->  ByteCounter (gridedge.uplink.counting: raw bytes = what the operator pays for)
          ->  TLSMemoryBIOProtocol
          ->  UplinkProtocol  ->  Link (gridedge.uplink.link: the rules)
 
-Tests: tests/edge/test_uplink_tls.py, tests/edge/test_uplink_service.py.
+Tests: tests/edge/test_uplink_tls.py.
 """
 
 from __future__ import annotations
@@ -14,64 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gridedge.uplink.link import Link
-
-
-class _CountingProtocol(ProtocolWrapper):
-    """Counts every byte in and out of the TCP connection (TLS records included)."""
-
-    sent = 0
-    received = 0
-
-    def write(self, data: bytes) -> None:
-        self.sent += len(data)
-        self.factory.count(len(data), 0)
-        super().write(data)  # type: ignore[no-untyped-call]
-
-    def writeSequence(self, data: Any) -> None:
-        for chunk in data:
-            self.write(chunk)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        self.factory.count(0, len(data))
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-
-class _CountingFactory(WrappingFactory):
-    protocol = _CountingProtocol
-
-    def __init__(self, wrapped: IProtocolFactory, count: Callable[[int, int], None]) -> None:
-        super().__init__(wrapped)  # type: ignore[no-untyped-call]
-        self.count = count
-
-
-@implementer(IStreamClientEndpoint)
-class CountingEndpoint:
-    """Wraps a TCP endpoint so that every connection's raw bytes are counted."""
-
-    def __init__(self, wrapped: IStreamClientEndpoint, count: Callable[[int, int], None]) -> None:
-        self._wrapped = wrapped
-        self._count = count
-
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = self._wrapped.connect(
-            _CountingFactory(protocolFactory, self._count))
-        return d.addCallback(lambda protocol: protocol.wrappedProtocol)
-
-
-def raw_counter(transport: Any) -> _CountingProtocol | None:
-    """The counting layer under a TLS transport (None when not running over one)."""
-    below = getattr(transport, "transport", None)
-    return below if isinstance(below, _CountingProtocol) else None
 
 
 class UplinkProtocol(Protocol):

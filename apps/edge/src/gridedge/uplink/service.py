@@ -6,6 +6,9 @@ attempt n is ``d * U(0.5, 1)`` with ``d = min(backoff_max, backoff_initial *
 factor**n)``, so that a thousand units cut off by one cell outage do not all
 come back in the same second, yet no unit waits longer than ``backoff_max``.
 
+The service also owns the link's byte counts: every byte on the socket goes to
+:class:`~gridedge.uplink.traffic.Traffic`, written once a minute and at stop.
+
 Tests: tests/edge/test_uplink_tls.py (real TLS over loopback), tests/system/.
 """
 
@@ -22,12 +25,15 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gridedge.journal import Journal
+from gridedge.uplink.counting import CountingEndpoint, raw_counter
 from gridedge.uplink.link import Link, LinkSettings
-from gridedge.uplink.protocol import CountingEndpoint, UplinkProtocol, raw_counter
+from gridedge.uplink.protocol import UplinkProtocol
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
+from gridedge.uplink.traffic import Traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,7 @@ class UplinkService(service.Service):
         self,
         reactor: Any,
         journal: Journal,
+        traffic: Traffic,
         *,
         host: str,
         port: int,
@@ -72,10 +79,14 @@ class UplinkService(service.Service):
         identity_loader: Callable[[], DeviceIdentity],
         settings: LinkSettings,
         backoff: Callable[[int], float],
-        connect_timeout: float = 30.0,
+        connect_timeout: float,
+        flush_every: float = 60.0,
     ) -> None:
         self.reactor = reactor
         self.journal = journal
+        self.traffic = traffic
+        self._flush_every = flush_every
+        self._flush: LoopingCall | None = None
         self.host = host
         self.port = port
         self.server_name = server_name
@@ -96,31 +107,41 @@ class UplinkService(service.Service):
         # Load the certificates first: a missing or bad file fails the start with a clear
         # message, and the supervisor retries (the unit may be provisioned later).
         identity = self._identity_loader()
-        self._creator = ResumingCreator(self.server_name, identity)
+        self._creator = ResumingCreator.for_device(self.server_name, identity)
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self._connect_timeout)
         endpoint = wrapClientTLS(self._creator, CountingEndpoint(tcp, self._count))
         factory = Factory.forProtocol(lambda: UplinkProtocol(self._make_link))
         self._client = ClientService(endpoint, factory, retryPolicy=self._backoff,
                                      clock=self.reactor)
         super().startService()  # type: ignore[no-untyped-call]
+        self._flush = LoopingCall(self.traffic.flush)
+        self._flush.clock = self.reactor
+        self._flush.start(self._flush_every, now=False)
         self._client.startService()
         self.log.info("uplink to {host}:{port} (server name {name}) started",
                       host=self.host, port=self.port, name=self.server_name)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._flush is not None and self._flush.running:
+            self._flush.stop()
         client, self._client = self._client, None
         if client is None:
+            self.traffic.flush()
             return defer.succeed(None)
         d: defer.Deferred[None] = client.stopService()
-        return d
+        return d.addBoth(self._flushed)
+
+    def _flushed(self, result: Any) -> Any:
+        self.traffic.flush()  # after the last connection's bytes are counted
+        return result
 
     # -- connections -------------------------------------------------------------------------
 
     def _count(self, sent: int, received: int) -> None:
         self.bytes_sent += sent
         self.bytes_received += received
-        self.journal.count_traffic(sent=sent, received=received)
+        self.traffic.count(sent=sent, received=received)
 
     def _make_link(self, proto: UplinkProtocol) -> Link:
         self._current = proto

@@ -8,7 +8,8 @@ the difference on the wire.
 
 How: ``optionsForClientTLS`` builds the connection as usual (trust only the
 project CA, check the server name with service_identity, present the device
-certificate); :class:`ResumingCreator` wraps it, hands the session kept from
+certificate: :meth:`ResumingCreator.for_device`); :class:`ResumingCreator`
+wraps any such client options, hands the session kept from
 the previous connection to ``set_session()`` before the handshake, and keeps
 ``get_session()`` once application data has arrived (in TLS 1.3 the ticket
 arrives after the handshake, so not earlier).  The client side is the same
@@ -23,9 +24,11 @@ connection's SSL_SESSION "not resumable", and since pyOpenSSL hands out the
 very same object, the kept session is spoiled.  So the session is kept as its
 DER serialisation and a fresh SSL_SESSION is made from it for each connection
 (OpenSSL's i2d/d2i_SSL_SESSION, reached through pyOpenSSL's bindings as
-pyOpenSSL has no public call for them).
+pyOpenSSL has no public call for them).  This one fix serves every client in
+the repository: the uplink and the load generator (gridedge.loadgen) that the
+cloud's tests and bench/bench_ingest.py use.
 
-Tests: tests/edge/test_uplink_tls.py.
+Tests: tests/edge/test_uplink_tls.py, tests/cloud/test_cloud_server.py.
 """
 
 from __future__ import annotations
@@ -132,21 +135,28 @@ def session_reused(connection: SSL.Connection) -> bool:
 
 @implementer(IOpenSSLClientConnectionCreator)
 class ResumingCreator:
-    """Client connections that resume the previous TLS session when the server allows it."""
+    """Client connections that resume the previous TLS session when the server allows it.
 
-    def __init__(
-        self, server_name: str, identity: DeviceIdentity, groups: str = DEFAULT_GROUPS
-    ) -> None:
-        self.server_name = server_name
+    ``inner`` makes each connection (``optionsForClientTLS``); this adds the
+    key-exchange groups and the kept session.  Call :meth:`remember` once
+    application data has arrived on a connection.
+    """
+
+    def __init__(self, inner: IOpenSSLClientConnectionCreator,
+                 groups: str = DEFAULT_GROUPS) -> None:
         self.groups = groups
-        self._inner = ssl.optionsForClientTLS(
-            server_name,
-            trustRoot=identity.ca,
-            clientCertificate=identity.certificate,
-        )
+        self._inner = inner
         self._session: bytes | None = None
         self.full_handshakes = 0
         self.resumed_handshakes = 0
+
+    @classmethod
+    def for_device(cls, server_name: str, identity: DeviceIdentity,
+                   groups: str = DEFAULT_GROUPS) -> ResumingCreator:
+        """Mutual TLS as the unit does it: trust only the project CA, check ``server_name``,
+        present the device certificate."""
+        return cls(ssl.optionsForClientTLS(server_name, trustRoot=identity.ca,
+                                           clientCertificate=identity.certificate), groups)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)

@@ -1,13 +1,15 @@
-"""A minimal gridwire edge over mutual TLS: to load-test and to check a cloud deployment.
+"""A bare gridwire edge over mutual TLS: to load-test and to check a cloud deployment.
 
-Why it lives in gridcloud: the benchmark (bench/bench_ingest.py) and the
-tests need an edge that speaks the real protocol over real TLS but none of the
-edge's machinery (journal, radio, supervision), and an operator checking a new
-cloud node wants the same ("can an edge with this certificate get in?").  It
-is a thin Twisted adapter around ``gridwire.EdgeSession``, like the real uplink.
+Why it lives in gridedge: it is an edge, minus the unit's machinery (journal,
+radio, supervision), and it connects exactly as the uplink does, with the
+uplink's TLS resumption (gridedge.uplink.tls.ResumingCreator) and byte counter
+(gridedge.uplink.counting) rather than copies of them; so the cloud's tests and
+the benchmark (bench/bench_ingest.py) measure what a unit really sends.  In
+gridcloud it would make the cloud package depend on the edge application; here
+the arrows stay edge -> gridwire and tests/bench -> both.  The unit itself
+never imports it.
 
-It also counts the raw bytes on the socket (TLS records included) and can
-resume a TLS session: the measurements the benchmark reports.
+It is a thin Twisted adapter around ``gridwire.EdgeSession``, like the uplink.
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py (as their client).
 """
@@ -22,97 +24,25 @@ from gridwire import Ack, Error, ErrorCode, Hello, Ping, Pong, ProtocolError, Re
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from .tls import keep_session_resumable, set_groups, ssl_error_text, tolerate_cuts
+from gridedge.uplink.counting import ByteCounter, CountingEndpoint, raw_counter
+from gridedge.uplink.tls import ResumingCreator
 
-log = Logger(namespace="gridcloud.loadgen")
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class ResumingClientTLS:
-    """Client TLS options that offer the session kept from the previous connection.
-
-    TLS 1.3 sends the session ticket after the handshake, so the session is
-    taken (``remember``) once the first application bytes have arrived.
-    """
-
-    def __init__(self, inner: Any, groups: str | None = "X25519") -> None:
-        self._inner = inner
-        self._groups = groups
-        self.session: SSL.Session | None = None
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
-        if self._groups:
-            set_groups(connection, self._groups)  # one small key share: fewer bytes
-        tolerate_cuts(connection)
-        if self.session is not None:
-            connection.set_session(self.session)
-        return connection
-
-    def remember(self, connection: SSL.Connection) -> None:
-        self.session = connection.get_session()
+log = Logger(namespace="gridedge.loadgen")
 
 
-def session_reused(connection: SSL.Connection) -> bool | None:
-    """Whether the handshake resumed a session (None when this OpenSSL binding cannot say).
-
-    pyOpenSSL has no public call for it; the binding underneath has SSL_session_reused.
-    """
-    from OpenSSL._util import lib
-
-    reused = getattr(lib, "SSL_session_reused", None)
-    ssl_ptr = getattr(connection, "_ssl", None)
-    if reused is None or ssl_ptr is None:
-        return None
-    return bool(reused(ssl_ptr))
-
-
-def client_tls(hostname: str, ca: Path, cert: Path, key: Path) -> ResumingClientTLS:
+def client_tls(hostname: str, ca: Path, cert: Path, key: Path) -> ResumingCreator:
     """The edge's TLS options: trust only ``ca``, check ``hostname``, present cert/key."""
     authority = ssl.Certificate.loadPEM(ca.read_bytes())
     mine = ssl.PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
         cert.read_bytes() + b"\n" + key.read_bytes()
     )
-    return ResumingClientTLS(
+    return ResumingCreator(
         ssl.optionsForClientTLS(hostname, trustRoot=authority, clientCertificate=mine)
     )
-
-
-class _Counting(ProtocolWrapper):
-    """Counts raw socket bytes in each direction (below TLS)."""
-
-    factory: CountingFactory
-
-    def write(self, data: bytes) -> None:
-        self.factory.bytes_out += len(data)
-        super().write(data)  # type: ignore[no-untyped-call]
-
-    def writeSequence(self, data: Any) -> None:
-        self.factory.bytes_out += sum(map(len, data))
-        super().writeSequence(data)  # type: ignore[no-untyped-call]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.factory.bytes_in += len(data)
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-
-class CountingFactory(WrappingFactory):
-    """Wraps one connection's protocol to count the bytes on the socket."""
-
-    protocol = _Counting
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)  # type: ignore[no-untyped-call]
-        self.bytes_in = 0
-        self.bytes_out = 0
 
 
 class EdgeClient(Protocol):
@@ -121,7 +51,7 @@ class EdgeClient(Protocol):
     def __init__(
         self,
         hello: Hello,
-        tls: ResumingClientTLS | None = None,
+        tls: ResumingCreator | None = None,
         limits: gridwire.Limits | None = None,
     ) -> None:
         self.session = gridwire.EdgeSession(limits=limits)
@@ -154,10 +84,8 @@ class EdgeClient(Protocol):
             return
         for message in messages:
             if isinstance(message, Welcome):
-                handle = self._tx.getHandle()
-                self.resumed = session_reused(handle)
                 if self._tls is not None:
-                    self._tls.remember(handle)
+                    self.resumed = self._tls.remember(self._tx.getHandle())
                 self.welcome.callback(message)
             elif isinstance(message, Ack):
                 self.acked = message.up_to_seq
@@ -187,8 +115,6 @@ class EdgeClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         reason = reason if reason is not None else Failure(ConnectionDone())  # type: ignore[no-untyped-call]
-        if self.transport is not None:
-            keep_session_resumable(self._tx.getHandle())
         if not self.welcome.called:
             detail = "; ".join(f"Error {ErrorCode(e.code).name}: {e.detail}" for e in self.errors)
             log.warn(
@@ -209,26 +135,29 @@ class EdgeClient(Protocol):
 def describe_failure(reason: Failure) -> str:
     """A one-line reason for a failed or refused connection (for logs and tests)."""
     if reason.check(SSL.Error):  # type: ignore[no-untyped-call]
-        return "TLS: " + ssl_error_text(reason.value)
+        # OpenSSL's error list [(lib, func, reason), ...]: the reasons say it.
+        args = getattr(reason.value, "args", ())
+        errors = args[0] if args else None
+        if isinstance(errors, list):
+            reasons = [str(e[2]) for e in errors if len(e) >= 3 and e[2]]
+            if reasons:
+                return "TLS: " + "; ".join(reasons)
+        return f"TLS: {reason.value}"
     return reason.getErrorMessage()
 
 
 async def connect(
     reactor: Any,
     endpoint: str,
-    tls: ResumingClientTLS,
+    tls: ResumingCreator,
     hello: Hello,
     counting: bool = False,
     limits: gridwire.Limits | None = None,
-) -> tuple[EdgeClient, CountingFactory | None]:
-    """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``)."""
+) -> tuple[EdgeClient, ByteCounter | None]:
+    """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``) and,
+    with ``counting``, the connection's raw byte counter (the stack the uplink uses)."""
     client = EdgeClient(hello, tls, limits)
-    protocols: Any = Factory.forProtocol(lambda: client)
-    factory: Any = TLSMemoryBIOFactory(tls, True, protocols)
-    counter = None
-    if counting:
-        counter = factory = CountingFactory(factory)
-    await endpoints.clientFromString(reactor, endpoint).connect(  # type: ignore[no-untyped-call]
-        factory
-    )
-    return client, counter
+    tcp = endpoints.clientFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
+    await endpoints.wrapClientTLS(tls, CountingEndpoint(tcp)).connect(
+        Factory.forProtocol(lambda: client))
+    return client, raw_counter(client.transport) if counting else None
