@@ -1,5 +1,11 @@
 """data-setup on a real disk: first boot makes /data, later boots keep it, foreign data is safe.
 
+Issue 10 point 7: only a partition that never held data is formatted. A damaged primary
+superblock or a damaged ext4 journal is repaired by e2fsck (from a backup superblock when the
+primary is gone); a partition shorter than its file system, or one holding data data-setup does not
+recognise, is left untouched, unmounted, and reported in /run/gridedge/data-status, and mark-good
+does not reboot the unit over it.
+
 The disk is an image file on a loop device with the unit's four-partition layout (smaller).
 data-setup runs as on the unit, as root, in a private mount namespace and a chroot whose root
 is an overlay of this machine's root (writes go to a tmpfs), with the tree's platform.sh,
@@ -11,6 +17,7 @@ the QEMU boot tests (tests/qemu/) show.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import textwrap
@@ -97,7 +104,7 @@ def boot(loop: Loop, tmp_path: Path, after: str = "") -> subprocess.CompletedPro
         mkdir -p $r/var/lib/misc  # the image's /var/lib: nearly empty, as in Buildroot's skeleton
         mkdir -p $r/usr/libexec/gridedge $r/etc/gridedge
         cp -a {OVERLAY}/usr/lib/gridedge $r/usr/lib/
-        cp -a {OVERLAY}/usr/libexec/gridedge/data-setup $r/usr/libexec/gridedge/
+        cp -a {OVERLAY}/usr/libexec/gridedge/. $r/usr/libexec/gridedge/
         cp -a {OVERLAY}/etc/init.d/S00data-setup $r/etc/init.d/
         printf '%s\\n' GRIDEDGE_DATA_DISK={dev} GRIDEDGE_DATA_PARTITION=4 \\
             GRIDEDGE_DATA_DEVICE={dev}p4 GRIDEDGE_ROOTFS_A_DEVICE={dev}p2 \\
@@ -122,6 +129,26 @@ def boot(loop: Loop, tmp_path: Path, after: str = "") -> subprocess.CompletedPro
         text=True,
         timeout=120,
     )
+
+
+STATUS = "cat /run/gridedge/data-status"
+
+
+def data_partition(loop: Loop) -> str:
+    """The device node of the data partition."""
+    return f"{loop.device}p4"
+
+
+def digest(device: str, size: int = -1) -> str:
+    """SHA-256 of a block device's first `size` bytes (all by default): proof nothing wrote."""
+    with open(device, "rb") as f:
+        return hashlib.sha256(f.read(size)).hexdigest()
+
+
+def status_of(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The key=value lines of /run/gridedge/data-status that an `after` printed."""
+    pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return {k: v for k, v in pairs if k in {"state", "device", "reason"}}
 
 
 def table(image: Path) -> list[dict]:
@@ -181,6 +208,8 @@ def test_first_boot_makes_and_grows_data(
         ["blkid", "-o", "value", "-s", "LABEL", f"{loop.device}p4"], capture_output=True, text=True
     )
     assert label.stdout.strip() == "gridedge-data"
+    with open(f"{loop.device}p4", "rb") as f:
+        assert f.read(512) == bytes(512)  # data-setup's mark while formatting is gone
 
 
 def test_later_boot_keeps_what_data_holds(
@@ -256,9 +285,193 @@ def test_blank_looking_data_is_not_formatted_when_blkid_sees_no_slot(
     partition(image)
     loop = attach(image, loops)
     subprocess.run(["wipefs", "-a", f"{loop.device}p2"], check=True, capture_output=True)
-    result = boot(loop, tmp_path, after="grep ' /data ' /proc/mounts || echo not-mounted")
+    result = boot(
+        loop, tmp_path, after=f"grep ' /data ' /proc/mounts || echo not-mounted; {STATUS}"
+    )
     assert "data-setup-status=1" in result.stdout
     assert "no ext4 root file system in either slot" in result.stderr
+    assert status_of(result)["state"] == "error"  # data-setup's failure, not the disk's
     assert "not-mounted" in result.stdout
     blkid = subprocess.run(["blkid", f"{loop.device}p4"], capture_output=True, text=True)
     assert " TYPE=" not in blkid.stdout  # still blank: not formatted
+
+
+def provisioned_unit(image: Path, loops: list[Loop], tmp_path: Path, mkfs: list[str]) -> Loop:
+    """A unit after its first boot, with a reading in its journal on /data.
+
+    `mkfs` is the file system a workstation made on the data partition, already grown to the
+    end of the disk, before that boot ([] leaves both to data-setup).
+    """
+    partition(image)
+    if mkfs:
+        subprocess.run(["sfdisk", "-q", "-N", "4", image], input=",+", text=True, check=True)
+    loop = attach(image, loops)
+    if mkfs:
+        subprocess.run([*mkfs, data_partition(loop)], check=True, capture_output=True)
+    first = boot(loop, tmp_path, after=f"echo reading-42 >/data/gridedge/journal; {STATUS}")
+    assert "data-setup-status=0" in first.stdout, first.stderr
+    assert status_of(first)["state"] == ("mounted" if mkfs else "formatted")
+    return loop
+
+
+@pytest.mark.parametrize(
+    "mkfs",
+    [[], ["mkfs.ext4", "-q", "-b", "2048", "-L", "gridedge-data"]],
+    ids=["made-by-data-setup", "made-on-a-workstation-2k-blocks"],
+)
+def test_point7_damaged_primary_superblock_is_repaired_not_formatted(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path, mkfs: list[str]
+) -> None:
+    """Zeroed primary superblock: blkid sees nothing, e2fsck recovers it from a backup."""
+    image, loops = loop_disk
+    loop = provisioned_unit(image, loops, tmp_path, mkfs)
+    with open(data_partition(loop), "r+b") as f:
+        f.seek(1024)
+        f.write(bytes(1024))
+    blkid = subprocess.run(["blkid", data_partition(loop)], capture_output=True, text=True)
+    assert " TYPE=" not in blkid.stdout  # what made the old data-setup format it
+    result = boot(loop, tmp_path, after=f"cat /data/gridedge/journal; {STATUS}")
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert "making an ext4" not in result.stderr
+    assert "reading-42" in result.stdout
+    assert "from the backup superblock at block" in result.stderr
+    assert status_of(result)["state"] == "repaired"
+
+
+def test_point7_damaged_journal_is_repaired_not_formatted(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A power cut left the ext4 journal to replay, and its superblock is garbage."""
+    image, loops = loop_disk
+    loop = provisioned_unit(image, loops, tmp_path, [])
+    dev = data_partition(loop)
+    subprocess.run(
+        ["debugfs", "-w", "-R", "feature needs_recovery", dev], check=True, capture_output=True
+    )
+    block = subprocess.run(
+        ["debugfs", "-R", "bmap <8> 0", dev], check=True, capture_output=True, text=True
+    ).stdout
+    size = (
+        subprocess.run(["dumpe2fs", "-h", dev], check=True, capture_output=True, text=True)
+        .stdout.split("Block size:")[1]
+        .split()[0]
+    )
+    with open(dev, "r+b") as f:
+        f.seek(int(block) * int(size))
+        f.write(b"\xa5" * 4096)
+    result = boot(loop, tmp_path, after=f"cat /data/gridedge/journal; {STATUS}")
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert "making an ext4" not in result.stderr
+    assert "reading-42" in result.stdout
+    assert status_of(result)["state"] == "repaired"
+
+
+def test_point7_truncated_partition_is_left_untouched_and_reported(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """/data copied to a smaller card: the partition ends before its file system does."""
+    image, loops = loop_disk
+    loop = provisioned_unit(image, loops, tmp_path, [])
+    loop.close()
+    loops.remove(loop)
+    small = 48 * 2048  # sectors
+    with image.open("r+b") as f:
+        f.truncate(small * SECTOR)
+    # The table made to fit the smaller disk, as a copying tool does: the partition ends at the
+    # end of the disk, so data-setup cannot grow it back.
+    start = table(image)[3]["start"]
+    subprocess.run(
+        ["sfdisk", "-q", "-N", "4", image], input=f"{start},{small - start}", text=True, check=True
+    )
+    loop = attach(image, loops)
+    before = digest(data_partition(loop))
+    result = boot(
+        loop, tmp_path, after=f"grep ' /data ' /proc/mounts || echo not-mounted; {STATUS}"
+    )
+    assert "data-setup-status=1" in result.stdout
+    assert "not-mounted" in result.stdout
+    assert "making an ext4" not in result.stderr
+    status = status_of(result)
+    assert status["state"] == "fault"
+    assert status["device"] == data_partition(loop)
+    assert "larger than the partition" in status["reason"]
+    assert digest(data_partition(loop)) == before
+
+
+def test_point7_unrecognised_data_is_not_formatted(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """No signature and no superblock, but not blank either: it may be data; a person decides."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    with open(data_partition(loop), "r+b") as f:
+        f.seek(300 * 1024)
+        f.write(b"meter 0042 interval 2024-05-01T00:15 1234 Wh\n" * 100)
+    old_size = 8192 * SECTOR
+    before = digest(data_partition(loop), old_size)
+    result = boot(
+        loop, tmp_path, after=f"grep ' /data ' /proc/mounts || echo not-mounted; {STATUS}"
+    )
+    assert "data-setup-status=1" in result.stdout
+    assert "not-mounted" in result.stdout
+    assert "making an ext4" not in result.stderr
+    status = status_of(result)
+    assert status["state"] == "fault"
+    assert "not formatting" in status["reason"]
+    # The partition was grown to the end of the disk (the table changed); what it held did not.
+    assert digest(data_partition(loop), old_size) == before
+
+
+MAKING_MARK = b"gridedge data-setup: making a file system on this partition"
+
+
+def test_point7_first_boot_cut_off_while_formatting_is_formatted_again(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """The power went during the first boot's mkfs: half its metadata, no superblock yet."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    with open(data_partition(loop), "r+b") as f:
+        f.write(MAKING_MARK)  # what data-setup writes before mkfs and clears after it
+        f.seek(300 * 1024)
+        f.write(b"\xff" * 2048 + b"\x01\x02" * 4096)  # bitmaps, an inode table block
+    result = boot(loop, tmp_path, after=STATUS)
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert "cut off while making the file system" in result.stderr
+    assert status_of(result)["state"] == "formatted"
+    with open(data_partition(loop), "rb") as f:
+        assert f.read(512) == bytes(512)  # the mark is cleared once the file system is made
+
+
+MARK_GOOD = """\
+mkdir -p /stub
+printf '#!/bin/sh\\necho "$(basename "$0") $*" >>/stub/calls\\n' >/stub/reboot
+cp /stub/reboot /stub/rauc
+chmod +x /stub/reboot /stub/rauc
+echo GRIDEDGE_HEALTH_TIMEOUT=0 >>/etc/gridedge/platform.conf
+PATH=/stub:$PATH timeout 20 /usr/libexec/gridedge/mark-good; echo mark-good-status=$?
+cat /stub/calls 2>/dev/null || echo no-calls
+"""
+
+
+def test_point7_mark_good_does_not_reboot_over_a_data_fault(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A reboot cannot repair the disk: with a /data fault, mark-good neither reboots nor marks."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    subprocess.run(
+        ["mkfs.vfat", "-n", "FOREIGN", data_partition(loop)], check=True, capture_output=True
+    )
+    after = MARK_GOOD + "echo state=error >/run/gridedge/data-status\n" + MARK_GOOD
+    result = boot(loop, tmp_path, after=after)
+    assert "data-setup-status=1" in result.stdout
+    fault, error = result.stdout.split("mark-good-status=")[1:]
+    assert fault.startswith("0") and "no-calls" in fault, result.stderr
+    assert "not rebooting" in result.stderr
+    # Control: data-setup itself failed (state=error), which a bad firmware can cause: the
+    # usual rule applies, /data not mounted is never healthy, and the slot is given up.
+    assert "reboot" in error

@@ -59,11 +59,17 @@ gridedge_load_platform() {
 	GRIDEDGE_HOME=/data/gridedge
 	GRIDEDGE_CONFIG=/data/gridedge/gridedge.toml
 	GRIDEDGE_USER=gridedge
+	# What data-setup made of the data partition this boot (state=mounted,
+	# formatted, repaired, fault or error; device=; reason=), for mark-good,
+	# the service wrapper and people at the console. docs/firmware.md, "/data
+	# recovery rules".
+	GRIDEDGE_DATA_STATUS=/run/gridedge/data-status
 	export GRIDEDGE_DATA_DISK GRIDEDGE_DATA_PARTITION GRIDEDGE_DATA_DEVICE \
 		GRIDEDGE_ROOTFS_A_DEVICE GRIDEDGE_ROOTFS_B_DEVICE \
 		GRIDEDGE_RAUC_COMPATIBLE GRIDEDGE_WATCHDOG_DEVICE \
 		GRIDEDGE_WATCHDOG_TIMEOUT GRIDEDGE_HEALTH_TIMEOUT \
-		GRIDEDGE_DATA_MOUNT GRIDEDGE_HOME GRIDEDGE_CONFIG GRIDEDGE_USER
+		GRIDEDGE_DATA_MOUNT GRIDEDGE_HOME GRIDEDGE_CONFIG GRIDEDGE_USER \
+		GRIDEDGE_DATA_STATUS
 }
 
 # gridedge_conf_get FILE KEY: print the value of KEY=value in FILE, a per-unit
