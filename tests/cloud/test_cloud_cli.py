@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from cloud_harness import CloudPKI, hello, within
 from gridcloud import loadgen, migrations
 from gridcloud.cli import main
+
+from support.cloud_harness import CloudPKI, hello, within
 
 
 def reactor() -> Any:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 import psycopg2
 import pytest
 import pytest_twisted
-from cloud_harness import T0, batch, query, within
 from gridcloud import migrations, revocation
 from gridcloud.ingest import BIGINT_MAX, BadBatch, EdgeInfo, EdgeRefused, IngestStore
 from gridwire import ReadingBatch
+
+from support.cloud_harness import T0, batch, query, within
 
 
 def reactor():

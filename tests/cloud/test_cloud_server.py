@@ -6,7 +6,12 @@ from typing import Any
 
 import psycopg2
 import pytest_twisted
-from cloud_harness import (
+from gridcloud import loadgen, revocation
+from gridcloud.server import CloudService, EdgeProtocol
+from gridwire import ErrorCode, Ping
+from twisted.internet import defer, endpoints, protocol, task
+
+from support.cloud_harness import (
     CloudPKI,
     LogCapture,
     batch,
@@ -17,10 +22,6 @@ from cloud_harness import (
     start_cloud,
     within,
 )
-from gridcloud import loadgen, revocation
-from gridcloud.server import CloudService, EdgeProtocol
-from gridwire import ErrorCode, Ping
-from twisted.internet import defer, endpoints, protocol, task
 
 
 def reactor() -> Any:

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from firmware_tree import BOARD, BUILDROOT_BOARDS, read_assignments
+
+from support.firmware_tree import BOARD, BUILDROOT_BOARDS, read_assignments
 
 COMMON = BOARD / "common"
 PLATFORM_SH = COMMON / "rootfs-overlay/usr/lib/gridedge/platform.sh"

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import edge_harness
 import pytest
-from qemu_unit import Unit
-from qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
+
+from support import edge_harness
+from support.qemu_unit import Unit
+from support.qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
-from qemu_unit import Unit
-from qemu_world import World, wait_until_healthy, wait_until_marked_good
+
+from support.qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
+from support.qemu_unit import Unit
+from support.qemu_world import World, wait_until_healthy, wait_until_marked_good
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from radio_rig import Rig, assert_exactly_once, sink_count, wait_for, wait_until_delivered
+
+from support.radio_rig import Rig, assert_exactly_once, sink_count, wait_until_delivered
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +18,7 @@ def test_edge_survives_gridsim_restart(rig: Rig) -> None:
     """gridsim killed with SIGKILL and resumed: the edge reopens the port and misses nothing."""
     edge = rig.edge()
     sim = rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000)
-    wait_for(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
+    wait_until(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
     sim.kill()
     time.sleep(1.0)
     rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000, resume=True)
@@ -33,7 +35,7 @@ def test_gridsim_survives_edge_restart(rig: Rig) -> None:
     """The edge killed with SIGKILL and restarted: it resumes from its sink without duplicates."""
     edge = rig.edge()
     sim = rig.gridsim("--duration", "10h", *_FAULTS, meters=300, speed=2000)
-    wait_for(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
+    wait_until(lambda: sink_count(rig.records) > 300 * 8, 60, "some records before the restart")
     edge.kill()
     time.sleep(1.5)
     edge = rig.edge()

@@ -7,16 +7,13 @@ in PostgreSQL exactly once (count and per-meter energy sums match its ground tru
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from edge_harness import (
+from support.edge_harness import (
     Cloud,
     Edge,
     Pki,
@@ -26,9 +23,9 @@ from edge_harness import (
     make_pki,
     running,
     stored_rows,
-    wait_until,
 )
-from proxy import FaultProxy
+from support.proxy import FaultProxy
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

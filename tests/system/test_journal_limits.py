@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
 import psycopg2
 import pytest
+from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
-
-from edge_harness import (
+from support.edge_harness import (
     EDGE_ID,
     Cloud,
     Edge,
@@ -28,11 +25,10 @@ from edge_harness import (
     running,
     stored,
     stored_rows,
-    wait_until,
 )
-from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
-from journal_helpers import tiny_tmpfs
-from proxy import FaultProxy
+from support.journal_helpers import tiny_tmpfs
+from support.proxy import FaultProxy
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
