@@ -239,6 +239,14 @@ def assert_exactly_once(rig: Rig) -> None:
     assert not wrong, f"{len(wrong)} records differ from the ground truth, e.g. {wrong[:3]}"
 
 
+def truth_count(rig: Rig) -> int:
+    """Records gridsim has produced so far (0 before it created its ground truth)."""
+    if not rig.truth.exists():
+        return 0
+    with GroundTruth(rig.truth) as truth:
+        return truth.count()
+
+
 def wait_until_delivered(rig: Rig, timeout: float) -> int:
     """Wait until gridsim finished and the sink has as many records; returns that count."""
     def done() -> bool:
