@@ -17,7 +17,7 @@ that fails) or, later, when it calls ``crashed(reason)``.
 The tree of `gridedge run` is built by :func:`build_unit` (its docstring has
 the picture).
 
-Tests: tests/edge/test_services.py, tests/edge/test_cli.py.
+Tests: tests/edge/test_services.py, tests/edge/test_edge_cli.py.
 """
 
 from __future__ import annotations
