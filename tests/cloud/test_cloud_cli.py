@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from cloud_harness import CloudPKI, hello, within
 from gridcloud import migrations
 from gridcloud.cli import main
 from gridedge import loadgen
+
+from support.cloud_harness import CloudPKI, hello, within
 
 
 def reactor() -> Any:

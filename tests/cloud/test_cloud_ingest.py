@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 import psycopg2
 import pytest
 import pytest_twisted
-from cloud_harness import T0, batch, query, within
 from gridcloud import migrations, revocation
 from gridcloud.connection import EdgeInfo, EdgeRefused
 from gridcloud.ingest import BIGINT_MAX, BadBatch, IngestStore
 from gridwire import ReadingBatch
+
+from support.cloud_harness import T0, batch, query, within
 
 
 def reactor():

@@ -7,10 +7,11 @@ import datetime
 
 import psycopg2
 import pytest
-from cloud_harness import query
 from gridcloud import migrations
 from gridcloud.cli import main
 from gridcloud.server import check_schema
+
+from support.cloud_harness import query
 
 
 def test_migrate_twice_is_a_no_op_and_records_versions(pg_dsn: str) -> None:

@@ -11,7 +11,15 @@ from typing import Any
 
 import psycopg2
 import pytest_twisted
-from cloud_harness import (
+from gridcloud import revocation
+from gridcloud.connection import EdgeConnection
+from gridcloud.server import CloudService
+from gridedge import loadgen
+from gridedge.uplink.tls import ResumingCreator
+from gridwire import ErrorCode, Ping
+from twisted.internet import defer, endpoints, protocol, task, tcp
+
+from support.cloud_harness import (
     CloudPKI,
     LogCapture,
     batch,
@@ -22,13 +30,6 @@ from cloud_harness import (
     wait_until,
     within,
 )
-from gridcloud import revocation
-from gridcloud.connection import EdgeConnection
-from gridcloud.server import CloudService
-from gridedge import loadgen
-from gridedge.uplink.tls import ResumingCreator
-from gridwire import ErrorCode, Ping
-from twisted.internet import defer, endpoints, protocol, task, tcp
 
 
 def reactor() -> Any:

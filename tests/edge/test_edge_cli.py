@@ -7,8 +7,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support.waiting import wait_until
 
 BIN = Path(sys.executable).parent / "gridedge"
 
@@ -46,10 +47,10 @@ def test_run_health_and_sigterm(tmp_path: Path) -> None:
         proc = subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while not (data / "health.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        wait_until(lambda: (data / "health.sock").exists(), 30, "the health socket", (log,))
+        # The uplink's first attempt has failed once health can say why.
+        wait_until(lambda: "edge.pem is missing" in gridedge("health", "--config", str(cfg)).stdout,
+                   30, "health to report the missing certificate", (log,))
         health = gridedge("health", "--config", str(cfg))
         assert health.returncode == 1, health.stdout + log.read_text()
         assert "UNHEALTHY" in health.stdout
@@ -80,14 +81,13 @@ def test_repeated_sigterm_stops_once_without_traceback(tmp_path: Path) -> None:
         proc = subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while not (data / "health.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert (data / "health.sock").exists(), log.read_text()
+        wait_until(lambda: (data / "health.sock").exists(), 30, "the health socket", (log,))
     finally:
-        for _ in range(3):
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "gridedge stopping" in log.read_text() or proc.poll() is not None, 30,
+                   "the shutdown to begin", (log,))
+        for _ in range(2):
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.05)
         code = proc.wait(30)
     text = log.read_text()
     assert code == 0, text

@@ -19,7 +19,9 @@ from gridedge.journal import (
 from gridwire import IntervalRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from journal_helpers import open_journal, rec
+
+from support.journal_helpers import open_journal, rec
+from support.processes import python_env
 
 
 def test_append_assigns_consecutive_sequence_numbers(tmp_path: Path) -> None:
@@ -49,17 +51,17 @@ def test_ack_is_cumulative_and_numbers_are_never_reused(tmp_path: Path) -> None:
 def test_records_survive_kill_9_right_after_append(tmp_path: Path) -> None:
     """A child process appends, prints 'done', and is killed -9: every record is there after."""
     code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from journal_helpers import open_journal, rec
+        import signal
         from pathlib import Path
+        from support.journal_helpers import open_journal, rec
         j = open_journal(Path({str(tmp_path)!r}))
         for i in range(50):
             j.append([rec(i)] * 10)
         print("done", flush=True)
-        import time; time.sleep(60)
+        signal.pause()  # until the SIGKILL
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env=python_env())
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "done"
     os.kill(child.pid, signal.SIGKILL)

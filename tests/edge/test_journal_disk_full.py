@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from gridedge.journal import EVENT_JOURNAL_DISK_FULL, Event, Journal, JournalFullError
-from journal_helpers import rec, tiny_tmpfs
+
+from support.journal_helpers import rec, tiny_tmpfs
+from support.processes import python_env
 
 
 @pytest.mark.skipif(os.geteuid() != 0,
@@ -56,11 +58,10 @@ def test_full_tmpfs_gives_clear_error_then_recovers(tmp_path: Path) -> None:
 def test_file_size_limit_gives_clear_error_then_recovers(tmp_path: Path) -> None:
     """Under RLIMIT_FSIZE (EFBIG, in a child process) the same contract holds."""
     code = textwrap.dedent(f"""
-        import os, resource, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import resource, signal
         from pathlib import Path
         from gridedge.journal import Journal, JournalFullError
-        from journal_helpers import rec
+        from support.journal_helpers import rec
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         j = Journal(Path({str(tmp_path)!r}) / "journal.db", max_bytes=100 << 20)
         j.open()
@@ -80,9 +81,8 @@ def test_file_size_limit_gives_clear_error_then_recovers(tmp_path: Path) -> None
         rows = j.read(stored + 1, 5)
         print("RESUMED", rows[0] == (stored + 1, rec(3)), [type(e).__name__ for _, e in rows[1:]])
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=python_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("FULL ") and "disk full" in lines[0]

@@ -27,8 +27,9 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from journal_helpers import rec
 from twisted.internet.task import Clock
+
+from support.journal_helpers import rec
 
 
 class Cloud:

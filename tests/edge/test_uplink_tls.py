@@ -26,11 +26,12 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from journal_helpers import rec
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from support.journal_helpers import rec
 
 SERVER_NAME = "cloud.gridedge.test"
 

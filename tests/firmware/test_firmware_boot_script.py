@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from firmware_tree import (
+
+from support.firmware_tree import (
     BOARD,
     BUILDROOT_BOARDS,
     genimage_partitions,

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from support.waiting import wait_until
+
 OVERLAY = Path(__file__).resolve().parents[2] / "board/common/rootfs-overlay"
 SECTOR = 512
 DISK_SECTORS = 64 * 2048  # 64 MiB
@@ -72,7 +74,14 @@ class Loop:
             text=True,
         ).stdout.strip()
         subprocess.run(["partx", "-a", self.device], capture_output=True)  # already known: fine
-        time.sleep(0.1)
+        numbers = subprocess.run(
+            ["partx", "-g", "-o", "NR", self.device], capture_output=True, text=True
+        ).stdout.split()
+        wait_until(
+            lambda: all(Path(f"{self.device}p{n}").exists() for n in numbers),
+            10,
+            f"the device nodes of {self.device}'s partitions {numbers}",
+        )
 
     def close(self) -> None:
         """Detach the device (the namespace that mounted it has exited)."""

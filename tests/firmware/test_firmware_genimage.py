@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from firmware_tree import BOARD, MIB, docs_partition_map, genimage_partitions
+
+from support.firmware_tree import BOARD, MIB, docs_partition_map, genimage_partitions
 
 SECTOR = 512
 

@@ -9,12 +9,14 @@ under BusyBox sh as on the unit where it matters.
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from firmware_tree import BOARD, BUILDROOT_BOARDS, read_assignments
+
+from support.firmware_tree import BOARD, BUILDROOT_BOARDS, read_assignments
 
 COMMON = BOARD / "common"
 PLATFORM_SH = COMMON / "rootfs-overlay/usr/lib/gridedge/platform.sh"
@@ -42,6 +44,20 @@ def test_the_shared_scripts_are_all_found() -> None:
         "post-build.sh",
         "post-image.sh",
     } <= names
+
+
+def test_init_scripts_named_in_comments_exist() -> None:
+    """Every /etc/init.d/SNNname the board's files mention is an init script of an overlay
+    (a renamed script would leave the comments that explain the boot order pointing nowhere)."""
+    scripts = {p.name for p in BOARD.glob("*/*/etc/init.d/S*")}
+    named = {
+        (path.relative_to(BOARD), name)
+        for path in BOARD.rglob("*")
+        if path.is_file() and not path.is_symlink()
+        for name in re.findall(r"/etc/init\.d/(S\d\d[\w-]+)", path.read_text(errors="replace"))
+    }
+    assert named, "no init script is named anywhere: is the pattern right?"
+    assert not [(str(where), name) for where, name in named if name not in scripts]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(BOARD)))

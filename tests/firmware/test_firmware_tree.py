@@ -12,7 +12,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from firmware_tree import (
+from packaging.requirements import Requirement
+
+from support.firmware_tree import (
     BOARD,
     BUILDROOT_BOARDS,
     DEFCONFIGS,
@@ -25,7 +27,6 @@ from firmware_tree import (
     parse_defconfig,
     read_assignments,
 )
-from packaging.requirements import Requirement
 
 PACKAGE_DIRS = sorted(p for p in PACKAGES.iterdir() if p.is_dir())
 # Files a defconfig may name inside Buildroot itself (not in this repository).

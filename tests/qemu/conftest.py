@@ -8,22 +8,16 @@ it first. Without it these tests fail with that instruction rather than skip.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests" / "system"))
+from support import edge_harness
+from support.qemu_unit import Unit, copy_disk
+from support.qemu_world import World
 
-import edge_harness  # noqa: E402
-from qemu_unit import Unit, copy_disk  # noqa: E402
-from qemu_world import World  # noqa: E402
-
-IMAGE = ROOT / "output" / "ci-image"
+IMAGE = Path(__file__).resolve().parents[2] / "output" / "ci-image"
 
 
 @pytest.fixture(scope="session")

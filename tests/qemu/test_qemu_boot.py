@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import edge_harness
 import pytest
-from qemu_unit import Unit
-from qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
+
+from support import edge_harness
+from support.qemu_unit import Unit
+from support.qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -86,7 +87,7 @@ def test_power_cut_loses_and_duplicates_no_reading(
         w.sim.complete() and w.stored_rows() >= sum(c for c, _ in w.sim.expected().values())
     ):
         if time.monotonic() > deadline:
-            break
+            break  # the check below says what is missing or doubled
         time.sleep(2)
     got = edge_harness.assert_exactly_once(w.dsn, w.sim)
     assert got.rows > before

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
-from qemu_unit import Unit
-from qemu_world import World, wait_until_healthy, wait_until_marked_good
+
+from support.qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
+from support.qemu_unit import Unit
+from support.qemu_world import World, wait_until_healthy, wait_until_marked_good
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -108,10 +109,7 @@ def test_update_goes_to_slot_b_and_is_marked_good_once_healthy(
         r"boot status: good",
         status,
     ), status
-    deadline = time.monotonic() + 120
-    while w.stored_rows() <= rows:
-        assert time.monotonic() < deadline, "no new readings from slot B"
-        time.sleep(2)
+    wait_until(lambda: w.stored_rows() > rows, 120, "new readings from slot B", interval=2)
 
 
 def test_update_that_never_gets_healthy_rolls_back(
@@ -166,10 +164,8 @@ def test_update_that_never_gets_healthy_rolls_back(
     env = boot_env(unit)
     assert env["BOOT_A_LEFT"] == "3" and env["BOOT_B_LEFT"] == "0"
     rows = w.stored_rows()
-    deadline = time.monotonic() + 120
-    while w.stored_rows() <= rows:
-        assert time.monotonic() < deadline, "slot A does not deliver readings after the rollback"
-        time.sleep(2)
+    wait_until(lambda: w.stored_rows() > rows, 120, "readings from slot A after the rollback",
+               interval=2)
 
 
 def test_bundles_with_bad_signature_or_wrong_compatible_are_refused(

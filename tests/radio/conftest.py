@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from radio_rig import Rig
+
+from support.radio_rig import Rig
 
 
 @pytest.fixture

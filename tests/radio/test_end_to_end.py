@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from gridradio import Flags
-from radio_rig import (
+
+from support.radio_rig import (
     Rig,
     assert_exactly_once,
     sink_count,
     sink_rows,
-    wait_for,
     wait_until_delivered,
 )
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def test_relay_round_trip_changes_later_readings(rig: Rig) -> None:
     def records(meter: int) -> list[tuple[int, ...]]:
         return [r for r in sink_rows(rig.records) if r[0] == meter]
 
-    wait_for(lambda: len(records(FIRST)) >= 2, 30, "two records of the first meter")
+    wait_until(lambda: len(records(FIRST)) >= 2, 30, "two records of the first meter")
     outcome = edge.command(f"relay open {FIRST}")["relay"]
     assert outcome["ok"] and outcome["reason"] == "confirmed" and outcome["relay_open"] is True
     assert edge.command(f"meter {FIRST}")["meter"]["relay_open"] is True
@@ -61,7 +60,7 @@ def test_relay_round_trip_changes_later_readings(rig: Rig) -> None:
     def opened() -> list[tuple[int, ...]]:
         return [r for r in records(FIRST) if r[7] & Flags.RELAY_OPEN]
 
-    wait_for(lambda: len(opened()) >= 3, 30, "three records with the relay open")
+    wait_until(lambda: len(opened()) >= 3, 30, "three records with the relay open")
     fully_open = opened()[1:]
     assert {r[2] for r in fully_open} == {fully_open[0][2]}, "energy kept rising with relay open"
     assert all(r[3] == 0 and r[5] == 0 for r in fully_open), "demand or current with relay open"
@@ -69,7 +68,7 @@ def test_relay_round_trip_changes_later_readings(rig: Rig) -> None:
     outcome = edge.command(f"relay close {FIRST}")["relay"]
     assert outcome["ok"] and outcome["relay_open"] is False
     last_open = opened()[-1][1]
-    wait_for(
+    wait_until(
         lambda: len([r for r in records(FIRST) if r[1] > last_open]) >= 2,
         30,
         "two records after closing the relay",
@@ -89,13 +88,12 @@ def test_edge_keeps_running_on_pure_garbage(rig: Rig) -> None:
     """Noise bursts and corrupt frames on demand are counted; reports keep flowing after them."""
     edge = rig.edge("--backfill", "0")
     sim = rig.gridsim(meters=10, speed=900)
-    wait_for(lambda: sink_count(rig.records) >= 10, 30, "first records")
+    wait_until(lambda: sink_count(rig.records) >= 10, 30, "first records")
     for _ in range(20):
         sim.send("noise 900")
         sim.send("corrupt 3")
-    time.sleep(1)
+    wait_until(lambda: edge.command("stats")["stats"]["frames_dropped"] >= 20, 30,
+               "the corrupt frames to be counted")
     before = sink_count(rig.records)
-    wait_for(lambda: sink_count(rig.records) >= before + 20, 30, "records after the garbage")
-    stats = edge.command("stats")["stats"]
-    assert stats["frames_dropped"] >= 20
+    wait_until(lambda: sink_count(rig.records) >= before + 20, 30, "records after the garbage")
     assert edge.proc.poll() is None

@@ -8,26 +8,10 @@ name with service_identity (optionsForClientTLS), like the gridedge uplink.
 from __future__ import annotations
 
 import datetime
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cloud"))
-
-from cloud_harness import (
-    CloudPKI,
-    LogCapture,
-    capture_logs,
-    endpoint_of,
-    hello,
-    make_pki,
-    start_cloud,
-    within,
-)
 from gridcloud import pki, revocation
 from gridcloud.server import CloudService
 from gridedge import loadgen
@@ -35,29 +19,17 @@ from gridedge.uplink.tls import ResumingCreator
 from gridwire import ErrorCode
 from twisted.internet import defer
 
+from support.cloud_harness import CloudPKI, LogCapture, endpoint_of, hello, within
+
+# The fixtures cloud_pki, cloud and logs come from tests/support/cloud_fixtures.py; every test
+# here watches the log, so an unhandled error logged on either side fails it.
+pytestmark = pytest.mark.usefixtures("logs")
+
 
 def reactor() -> Any:
     from twisted.internet import reactor as r
 
     return r
-
-
-@pytest.fixture
-def cloud_pki(tmp_path: Path) -> CloudPKI:
-    return make_pki(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[LogCapture]:
-    """Twisted log lines of the test; an unhandled error in them fails it."""
-    yield from capture_logs()
-
-
-@pytest_twisted.async_yield_fixture
-async def cloud(cloud_pki: CloudPKI, pg_dsn: str) -> AsyncIterator[CloudService]:
-    service = await start_cloud(reactor(), cloud_pki, pg_dsn)
-    yield service
-    await service.stopService()
 
 
 async def attempt(service: CloudService, tls: ResumingCreator) -> loadgen.EdgeClient:

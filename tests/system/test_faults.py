@@ -7,16 +7,13 @@ in PostgreSQL exactly once (count and per-meter energy sums match its ground tru
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from edge_harness import (
+from support.edge_harness import (
     Cloud,
     Edge,
     Pki,
@@ -26,9 +23,9 @@ from edge_harness import (
     make_pki,
     running,
     stored_rows,
-    wait_until,
 )
-from proxy import FaultProxy
+from support.proxy import FaultProxy
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,13 +39,27 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, Pki]]:
 
 
 def converge(dsn: str, sim: Sim, edge: Edge, cloud: Cloud, timeout: float = 120) -> None:
-    """Wait for gridsim to finish its run and for PostgreSQL to hold all of it."""
+    """Wait for gridsim to finish its run, for PostgreSQL to hold all of it and for the edge to
+    have nothing left to send."""
     logs = (edge.log, cloud.log, sim.log)
     wait_until(sim.complete, timeout, "gridsim to finish its simulated run", logs)
     total = sum(c for c, _ in sim.expected().values())
     wait_until(lambda: stored_rows(dsn) >= total, timeout,
                f"PostgreSQL to hold all {total} records", logs)
-    time.sleep(1.0)  # anything still in flight would show up as a duplicate now
+    # Once the cloud has acknowledged every entry, nothing is left to be sent again: a duplicate
+    # still in flight would be in PostgreSQL by now.
+    wait_until(lambda: edge.pending() == 0, timeout, "the edge's journal to drain", logs)
+
+
+def more_rows(dsn: str, logs: tuple[Path, ...]) -> None:
+    """Wait until PostgreSQL gains records: a fault injected now hits a stream in progress."""
+    before = stored_rows(dsn)
+    wait_until(lambda: stored_rows(dsn) > before, 60, f"more than {before} records in PostgreSQL",
+               logs)
+
+
+def lines_with(log: Path, needle: str) -> int:
+    return sum(needle in line for line in log.read_text(errors="replace").splitlines())
 
 
 def test_two_hundred_random_cuts_stalls_throttling_corruption_in_a_day(
@@ -66,7 +77,7 @@ def test_two_hundred_random_cuts_stalls_throttling_corruption_in_a_day(
             rng = random.Random(5)
             cuts = 0
             while not sim.complete() or cuts < 200:
-                time.sleep(rng.uniform(0.05, 0.3))
+                time.sleep(rng.uniform(0.05, 0.3))  # paces the faults, random as in the field
                 roll = rng.random()
                 if roll < 0.04:
                     proxy.stall(rng.uniform(0.5, 2.0))
@@ -96,11 +107,10 @@ def test_cloud_killed_and_restarted(setup: tuple[Path, Path, Pki], pg_dsn: str) 
     edge = Edge(root, data, edge_config(data, uplink_port=cloud.port, radio=sim.port)).start()
     with running(edge, sim, cloud):
         for _ in range(2):
-            wait_until(lambda: stored_rows(pg_dsn) > 0, 60, "first records in PostgreSQL",
-                       (edge.log, cloud.log))
-            time.sleep(2.0)
+            more_rows(pg_dsn, (edge.log, cloud.log))
             cloud.proc.kill9()
-            time.sleep(1.5)
+            wait_until(lambda: not edge.report()["snapshot"]["uplink_connected"], 30,
+                       "the edge to see the cloud gone", (edge.log,))
             assert edge.proc.alive
             cloud.start()
         converge(pg_dsn, sim, edge, cloud)
@@ -125,8 +135,10 @@ def test_edge_killed_in_mid_batch_and_restarted(setup: tuple[Path, Path, Pki], p
             proxy.refuse(False)
             wait_until(lambda: stored_rows(pg_dsn) > 0, 60, "the first batch to be committed",
                        (edge.log, cloud.log))
-            time.sleep(1.0)
-            edge.proc.kill9()  # with the next batches on their way
+            sent = proxy.stats.bytes_up
+            wait_until(lambda: proxy.stats.bytes_up > sent, 30, "the next batch on its way",
+                       (edge.log,))
+            edge.proc.kill9()
             partial = stored_rows(pg_dsn)
             total = sum(c for c, _ in sim.expected().values())
             assert 0 < partial < total, (partial, total)
@@ -154,11 +166,12 @@ def test_postgresql_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             port = cluster.port
             monkeypatch.setattr(pgcluster, "free_port", lambda: port)  # back on the same port
             for stop in (lambda: cluster.stop("fast"), cluster.kill):
-                wait_until(lambda: stored_rows(dsn) > 0, 60, "records in PostgreSQL",
-                           (edge.log, cloud.log))
-                time.sleep(1.5)
+                more_rows(dsn, (edge.log, cloud.log))
+                failures = lines_with(cloud.log, "failed")
                 stop()
-                time.sleep(2.0)
+                # Down until gridcloud has felt it: a write (or an admission) failed.
+                wait_until(lambda n=failures: lines_with(cloud.log, "failed") > n, 30,
+                           "gridcloud to fail a write to the stopped PostgreSQL", (cloud.log,))
                 cluster.start()
                 assert cloud.proc.alive and edge.proc.alive
             converge(dsn, sim, edge, cloud)

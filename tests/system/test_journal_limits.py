@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
+from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
-
-from edge_harness import (
+from support.edge_harness import (
     EDGE_ID,
     Cloud,
     Edge,
@@ -28,11 +24,10 @@ from edge_harness import (
     running,
     stored,
     stored_rows,
-    wait_until,
 )
-from gridedge.journal import EVENT_JOURNAL_DISK_FULL, EVENT_JOURNAL_EVICTED
-from journal_helpers import tiny_tmpfs
-from proxy import FaultProxy
+from support.journal_helpers import tiny_tmpfs
+from support.proxy import FaultProxy
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +37,11 @@ def events(dsn: str) -> list[tuple[int, int, str]]:
         cur.execute("SELECT seq, kind, detail FROM events WHERE edge_id = %s ORDER BY seq",
                     (EDGE_ID,))
         return [(int(s), int(k), str(d)) for s, k, d in cur.fetchall()]
+
+
+def radio_frames(edge: Edge) -> int:
+    """Radio frames the running unit has decoded since it started."""
+    return int(edge.report()["snapshot"]["details"]["radio"]["frames_ok"])
 
 
 def test_size_bound_drops_oldest_reports_and_keeps_running(tmp_path: Path, pg_dsn: str) -> None:
@@ -102,7 +102,10 @@ def test_full_data_partition_no_crash_loop_nothing_lost(tmp_path: Path, pg_dsn: 
             os.close(fd)
             wait_until(lambda: edge.health()[0] == 1 and "data partition is full"
                        in edge.health()[1], 60, "health to report the full disk", (edge.log,))
-            time.sleep(3)
+            # No crash loop: the same process goes on taking the radio's frames on a full disk.
+            frames = radio_frames(edge)
+            wait_until(lambda: radio_frames(edge) >= frames + 50, 60,
+                       "50 more radio frames handled with the disk full", (edge.log,))
             assert edge.proc.alive, "gridedge must not exit on a full disk"
             parts = edge.report()["snapshot"]["parts"]
             assert all(p["running"] for p in parts.values()), parts
@@ -112,7 +115,8 @@ def test_full_data_partition_no_crash_loop_nothing_lost(tmp_path: Path, pg_dsn: 
             total = sum(c for c, _ in sim.expected().values())
             wait_until(lambda: stored_rows(pg_dsn) >= total, 120,
                        f"all {total} records in PostgreSQL", (edge.log, cloud.log))
-            time.sleep(1)
+            # Everything acknowledged, so nothing can arrive twice after this.
+            wait_until(lambda: edge.pending() == 0, 60, "the journal to drain", (edge.log,))
             assert_exactly_once(pg_dsn, sim)
             wait_until(lambda: any(k == EVENT_JOURNAL_DISK_FULL for _, k, _ in events(pg_dsn)),
                        30, "the disk-full event in PostgreSQL", (edge.log,))

@@ -7,7 +7,8 @@ from gridwire import CloudSession, EdgeSession, Limits, Message, ProtocolError, 
 from gridwire._codec import FrameDecoder, encode_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire_strategies import messages, reading_batches
+
+from support.wire_strategies import messages, reading_batches
 
 SMALL = Limits(max_frame_size=70_000, max_batch_records=50)
 

@@ -22,7 +22,8 @@ from gridwire._messages import MESSAGE_CLASSES
 from gridwire._varint import Reader
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_strategies import messages, reading_batches, realistic_records
+
+from support.wire_strategies import messages, reading_batches, realistic_records
 
 LIMITS = Limits()
 

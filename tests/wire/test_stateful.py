@@ -21,7 +21,8 @@ from gridwire import (
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from wire_strategies import realistic_records
+
+from support.wire_strategies import realistic_records
 
 
 class Pair(RuleBasedStateMachine):

@@ -1,1 +1,4 @@
-"""gridcloud: the cloud side of the gridedge stack."""
+"""gridcloud: the cloud side of the gridedge stack.
+
+Tests: tests/cloud/, tests/system/.
+"""

@@ -1,1 +1,4 @@
-"""gridedge: the grid edge unit application."""
+"""gridedge: the grid edge unit application.
+
+Tests: tests/edge/, tests/radio/, tests/system/.
+"""

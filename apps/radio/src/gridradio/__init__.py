@@ -11,7 +11,7 @@ API (everything else is private and may change).
 The interval record is ``gridwire.IntervalRecord`` itself (re-exported here
 with its ``Flags``): one type from the radio frame to the cloud.
 
-Tests: tests/gridradio/ (test_radio_api.py pins this surface).
+Tests: tests/radio_codec/ (test_radio_api.py pins this surface).
 """
 
 from gridwire import Flags, IntervalRecord

@@ -13,7 +13,7 @@ no intermediate body slice), while the layouts stay data.  The decoder checks
 every narrowed field (enumerations, 0/1, ranges) before building the frame;
 the frame's own constructor checks the rest (poll counts, record ranges).
 
-Tests: tests/gridradio/test_frames.py (round trips, fuzzing, worked examples).
+Tests: tests/radio_codec/test_frames.py (round trips, fuzzing, worked examples).
 """
 
 from __future__ import annotations

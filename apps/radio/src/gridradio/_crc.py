@@ -10,7 +10,7 @@ errors in frames far longer than ours, and CPython computes it in C
 Because there is no final XOR, running the CRC over a frame *including* its
 big-endian CRC gives 0, which is how :func:`frame_ok` checks a frame in one call.
 
-Tests: tests/gridradio/test_framing.py.
+Tests: tests/radio_codec/test_framing.py.
 """
 
 from __future__ import annotations

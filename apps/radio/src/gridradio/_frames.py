@@ -11,7 +11,7 @@ exactly its fields, so a record decoded from a radio frame is the very object
 the edge journals and later batches to the cloud, with no conversion step
 where a field could be lost or mixed up.
 
-Tests: tests/gridradio/test_frames.py (validation, round trips).
+Tests: tests/radio_codec/test_frames.py (validation, round trips).
 """
 
 from __future__ import annotations

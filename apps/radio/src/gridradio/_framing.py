@@ -19,7 +19,7 @@ that is badly escaped, too long, fails its CRC or does not decode is dropped
 and counted in :attr:`FrameDecoder.errors` under the reason's name.  Memory is
 bounded by ``MAX_STUFFED`` whatever arrives.
 
-Tests: tests/gridradio/test_framing.py (property tests: round trips, one byte at
+Tests: tests/radio_codec/test_framing.py (property tests: round trips, one byte at
 a time, arbitrary garbage).
 """
 

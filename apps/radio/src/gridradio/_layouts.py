@@ -19,8 +19,8 @@ A layout lists the frame's attributes in wire order.  Each is one of:
 ``RECORD`` is the record without its meter id: :data:`RECORD_FIELDS` minus
 the first.  Every integer is big-endian.
 
-Tests: tests/gridradio/test_radio_docs.py (tables match docs/radio.md),
-tests/gridradio/test_frames.py (the codec built from them).
+Tests: tests/radio_codec/test_radio_docs.py (tables match docs/radio.md),
+tests/radio_codec/test_frames.py (the codec built from them).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run ``gridsim --help`` for the options; docs/radio.md has a walk-through.
 
-Tests: tests/sim/test_cli.py, tests/radio/test_end_to_end.py, tests/radio/test_restarts.py.
+Tests: tests/sim/test_sim_cli.py, tests/radio/test_end_to_end.py, tests/radio/test_restarts.py.
 """
 
 from __future__ import annotations

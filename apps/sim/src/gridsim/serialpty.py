@@ -9,7 +9,7 @@ would be lost at random; with it, they queue like in a real UART's FIFO, up to
 ``uart_buffer`` bytes, beyond which the module drops what it sends (counted),
 as a real module does when nobody drains its UART.
 
-Tests: tests/sim/test_cli.py, tests/radio/test_end_to_end.py.
+Tests: tests/sim/test_sim_cli.py, tests/radio/test_end_to_end.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ whose fault it was: ``REMOTE`` (the peer sent something malformed or out of
 order: send ``Error(code=exc.code)`` and close) or ``LOCAL`` (our own code asked
 for something the protocol forbids: a bug to log; the session is unusable too).
 
-Tests: tests/wire/test_errors.py, and every test that expects a ProtocolError.
+Tests: tests/wire/test_corpus.py (remote errors, by code), tests/wire/test_session.py,
+tests/wire/test_messages.py, and every test that expects a ProtocolError.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Why configurable: the edge (a BeagleBone with 512 MiB shared by everything) and
 the cloud (thousands of connections per node) want different bounds; both sides
 default to the same values, which are also the values the docs quote.
 
-Tests: tests/wire/test_limits.py.
+Tests: tests/wire/test_messages.py (validation), tests/wire/test_codec.py (frame size),
+tests/wire/test_batch.py (records per batch), tests/wire/test_docs.py (documented values).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ ReadingBatch converts between them lazily.
 ``IntervalRecord`` is a NamedTuple subclass: immutable, slotted (``__slots__ =
 ()``), cheap to build from a row, and validated when built by its constructor.
 
-Tests: tests/wire/test_records.py, tests/wire/test_batch.py.
+Tests: tests/wire/test_messages.py (validation, flags), tests/wire/test_batch.py,
+tests/wire/test_roundtrip.py.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ Besides the table, READY has guards on values (enforced by ``_session``):
 The docs' state tables (docs/protocol.md) are generated from ``TRANSITIONS``
 by ``describe()``; tests/wire/test_docs.py checks they are identical.
 
-Tests: tests/wire/test_state.py, tests/wire/test_session.py.
+Tests: tests/wire/test_session.py, tests/wire/test_stateful.py, tests/wire/test_docs.py.
 """
 
 from __future__ import annotations

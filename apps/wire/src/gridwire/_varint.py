@@ -6,7 +6,8 @@ end of its buffer and never allocates more than the bytes it was given.
 Varints must be minimal (no trailing 0x80 0x00 padding) so that every value has
 exactly one encoding: a second implementation then produces identical bytes.
 
-Tests: tests/wire/test_varint.py (and indirectly every codec test).
+Tests: tests/wire/test_codec.py and tests/wire/test_corpus.py (truncated and non-minimal
+varints), tests/wire/test_fuzz.py; indirectly every codec test.
 """
 
 from __future__ import annotations

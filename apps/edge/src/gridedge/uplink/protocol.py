@@ -6,7 +6,7 @@ Stack of one connection (bottom to top)::
          ->  TLSMemoryBIOProtocol
          ->  UplinkProtocol  ->  Link (gridedge.uplink.link: the rules)
 
-Tests: tests/edge/test_uplink_tls.py.
+Tests: tests/edge/test_uplink_tls.py, tests/system/test_faults.py.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gridsim.truth import GroundTruth
+
+from support.waiting import wait_until
 
 PY = sys.executable
 START = "2026-01-05T00:00:00Z"
@@ -51,14 +52,6 @@ FAST_EDGE = [
     "--stats-every",
     "5",
 ]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 class _Proc:
@@ -246,6 +239,14 @@ def assert_exactly_once(rig: Rig) -> None:
     assert not wrong, f"{len(wrong)} records differ from the ground truth, e.g. {wrong[:3]}"
 
 
+def truth_count(rig: Rig) -> int:
+    """Records gridsim has produced so far (0 before it created its ground truth)."""
+    if not rig.truth.exists():
+        return 0
+    with GroundTruth(rig.truth) as truth:
+        return truth.count()
+
+
 def wait_until_delivered(rig: Rig, timeout: float) -> int:
     """Wait until gridsim finished and the sink has as many records; returns that count."""
     def done() -> bool:
@@ -254,6 +255,6 @@ def wait_until_delivered(rig: Rig, timeout: float) -> int:
         with GroundTruth(rig.truth) as truth:
             return truth.is_complete() and sink_count(rig.records) >= truth.count()
 
-    wait_for(done, timeout, "every ground-truth record to reach the edge's sink", step=0.5)
+    wait_until(done, timeout, "every ground-truth record to reach the edge's sink", interval=0.5)
     with GroundTruth(rig.truth) as truth:
         return truth.count()

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import edge_harness
-from qemu_unit import Unit
+from support import edge_harness
+from support.qemu_unit import Unit
 
 #: What the unit's gridedge.toml calls the cloud; the guest reaches the host's loopback here.
 HOST_FROM_GUEST = "10.0.2.2"

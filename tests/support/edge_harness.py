@@ -15,8 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import psycopg2
 from gridcloud.pki import PKIDirectory
 from gridsim.truth import GroundTruth
+
+from support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 SERVER_NAME = "cloud.gridedge.test"
@@ -36,22 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               logs: tuple[Path, ...] = ()) -> None:
-    """Poll ``check`` until true; on timeout fail with ``what`` and the tails of ``logs``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    tails = []
-    for log in logs:
-        with contextlib.suppress(OSError):
-            tails.append(f"--- {log.name} (tail) ---\n" + "\n".join(
-                log.read_text(errors="replace").splitlines()[-40:]))
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + "\n".join(tails))
 
 
 @dataclass

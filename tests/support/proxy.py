@@ -15,7 +15,8 @@ Faults, all on live connections:
                    (TLS must detect it and the connection must die cleanly);
 * ``refuse(flag)`` accept new connections and close them at once.
 
-Tests: used by tests/system/test_faults.py (a bug here shows up as failures there).
+Tests: used by tests/system/test_faults.py and tests/system/test_journal_limits.py (a bug here
+shows up as failures there).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class FaultProxy:
                 data = await reader.read(4096)
                 if not data:
                     break
-                while time.monotonic() < self._resume_at:
+                while time.monotonic() < self._resume_at:  # a stall: the fault is the delay
                     await asyncio.sleep(min(0.05, self._resume_at - time.monotonic()))
                 if self._corrupt > 0:
                     self._corrupt -= 1
@@ -170,7 +171,7 @@ class FaultProxy:
                     i = self._rng.randrange(len(buf))
                     buf[i] ^= 1 << self._rng.randrange(8)
                     data = bytes(buf)
-                if self._rate:
+                if self._rate:  # throttled: the delay is the simulated link's speed
                     await asyncio.sleep(len(data) / self._rate)
                 if direction == "up":
                     self.stats.bytes_up += len(data)

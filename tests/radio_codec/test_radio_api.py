@@ -81,7 +81,7 @@ def test_package_is_typed_and_modules_point_to_their_tests() -> None:
     root = PACKAGE.parents[3]
     for path in PACKAGE.glob("*.py"):
         doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc and "Tests: tests/gridradio/" in doc, path.name
+        assert doc and "Tests: tests/radio_codec/" in doc, path.name
         tail = doc[doc.index("Tests: ") :]
         for name in {word.strip(",.()") for word in tail.split() if word.startswith("tests/")}:
             assert (root / name).exists(), (path.name, name)

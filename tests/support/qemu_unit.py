@@ -14,22 +14,31 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import logging
 import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pexpect
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "board" / "qemu-ci"))
 
-import run_qemu  # noqa: E402
+def _load_run_qemu() -> ModuleType:
+    """board/qemu-ci/run_qemu.py, the one place that knows QEMU's command line. It is a script
+    of the image's tooling, not a package: loaded from its file, sys.path is left alone."""
+    path = Path(__file__).resolve().parents[2] / "board" / "qemu-ci" / "run_qemu.py"
+    spec = importlib.util.spec_from_file_location("run_qemu", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+run_qemu = _load_run_qemu()
 progress = logging.getLogger("qemu")
 
 #: Signs of a broken unit, watched for during every wait.
