@@ -5,8 +5,9 @@ Public surface (everything else is private):
 * frames and codec, sans-IO: :mod:`gridedge.radio.frames` (frame types),
   :func:`encode`, :class:`FrameDecoder` (bytes in, frames out);
 * :class:`RadioLink`: registry, gap filling, relay commands, delivery to a
-  :class:`RecordSink`; :class:`LinkSettings`, :class:`RelayOutcome`,
-  :class:`MeterStatus`;
+  :class:`RecordSink`; :class:`RelayOutcome`, :class:`MeterStatus`;
+* :class:`LinkSettings`, the link's tuning (``[radio]`` in gridedge.toml),
+  and :class:`SettingError` for a value out of range;
 * :class:`RadioService`: the link on a (re)opened serial port, for the
   supervision tree;
 * :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`, and
@@ -20,10 +21,12 @@ Tests: tests/radio/.
 
 from .frames import Frame, FrameError
 from .framing import FrameDecoder, encode
-from .link import LinkSettings, RadioLink, RelayOutcome
+from .link import RadioLink
 from .records import INTERVAL_SECONDS, Flags, IntervalRecord
 from .registry import MeterStatus
+from .relays import RelayOutcome
 from .service import RadioProtocol, RadioService
+from .settings import LinkSettings, SettingError
 from .sink import MemorySink, RecordSink, SinkError, SQLiteSink
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "RecordSink",
     "RelayOutcome",
     "SQLiteSink",
+    "SettingError",
     "SinkError",
     "encode",
 ]

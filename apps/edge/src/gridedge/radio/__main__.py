@@ -28,8 +28,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 
-from .link import LinkSettings, RadioLink, RelayOutcome
+from .link import RadioLink
+from .relays import RelayOutcome
 from .service import RadioService
+from .settings import LinkSettings
 from .sink import SQLiteSink
 
 
