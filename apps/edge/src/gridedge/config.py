@@ -16,6 +16,7 @@ Example (docs/edge.md has the reference)::
     [radio]
     port = "/dev/ttyS1"
     baudrate = 115200
+    poll_rate = 5.0        # the radio link's tuning: gridedge.radio.LinkSettings
 
     [uplink]
     host = "cloud.example.net"
@@ -34,10 +35,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+
+from gridedge.radio.settings import LinkSettings, SettingError
 
 T = TypeVar("T")
 
@@ -56,10 +59,12 @@ class EdgeConfig:
 
 @dataclass(frozen=True, slots=True)
 class RadioConfig:
-    """The UART to the radio module (None in [radio] port: no radio, e.g. a bench unit)."""
+    """The UART to the radio module (None in [radio] port: no radio, e.g. a bench unit),
+    and the radio link's tuning (every other [radio] key)."""
 
     port: str | None
     baudrate: int = 115200
+    link: LinkSettings = field(default_factory=LinkSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,20 @@ class _Section:
             )
 
 
+def _link_settings(s: _Section) -> LinkSettings:
+    """The radio link's tuning from [radio]: one key per LinkSettings field, which holds the
+    defaults and the range checks (its SettingError names the key)."""
+    defaults = LinkSettings()
+    values: dict[str, Any] = {}
+    for f in fields(LinkSettings):
+        default = getattr(defaults, f.name)
+        values[f.name] = s.get(f.name, float if isinstance(default, float) else int, default)
+    try:
+        return LinkSettings(**values)
+    except SettingError as exc:
+        raise s.error(exc.key, exc.why) from None
+
+
 _SECTIONS = ("edge", "radio", "uplink", "journal", "health", "web", "log")
 
 
@@ -231,7 +250,7 @@ def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
     baud = s.get("baudrate", int, 115200)
     if baud <= 0:
         raise s.error("baudrate", f"must be > 0, got {baud}")
-    radio = RadioConfig(port=s.get("port", str, None), baudrate=baud)
+    radio = RadioConfig(port=s.get("port", str, None), baudrate=baud, link=_link_settings(s))
     s.check_unknown()
 
     s = _Section(path, "uplink", raw.get("uplink"))

@@ -283,7 +283,8 @@ def build_unit(config: Config, reactor: Any) -> Unit:
     if config.radio.port is not None:
         port = config.radio.port
         supervisor.supervise(
-            "radio", lambda crashed: RadioService(port, config.radio.baudrate, journal, reactor))
+            "radio", lambda crashed: RadioService(
+                port, config.radio.baudrate, journal, reactor, config.radio.link))
     up = config.uplink
     settings = LinkSettings(
         firmware_version=config.edge.firmware_version,

@@ -70,7 +70,7 @@ _REASONS = {
 class RelayCommands:
     """Relay commands in flight, by command id."""
 
-    log = Logger(namespace="gridedge.radio.link.RadioLink")
+    log = Logger()
 
     def __init__(
         self,
