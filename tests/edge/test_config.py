@@ -3,10 +3,15 @@ kind of mistake gives a message naming the file, the section and the key."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 from gridedge.config import ConfigError, boot_slot_from_cmdline, load, parse_size
+from gridedge.radio import LinkSettings
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "edge.md"
 
 EXAMPLE = """
 data_dir = "/data/gridedge"
@@ -41,6 +46,7 @@ def test_example_loads_with_defaults(tmp_path: Path) -> None:
     c = load(write(tmp_path, EXAMPLE), cmdline=cmdline)
     assert c.edge.firmware_version == "2026.11.1" and c.edge.boot_slot == "B"
     assert c.radio.port == "/dev/ttyS1"
+    assert c.radio.link == LinkSettings()
     assert c.uplink.server_name == "cloud.example.net"
     assert c.uplink.heartbeat == 45.0 and c.uplink.dead_after == 135.0
     assert c.uplink.tls_dir == Path("/data/gridedge/tls")
@@ -79,6 +85,18 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          r"\[radio\]: must be a table"),
         ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\nport = 80\n',
          r"\[web\]: unknown section"),
+        ('data_dir = "/d"\n[radio]\npoll_window = 17\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\] poll_window: must be 1\.\.16"),
+        ('data_dir = "/d"\n[radio]\npoll_rate = "fast"\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\] poll_rate: expected float, got 'fast'"),
+        ('data_dir = "/d"\n[radio]\nmax_held_total = 1.5\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\] max_held_total: expected int, got 1\.5"),
+        ('data_dir = "/d"\n[radio]\nmax_held_total = 0\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\] max_held_total: must be >= 1, got 0"),
+        ('data_dir = "/d"\n[radio]\nbackoff_max = 1\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\] backoff_max: must be >= backoff_initial"),
+        ('data_dir = "/d"\n[radio]\npol_rate = 5\n[uplink]\nhost = "h"\nport = 1\n',
+         r"\[radio\]: unknown key\(s\) pol_rate"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
@@ -102,3 +120,25 @@ def test_sizes() -> None:
     assert parse_size("500kB") == 500_000
     with pytest.raises(ValueError):
         parse_size("-1 MiB")
+
+
+def test_radio_link_settings_from_the_file(tmp_path: Path) -> None:
+    """Every [radio] tuning key reaches LinkSettings; keys not given keep its defaults."""
+    text = EXAMPLE.replace(
+        "baudrate = 115200\n",
+        "baudrate = 115200\npoll_rate = 20\npoll_window = 8\nmax_held_total = 10000\n"
+        "overdue_after = 300\n",
+    )
+    link = load(write(tmp_path, text)).radio.link
+    assert link == dataclasses.replace(
+        LinkSettings(), poll_rate=20.0, poll_window=8, max_held_total=10_000, overdue_after=300
+    )
+    assert isinstance(link.poll_rate, float)
+
+
+def test_docs_list_every_radio_key_with_its_default() -> None:
+    """docs/edge.md's table has a row per LinkSettings field, with the dataclass's default."""
+    rows = dict(re.findall(r"^\| `\[radio\] (\w+)` \| ([^|]+?) \|", DOCS.read_text(), re.M))
+    for f in dataclasses.fields(LinkSettings):
+        assert f.name in rows, f"docs/edge.md has no row for [radio] {f.name}"
+        assert rows[f.name] == repr(f.default), f"[radio] {f.name}: docs say {rows[f.name]}"

@@ -4,8 +4,10 @@ unit that has heard the meters and reached the cloud within the windows is healt
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from gridedge.health import Snapshot, evaluate, running_problems
+from gridedge.health import HealthService, Snapshot, evaluate, notes, running_problems
+from twisted.internet.task import Clock
 
 GOOD = Snapshot(
     now=10_000.0, started_at=0.0,
@@ -62,3 +64,23 @@ def test_running_ignores_silent_meters_and_an_unreachable_cloud() -> None:
         "uplink is not running (restarts: 1, last error: no cert)"]
     assert running_problems(replace(GOOD, journal_disk_full=True)) == [
         "journal: data partition is full"]
+
+
+def test_radio_backlog_is_reported_not_judged() -> None:
+    """The radio backlog is in the report and its notes; it does not make the unit unhealthy."""
+    radio = {"meters_owed": 940, "intervals_owed": 37_000, "oldest_owed": 1767571200,
+             "records_held": 36_000, "polls_queued": 938, "frames_ok": 5}
+    snap = replace(GOOD, details={"radio": radio})
+    service = HealthService(Clock(), Path("unused.sock"), lambda: snap, lambda: None,
+                            radio_window=300, uplink_window=900)
+    report = service.report()
+    assert report["radio_backlog"] == {
+        "meters_owed": 940, "intervals_owed": 37_000, "oldest_owed": 1767571200,
+        "records_held": 36_000, "polls_queued": 938}
+    assert report["notes"] == [
+        "radio backlog: 940 meters owe 37000 intervals, the oldest ending 2026-01-05 "
+        "00:00:00Z; 36000 records held in memory, 938 meters queued for a poll"]
+    assert report["healthy"]
+    caught_up = dict(radio, meters_owed=0, intervals_owed=0, oldest_owed=0)
+    assert notes(replace(GOOD, details={"radio": caught_up})) == []
+    assert notes(GOOD) == []

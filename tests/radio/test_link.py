@@ -1,4 +1,5 @@
-"""RadioLink logic on task.Clock and in-memory bytes: gap filling, delivery, relay commands."""
+"""RadioLink logic on task.Clock and in-memory bytes: gap filling, delivery, relay commands,
+the memory bound, reopening the port and the backlog."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gridedge.radio import (
     RelayOutcome,
     SinkError,
 )
-from gridedge.radio.held import HeldRecords
+from gridedge.radio.held import SLOT_SIZE, HeldRecords, pack, unpack
 from gridradio import Flags, FrameDecoder, IntervalRecord, encode_many
 from gridsim.model import make_meters
 from gridsim.module import FaultRates, RadioModule
@@ -59,6 +60,10 @@ class Harness:
         self.link.start()
         self.sent: list[F.Frame] = []
         self._decoder = FrameDecoder()
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """The serial port opens (again)."""
         self.link.connected(lambda data: self.sent.extend(self._decoder.feed(data)))
 
     def feed(self, *frames: F.Frame) -> None:
@@ -418,3 +423,135 @@ def test_held_slots_far_ahead_are_not_held() -> None:
     h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV), rec(M, T0 + 1000 * IV))
     assert h.link.stats()["records_held"] == 1
     assert h.link.stats()["held_discarded"] == 1
+
+
+def test_held_format_round_trips() -> None:
+    """A record packed into a held slot comes back equal, and a slot is SLOT_SIZE bytes."""
+    record = IntervalRecord(M, T0 + IV, 2**63, 2**32 - 1, 65535, 2**32 - 1, -1000, 0xFFFF)
+    slot = pack(record)
+    assert len(slot) == SLOT_SIZE
+    assert unpack(M, T0 + IV, slot) == record
+
+
+def test_poll_window_limits_the_intervals_of_one_poll() -> None:
+    """poll_window caps how many intervals one poll asks for."""
+    h = Harness(poll_window=4)
+    h.report(rec(M, T0 + IV), rec(M, T0 + 20 * IV))
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + 2 * IV, 4)
+
+
+def test_reopened_port_polls_a_meter_in_back_off_at_once() -> None:
+    """Waits earned while the module did not answer end when the port reopens."""
+    h = Harness(poll_timeout=5.0, backoff_initial=10.0, backoff_max=900.0, scan_every=0.0)
+    h.report(rec(M, T0 + IV))
+    h.feed(F.ModuleStatus(T0 + 3 * IV + 600, 0, 1, 0, 1))
+    assert len(h.polls()) == 1
+    for _ in range(300):  # no answers: 10, 20, 40, 80, 160 s of back-off
+        h.clock.advance(1.0)
+    assert 3 <= len(h.polls()) <= 6
+    h.link.disconnected()
+    h.clock.advance(1.0)
+    h.reconnect()
+    [poll] = h.polls()
+    assert (poll.meter_id, poll.first_end) == (M, T0 + 2 * IV)
+
+
+def test_reopened_port_scans_at_the_first_module_clock() -> None:
+    """After a reopen, a meter overdue by the module's next status is polled at once, not
+    after scan_every (nor after overdue_after)."""
+    sink = MemorySink()
+    sink.append([rec(M, T0 + IV)])
+    h = Harness(sink, scan_every=60.0, overdue_after=600)
+    h.feed(F.ModuleStatus(T0 + IV + 100, 0, 1, 0, 1))
+    assert h.polls() == []
+    h.link.disconnected()
+    h.clock.advance(1.0)
+    h.reconnect()
+    assert h.polls() == []
+    h.feed(F.ModuleStatus(T0 + 3 * IV + 600, 0, 1, 0, 1))  # the meters stopped meanwhile
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + 2 * IV, 2)
+    h.answer(poll, {T0 + k * IV: rec(M, T0 + k * IV) for k in (2, 3)}, oldest=T0)
+    assert h.delivered() == [(M, T0 + k * IV) for k in (1, 2, 3)]
+
+
+def test_no_polls_while_the_sink_refuses_records() -> None:
+    """While appends fail, polls wait (their answers could not be stored); then they go."""
+    sink = FailingSink(SinkError("journal: disk full"))
+    h = Harness(sink, sink_retry=1.0)
+    h.report(rec(M, T0 + IV), rec(M, T0 + 3 * IV))
+    h.clock.advance(5.0)
+    assert h.polls() == [] and h.delivered() == []
+    sink.error = None
+    h.clock.advance(1.0)
+    assert h.delivered() == [(M, T0 + IV)]
+    [poll] = h.polls()
+    assert (poll.first_end, poll.count) == (T0 + 2 * IV, 1)
+
+
+def test_records_continuing_the_run_are_kept_at_the_memory_bound() -> None:
+    """At max_held_total, a poll answer's records that follow the delivered run are all
+    delivered, not let go (the oldest are the ones a meter forgets first)."""
+    h = Harness(max_held_total=3)
+    a, b = M, M + 1
+    h.report(rec(a, T0 + IV), rec(b, T0 + IV))
+    h.report(rec(a, T0 + 3 * IV), rec(a, T0 + 4 * IV), rec(b, T0 + 5 * IV))
+    assert h.link.stats()["records_held"] == 3
+    polls = {p.meter_id: p for p in h.polls()}
+    discarded = h.link.stats()["held_discarded"]
+    have = {T0 + k * IV: rec(b, T0 + k * IV) for k in range(1, 6)}
+    h.answer(polls[b], have, oldest=T0 + IV)
+    assert [e for m, e in h.delivered() if m == b] == [T0 + k * IV for k in range(1, 6)]
+    assert h.link.stats()["held_discarded"] == discarded
+
+
+def test_memory_bound_loses_nothing() -> None:
+    """Many meters with gaps and a small bound: what is let go is polled again later, and
+    every record reaches the sink once, in order."""
+    h = Harness(max_held_total=10, scan_every=0.0, overdue_after=600)
+    meters = range(M, M + 8)
+    have = {m: {T0 + k * IV: rec(m, T0 + k * IV) for k in range(1, 9)} for m in meters}
+    h.report(*(have[m][T0 + IV] for m in meters))
+    for k in range(3, 9):  # interval 2 lost for every meter
+        h.report(*(have[m][T0 + k * IV] for m in meters))
+        assert h.link.stats()["records_held"] <= 10
+    assert h.link.stats()["held_discarded"] > 0
+    h.feed(F.ModuleStatus(T0 + 8 * IV + 600, 0, 8, 0, 1))
+    for _ in range(100):  # answer every poll; the overdue scan finds what was let go
+        polls = h.polls()
+        for poll in polls:
+            h.answer(poll, have[poll.meter_id], oldest=T0 + IV)
+        if not polls:
+            h.clock.advance(1.0)
+            h.feed(F.ModuleStatus(T0 + 8 * IV + 600, 0, 8, 0, 1))
+    got = h.delivered()
+    assert len(got) == len(set(got)) == 8 * 8
+    for m in meters:
+        assert [e for mm, e in got if mm == m] == [T0 + k * IV for k in range(1, 9)]
+
+
+def test_backlog_in_stats_and_logged_on_change() -> None:
+    """The backlog (meters and intervals owed, the oldest) is in stats(); the log gets a line
+    when it appears, one per backlog_log_every while it lasts and one when it clears."""
+    h = Harness(scan_every=0.0, backlog_log_every=300.0, poll_timeout=1000.0)
+    with capturedLogs() as events:
+        h.report(rec(M, T0 + IV), rec(M, T0 + 5 * IV))
+        stats = h.link.stats()
+        assert (stats["meters_owed"], stats["intervals_owed"], stats["oldest_owed"]) == (
+            1, 3, T0 + 2 * IV)
+        for _ in range(5):
+            h.clock.advance(10.0)
+            h.feed(F.ModuleStatus(T0 + 5 * IV, 0, 1, 0, 1))
+        h.clock.advance(300.0)
+        h.feed(F.ModuleStatus(T0 + 5 * IV, 0, 1, 0, 1))
+        [poll] = h.polls()
+        h.answer(poll, {T0 + k * IV: rec(M, T0 + k * IV) for k in range(1, 6)}, oldest=T0)
+        h.feed(F.ModuleStatus(T0 + 5 * IV, 0, 1, 0, 1))
+    texts = [formatEvent(e) for e in events if "backlog" in formatEvent(e)]
+    assert len(texts) == 3, texts
+    assert texts[0].split(";")[0] == texts[1].split(";")[0]
+    assert texts[0].startswith("radio backlog: 1 meters owe 3 intervals, the oldest ending "
+                               "2026-01-05 00:30:00Z"), texts
+    assert texts[2].startswith("radio backlog cleared after 35"), texts
+    assert h.link.stats()["meters_owed"] == 0 and h.link.stats()["oldest_owed"] == 0

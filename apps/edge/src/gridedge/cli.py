@@ -148,6 +148,9 @@ def health(config: Config, *, as_json: bool, timeout: float, running: bool = Fal
         print("NOT RUNNING:" if running else "UNHEALTHY:")
         for problem in problems:
             print(f"  - {problem}")
+    if not as_json:
+        for note in report.get("notes", []):
+            print(f"  note: {note}")
     return 0 if ok else 1
 
 

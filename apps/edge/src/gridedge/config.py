@@ -27,6 +27,7 @@ Example (docs/edge.md has the reference)::
     [radio]
     port = "/dev/ttyS1"
     baudrate = 115200
+    poll_rate = 5.0        # the radio link's tuning: gridedge.radio.LinkSettings
 
     [uplink]
     host = "cloud.example.net"
@@ -44,12 +45,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gridwire import MAX_BOOT_SLOT, MAX_FIRMWARE_VERSION
+
+from gridedge.radio.settings import LinkSettings, SettingError
 
 T = TypeVar("T")
 
@@ -68,10 +71,12 @@ class EdgeConfig:
 
 @dataclass(frozen=True, slots=True)
 class RadioConfig:
-    """The UART to the radio module (None in [radio] port: no radio, e.g. a bench unit)."""
+    """The UART to the radio module (None in [radio] port: no radio, e.g. a bench unit),
+    and the radio link's tuning (every other [radio] key)."""
 
     port: str | None = None
     baudrate: int = 115200
+    link: LinkSettings = field(default_factory=LinkSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,7 +255,21 @@ def _read_radio(s: _Section, data_dir: Path, cmdline: Path) -> RadioConfig:
     given: dict[str, Any] = {}
     s.given(given, "port", str)
     s.given(given, "baudrate", int, positive=True)
-    return RadioConfig(**given)
+    return RadioConfig(link=_link_settings(s), **given)
+
+
+def _link_settings(s: _Section) -> LinkSettings:
+    """The radio link's tuning from [radio]: one key per LinkSettings field, which holds the
+    defaults and the range checks (its SettingError names the key)."""
+    defaults = LinkSettings()
+    values: dict[str, Any] = {}
+    for f in fields(LinkSettings):
+        default = getattr(defaults, f.name)
+        values[f.name] = s.get(f.name, float if isinstance(default, float) else int, default)
+    try:
+        return LinkSettings(**values)
+    except SettingError as exc:
+        raise s.error(exc.key, exc.why) from None
 
 
 def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:

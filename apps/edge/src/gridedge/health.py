@@ -23,6 +23,11 @@ be given up for an outage of the cellular network or of the meters' mesh (the
 unit would reboot into the other slot during every long outage).  The full
 rule is for monitoring and for a technician on site.
 
+Beside the verdict the report carries ``notes``: facts an operator should see
+that do not make the unit unhealthy.  Today that is the radio backlog (meters
+and intervals the radio link still has to fetch, the oldest owed interval;
+``radio_backlog``), which after an outage can take many minutes to clear.
+
 Tests: tests/edge/test_health.py.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +105,34 @@ def contact_problems(s: Snapshot, radio_window: float, uplink_window: float) -> 
     return problems
 
 
+def radio_backlog(s: Snapshot) -> dict[str, Any] | None:
+    """What the radio link still owes the journal, from its counters (None without a radio)."""
+    radio = s.details.get("radio")
+    if not radio or "meters_owed" not in radio:
+        return None
+    return {
+        "meters_owed": radio["meters_owed"],
+        "intervals_owed": radio["intervals_owed"],
+        "oldest_owed": radio["oldest_owed"] or None,  # an interval end, Unix seconds
+        "records_held": radio["records_held"],
+        "polls_queued": radio["polls_queued"],
+    }
+
+
+def notes(s: Snapshot) -> list[str]:
+    """Lines worth showing that do not make the unit unhealthy (a radio backlog)."""
+    backlog = radio_backlog(s)
+    if not backlog or not backlog["meters_owed"]:
+        return []
+    oldest = backlog["oldest_owed"]
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(oldest)) if oldest else "-"
+    return [
+        f"radio backlog: {backlog['meters_owed']} meters owe {backlog['intervals_owed']} "
+        f"intervals, the oldest ending {when}; {backlog['records_held']} records held "
+        f"in memory, {backlog['polls_queued']} meters queued for a poll"
+    ]
+
+
 class _Answer(Protocol):
     log = Logger()
 
@@ -150,6 +184,7 @@ class HealthService(service.Service):
         problems = running + contact_problems(snap, self.radio_window, self.uplink_window)
         return {"healthy": not problems, "problems": problems,
                 "running": not running, "running_problems": running,
+                "notes": notes(snap), "radio_backlog": radio_backlog(snap),
                 "snapshot": asdict(snap)}
 
     def watch_radio(self) -> None:

@@ -76,7 +76,7 @@ class Unit(service.MultiService):
         port = config.radio.port
         if port is not None:
             self.supervisor.supervise("radio", lambda crashed: RadioService(
-                port, config.radio.baudrate, self.journal, reactor))
+                port, config.radio.baudrate, self.journal, reactor, config.radio.link))
         self.supervisor.supervise("uplink", self._uplink)
         self.supervisor.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.health = HealthService(

@@ -3,8 +3,9 @@
 Public surface (everything else is private):
 
 * :class:`RadioLink`: registry, gap filling, relay commands, delivery to a
-  :class:`RecordSink`; :class:`LinkSettings`, :class:`RelayOutcome`,
-  :class:`MeterStatus`;
+  :class:`RecordSink`; :class:`RelayOutcome`, :class:`MeterStatus`;
+* :class:`LinkSettings`, the link's tuning (``[radio]`` in gridedge.toml),
+  and :class:`SettingError` for a value out of range;
 * :class:`RadioService`: the link on a (re)opened serial port, for the
   supervision tree;
 * :class:`RecordSink` with :class:`MemorySink` and :class:`SQLiteSink`, and
@@ -18,9 +19,11 @@ port (see ``--help``).
 Tests: tests/radio/.
 """
 
-from .link import LinkSettings, RadioLink, RelayOutcome
+from .link import RadioLink
 from .registry import MeterStatus
+from .relays import RelayOutcome
 from .service import RadioProtocol, RadioService
+from .settings import LinkSettings, SettingError
 from .sink import MemorySink, RecordSink, SinkError, SQLiteSink
 
 __all__ = [
@@ -33,5 +36,6 @@ __all__ = [
     "RecordSink",
     "RelayOutcome",
     "SQLiteSink",
+    "SettingError",
     "SinkError",
 ]

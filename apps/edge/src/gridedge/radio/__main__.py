@@ -28,8 +28,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 
-from .link import LinkSettings, RadioLink, RelayOutcome
+from .link import RadioLink
+from .relays import RelayOutcome
 from .service import RadioService
+from .settings import LinkSettings
 from .sink import SQLiteSink
 
 
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll-rate", type=float, default=d.poll_rate, help="polls/s (%(default)s)")
     p.add_argument("--poll-burst", type=int, default=d.poll_burst, help="(%(default)s)")
+    p.add_argument(
+        "--poll-window", type=int, default=d.poll_window, help="intervals per poll (%(default)s)"
+    )
     p.add_argument(
         "--polls-in-flight", type=int, default=d.max_polls_in_flight, help="(%(default)s)"
     )
@@ -127,6 +132,7 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     settings = LinkSettings(
         poll_rate=args.poll_rate,
         poll_burst=args.poll_burst,
+        poll_window=args.poll_window,
         max_polls_in_flight=args.polls_in_flight,
         poll_timeout=args.poll_timeout,
         backoff_initial=args.backoff,

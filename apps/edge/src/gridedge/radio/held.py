@@ -8,22 +8,43 @@ records are one bytearray of 22-byte slots, one per interval from the lowest
 held one to the highest, plus one presence byte per slot.  Lookups are index
 arithmetic, and the edge's memory stays within its budget.
 
-Tests: tests/radio/test_link.py (test_held_slots_*).
+The packed format lives here and nowhere else: :func:`pack` and :func:`unpack`
+turn an :class:`IntervalRecord` into a slot and back (the meter id and the
+interval end are implied by the container and the slot).
+
+Tests: tests/radio/test_link.py (test_held_slots_*, test_held_format_*).
 """
 
 from __future__ import annotations
 
-from gridradio import INTERVAL_SECONDS
+import struct
 
-__all__ = ["SLOT_SIZE", "HeldRecords"]
+from gridradio import INTERVAL_SECONDS, IntervalRecord
 
+__all__ = ["SLOT_SIZE", "HeldRecords", "pack", "unpack"]
+
+# energy_wh, max_demand_w, voltage_dv, current_ma, power_factor, flags.
+_FORMAT = struct.Struct(">QIHIhH")
 #: Bytes of one packed record (all fields but meter id and interval end).
-SLOT_SIZE = 22
+SLOT_SIZE = _FORMAT.size
 _I = INTERVAL_SECONDS
+_pack = _FORMAT.pack
+_unpack = _FORMAT.unpack
+_make_record = IntervalRecord._make
+
+
+def pack(record: IntervalRecord) -> bytes:
+    """The slot of ``record``: every field but the meter id and the interval end."""
+    return _pack(*record[2:])
+
+
+def unpack(meter_id: int, end: int, packed: bytes) -> IntervalRecord:
+    """The record of ``meter_id`` at ``end`` whose slot is ``packed``."""
+    return _make_record((meter_id, end, *_unpack(packed)))
 
 
 class HeldRecords:
-    """A meter's held records: interval end -> 22 packed bytes, dict-like."""
+    """A meter's held records: interval end -> packed slot (:func:`pack`), dict-like."""
 
     __slots__ = ("_buf", "_count", "_first", "_mask")
 
@@ -54,7 +75,7 @@ class HeldRecords:
 
     def __setitem__(self, end: int, packed: bytes) -> None:
         if len(packed) != SLOT_SIZE or end % _I:
-            raise ValueError("a held record is 22 bytes at an interval end")
+            raise ValueError(f"a held record is {SLOT_SIZE} bytes at an interval end")
         mask = self._mask
         if not mask:
             self._first = end
@@ -110,6 +131,15 @@ class HeldRecords:
     def highest(self) -> int:
         """Interval end of the newest held record (the container must not be empty)."""
         return self._first + (len(self._mask) - 1) * _I
+
+    def run_end(self, base: int) -> int:
+        """The end of the run held without a hole right after ``base`` (``base`` if none)."""
+        k = self._slot(base + _I)
+        if k < 0 or not self._mask[k]:
+            return base
+        hole = self._mask.find(0, k)
+        last = (len(self._mask) if hole < 0 else hole) - 1
+        return self._first + last * _I
 
     def span_with(self, end: int) -> int:
         """Slots needed if a record at ``end`` were added."""

@@ -26,7 +26,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .link import Clock, DelayedCall, LinkSettings, RadioLink
+from .clock import Clock, DelayedCall
+from .link import RadioLink
+from .settings import LinkSettings
 from .sink import RecordSink
 
 __all__ = ["RadioProtocol", "RadioService"]
@@ -173,6 +175,7 @@ class RadioService(Service):
         self.log.info(
             "radio: {meters} meters, {frames_ok} frames ok, {frames_dropped} dropped, "
             "{records_delivered} records delivered, {polls_sent} polls "
-            "({poll_timeouts} timed out), {records_held} held",
+            "({poll_timeouts} timed out), {records_held} held, "
+            "{intervals_owed} intervals owed by {meters_owed} meters",
             **s,
         )
