@@ -4,6 +4,7 @@ with the wrong name is refused, traffic is counted per day."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,16 @@ from gridcloud.pki import PKIDirectory
 from gridcloud.tls import ServerTLS
 from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Journal
+from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.link import LinkSettings
-from gridedge.uplink.service import UplinkService, backoff_policy
+from gridedge.uplink.service import UplinkService
 from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
 from gridwire import (
     Ack,
     CloudSession,
+    Error,
+    ErrorCode,
     EventReport,
     Hello,
     ReadingBatch,
@@ -97,7 +101,7 @@ def make_uplink(
         reactor, journal, Traffic(journal.path), host=config.host, port=config.port,
         server_name=config.server_name, identity_loader=lambda: DeviceIdentity.load(tls),
         settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
-        backoff=backoff_policy(0.05, 0.2, 2.0), connect_timeout=config.connect_timeout,
+        backoff=ReconnectPolicy(0.05, 0.2, 2.0, 60.0), connect_timeout=config.connect_timeout,
     )
 
 
@@ -175,11 +179,49 @@ def test_missing_certificate_is_a_clear_error(tmp_path: Path) -> None:
         DeviceIdentity.load(tmp_path)
 
 
-def test_backoff_is_exponential_jittered_and_capped() -> None:
-    """Delays grow by the factor, stay within [d/2, d] and never exceed the maximum."""
-    low = backoff_policy(1.0, 60.0, 2.0, rng=lambda: 0.0)
-    high = backoff_policy(1.0, 60.0, 2.0, rng=lambda: 0.999999)
-    assert [low(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
-    assert high(3) == pytest.approx(4.0, rel=1e-5)
-    assert max(high(n) for n in range(1, 30)) <= 60.0
-    assert low(30) == 30.0
+
+class RefusingCloud(Protocol):
+    """A cloud that answers every Hello with an Error (a revoked edge, a database that is down):
+    notes when each connection arrived."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.session = CloudSession()
+
+    def connectionMade(self) -> None:
+        self.state["times"].append(reactor.seconds())
+
+    def dataReceived(self, data: bytes) -> None:
+        for m in self.session.receive_data(data):
+            if isinstance(m, Hello):
+                self.transport.write(self.session.send(self.state["error"]))  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_point2_refused_edge_backs_off_to_the_maximum(
+    tmp_path: Path, pki: tuple[Path, Path]
+) -> None:
+    """An edge refused after TLS is up (no Welcome) waits at least backoff_max/2 before each
+    new attempt, instead of reconnecting at once with a fresh handshake."""
+    pki_dir, tls = pki
+    state: dict[str, Any] = {"times": [], "error": Error(code=ErrorCode.INTERNAL_ERROR,
+                                                          detail="database unavailable")}
+    server_tls = ServerTLS.from_files(pki_dir / "server.pem", pki_dir / "server.key",
+                                      pki_dir / "ca.pem")
+    factory = TLSMemoryBIOFactory(server_tls, False,
+                                  Factory.forProtocol(lambda: RefusingCloud(state)))
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    journal = Journal(tmp_path / "data" / "journal.db", max_bytes=10 << 20)
+    journal.open()
+    uplink = make_uplink(journal, tls, port.getHost().port)  # backoff 0.05 s doubling to 0.2 s
+    uplink.startService()
+    try:
+        await until(lambda: len(state["times"]) >= 4)
+        gaps = [b - a for a, b in itertools.pairwise(state["times"])]
+        assert min(gaps) >= 0.1, gaps  # backoff_max * U(0.5, 1), never backoff_initial again
+        assert uplink.status().connections == 0
+    finally:
+        await uplink.stopService()
+        await port.stopListening()
+        journal.close()

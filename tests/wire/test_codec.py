@@ -6,6 +6,7 @@ import pytest
 from gridwire import (
     CloudSession,
     EdgeSession,
+    Error,
     ErrorCode,
     Hello,
     Limits,
@@ -114,3 +115,19 @@ def test_session_decodes_hex_of_welcome() -> None:
             version=1, server_time=1000, last_acked_seq=5, heartbeat_interval=60, max_in_flight=4
         )
     ]
+
+
+def test_point6_error_retry_hint_is_an_optional_extension() -> None:
+    """Error.retry_after travels as extension tag 2 only when set; a v1 peer that knew no
+    extension skips it (even tag); a known tag must fill its size and come once."""
+    hinted = Error(code=ErrorCode.INTERNAL_ERROR, retry_after=300)
+    body = encode_body(hinted)
+    assert body.endswith(uvarint(2) + uvarint(2) + uvarint(300))
+    assert encode_body(Error(code=ErrorCode.INTERNAL_ERROR)) == uvarint(15) + uvarint(0)
+    assert feed(encode_message(hinted)) == [hinted]
+    plain = uvarint(15) + uvarint(0)
+    assert error_code(frame(0x0E, plain + b"\x02\x02\x1e\x00")) is ErrorCode.MALFORMED_FRAME
+    twice = plain + b"\x02\x01\x1e" * 2
+    assert error_code(frame(0x0E, twice)) is ErrorCode.MALFORMED_FRAME
+    assert feed(frame(0x0E, plain + b"\x04\x01\x07")) == [Error(code=ErrorCode.INTERNAL_ERROR)]
+    assert error_code(frame(0x0E, plain + b"\x03\x01\x07")) is ErrorCode.UNSUPPORTED_EXTENSION

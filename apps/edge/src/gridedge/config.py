@@ -101,6 +101,8 @@ class UplinkConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     backoff_factor: float = 2.0
+    #: Wait after the cloud said the unit is revoked (docs/edge.md, "Backoff policy").
+    backoff_revoked: float = 21600.0
     max_in_flight: int = 4
     batch_records: int = 500
     batch_linger: float = 1.0
@@ -279,7 +281,7 @@ def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:
         raise s.error("port", f"must be 1..65535, got {port}")
     given: dict[str, Any] = {}
     for key in ("heartbeat", "dead_after", "connect_timeout", "backoff_initial",
-                "backoff_max", "backoff_factor"):
+                "backoff_max", "backoff_factor", "backoff_revoked"):
         s.given(given, key, float, positive=True)
     for key in ("max_in_flight", "batch_records"):
         s.given(given, key, int, positive=True)
@@ -297,6 +299,8 @@ def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:
         raise s.error("dead_after", f"must be longer than heartbeat ({uplink.heartbeat} s)")
     if uplink.backoff_max < uplink.backoff_initial:
         raise s.error("backoff_max", "must be >= backoff_initial")
+    if uplink.backoff_revoked < uplink.backoff_max:
+        raise s.error("backoff_revoked", "must be >= backoff_max")
     return uplink
 
 

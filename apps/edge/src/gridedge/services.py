@@ -30,8 +30,9 @@ from gridedge.health import HealthService, Snapshot
 from gridedge.journal import Journal
 from gridedge.radio import RadioService
 from gridedge.supervisor import Crashed, Supervisor
+from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.link import LinkSettings
-from gridedge.uplink.service import UplinkService, backoff_policy
+from gridedge.uplink.service import UplinkService
 from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
 
@@ -93,7 +94,8 @@ class Unit(service.MultiService):
             host=up.host, port=up.port, server_name=up.server_name,
             identity_loader=lambda: DeviceIdentity.load(up.tls_dir),
             settings=LinkSettings.from_config(self.config.edge, up),
-            backoff=backoff_policy(up.backoff_initial, up.backoff_max, up.backoff_factor),
+            backoff=ReconnectPolicy(up.backoff_initial, up.backoff_max, up.backoff_factor,
+                                    up.backoff_revoked),
             connect_timeout=up.connect_timeout,
         )
 

@@ -36,28 +36,44 @@ MAX_LENGTH_BYTES = 3
 def encode_body(
     message: Message, compress: bool | None = None, previous: RecordColumns | None = None
 ) -> bytes:
-    """The body bytes of ``message`` (fields in WIRE order, no extensions).
+    """The body bytes of ``message``: fields in WIRE order, then its EXTENSIONS that are set.
 
     ``previous``: the columns of the previous ReadingBatch on this connection
     (the reference for METER_DELTA columns), None for the first one.
     """
     if isinstance(message, ReadingBatch):
         return uvarint(message.first_seq) + encode_batch(message.columns, previous, compress)
-    out = []
-    for name, (kind, _bound) in message.WIRE:
+    out = [_encode_field(kind, getattr(message, name)) for name, (kind, _bound) in message.WIRE]
+    for tag, name, (kind, _bound) in message.EXTENSIONS:
         value = getattr(message, name)
-        if kind == "uint":
-            out.append(uvarint(value))
-        elif kind == "text":
-            raw = value.encode("utf-8")
-            out.append(uvarint(len(raw)))
-            out.append(raw)
-        elif kind == "blob":
-            out.append(uvarint(len(value)))
-            out.append(value)
-        else:  # fixed
-            out.append(value)
+        if value:  # the default (0, empty) is not sent
+            raw = _encode_field(kind, value)
+            out.append(uvarint(tag) + uvarint(len(raw)) + raw)
     return b"".join(out)
+
+
+def _encode_field(kind: str, value: object) -> bytes:
+    if kind == "uint":
+        assert isinstance(value, int)
+        return uvarint(value)
+    if kind == "text":
+        assert isinstance(value, str)
+        raw = value.encode("utf-8")
+        return uvarint(len(raw)) + raw
+    assert isinstance(value, bytes)
+    if kind == "blob":
+        return uvarint(len(value)) + value
+    return value  # fixed
+
+
+def _decode_field(reader: Reader, kind: str, bound: int) -> object:
+    if kind == "uint":
+        return reader.uvarint(bound)
+    if kind == "text":
+        return reader.text(bound)
+    if kind == "blob":
+        return reader.blob(bound)
+    return reader.raw(bound)
 
 
 def frame(message_type: int, body: bytes) -> bytes:
@@ -90,17 +106,8 @@ def decode_body(
         columns = decode_batch(reader, limits.max_batch_records, previous)
         kwargs: dict[str, object] = {"first_seq": first_seq, "columns": columns}
     else:
-        kwargs = {}
-        for name, (kind, bound) in cls.WIRE:
-            if kind == "uint":
-                kwargs[name] = reader.uvarint(bound)
-            elif kind == "text":
-                kwargs[name] = reader.text(bound)
-            elif kind == "blob":
-                kwargs[name] = reader.blob(bound)
-            else:
-                kwargs[name] = reader.raw(bound)
-    _skip_extensions(reader, cls.__name__)
+        kwargs = {name: _decode_field(reader, kind, bound) for name, (kind, bound) in cls.WIRE}
+    kwargs.update(_read_extensions(reader, cls))
     try:
         return cls(**kwargs)
     except ProtocolError as exc:
@@ -108,16 +115,30 @@ def decode_body(
         raise ProtocolError(exc.code, str(exc), Side.REMOTE) from None
 
 
-def _skip_extensions(reader: Reader, name: str) -> None:
-    """v1 defines no extension fields: skip optional ones, refuse critical ones."""
+def _read_extensions(reader: Reader, cls: type[Message]) -> dict[str, object]:
+    """The extension fields ``cls`` knows; unknown optional ones are skipped, unknown critical
+    ones refused.  A known field must fill its ``size`` exactly and appear once."""
+    known = {tag: (name, kind) for tag, name, kind in cls.EXTENSIONS}
+    found: dict[str, object] = {}
     while reader.remaining():
         tag = reader.uvarint(32)
         size = reader.uvarint(32)
-        reader.raw(size)
-        if tag & 1:
+        raw = reader.raw(size)
+        if tag in known:
+            name, (kind, bound) = known[tag]
+            field = Reader(raw)
+            value = _decode_field(field, kind, bound)
+            if field.remaining() or name in found:
+                raise ProtocolError(
+                    ErrorCode.MALFORMED_FRAME, f"{cls.__name__}: bad extension {tag} ({name})"
+                )
+            found[name] = value
+        elif tag & 1:
             raise ProtocolError(
-                ErrorCode.UNSUPPORTED_EXTENSION, f"{name}: unknown critical extension {tag}"
+                ErrorCode.UNSUPPORTED_EXTENSION,
+                f"{cls.__name__}: unknown critical extension {tag}",
             )
+    return found
 
 
 class FrameDecoder:

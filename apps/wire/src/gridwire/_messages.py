@@ -10,6 +10,11 @@ Field kinds in ``WIRE``:
     ("blob", n)      uvarint length + bytes, at most n bytes
     ("fixed", n)     exactly n raw bytes, no length prefix
 
+Extension fields (``EXTENSIONS``): ``(tag, name, kind)`` with the same kinds,
+sent in the extension area after the fields, only when their value is not the
+default (0, empty); an even tag is optional, so a peer that does not know the
+field skips it.
+
 Why validate on construction: an invalid message then cannot exist, so a
 sender cannot put it on the wire and a decoder that builds one has checked it.
 Constructors raise ProtocolError(INVALID_FIELD, side=LOCAL); the decoder
@@ -142,11 +147,14 @@ class Message:
     __slots__ = ()
     TYPE: ClassVar[MessageType]
     WIRE: ClassVar[tuple[tuple[str, tuple[str, int]], ...]]
+    #: Extension fields this version knows: (tag, name, (kind, bound)), see the module docstring.
+    EXTENSIONS: ClassVar[tuple[tuple[int, str, tuple[str, int]], ...]] = ()
     ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {}
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for attr, (kind, bound) in self.WIRE:
+        fields = self.WIRE + tuple((attr, kind) for _tag, attr, kind in self.EXTENSIONS)
+        for attr, (kind, bound) in fields:
             value = getattr(self, attr)
             if kind == "uint":
                 if type(value) is not int and not isinstance(value, enum.IntEnum):
@@ -485,13 +493,19 @@ class FirmwareStatus(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Error(Message):
-    """Either side, last message before closing: why (an ErrorCode value) and a text."""
+    """Either side, last message before closing: why (an ErrorCode value) and a text.
+
+    retry_after (extension tag 2, optional): seconds the receiver should wait before
+    connecting again (0 = no hint); a cloud whose database is down says how long.
+    """
 
     TYPE = MessageType.ERROR
     WIRE = (("code", U16), ("detail", TEXT))
+    EXTENSIONS = ((2, "retry_after", U32),)
     ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"code": ErrorCode}
     code: int
     detail: str = ""
+    retry_after: int = 0
 
 
 #: Every v1 message class by wire type code.
@@ -527,6 +541,11 @@ def describe(cls: type[Message]) -> str:
     }
     for number, (name, (kind, bound)) in enumerate(cls.WIRE, start=1):
         lines.append(f"| {number} | {name} | {kinds[kind].format(bound)} |")
+    for tag, name, (kind, bound) in cls.EXTENSIONS:
+        optional = "optional" if tag % 2 == 0 else "critical"
+        lines.append(
+            f"| ext {tag} | {name} | {kinds[kind].format(bound)}; {optional}, sent when not 0 |"
+        )
     if cls is ReadingBatch:
         lines.append("| 2 | (batch) | reading batch body, see below |")
     return "\n".join(lines)

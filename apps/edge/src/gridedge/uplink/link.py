@@ -102,6 +102,7 @@ class Link:
         close: Callable[[], None],
         *,
         on_ready: Callable[[Welcome], None] = lambda welcome: None,
+        on_error: Callable[[Error], None] = lambda error: None,
         limits: Limits | None = None,
     ) -> None:
         self.journal = journal
@@ -110,6 +111,7 @@ class Link:
         self._write = write
         self._close = close
         self._on_ready = on_ready
+        self._on_error = on_error
         self.session = EdgeSession(limits=limits if limits is not None else Limits())
         self.next_send = 1
         self.sent_batches = 0
@@ -192,8 +194,11 @@ class Link:
                                      status=CommandStatus.UNSUPPORTED,
                                      detail="commands are not executed by this gridedge yet"))
         elif isinstance(message, Error):
-            self.log.warn("cloud closed the session: {code} {detail}",
-                          code=getattr(message.code, "name", message.code), detail=message.detail)
+            self.log.warn("cloud closed the session: {code} {detail}{hint}",
+                          code=getattr(message.code, "name", message.code), detail=message.detail,
+                          hint=f" (retry after {message.retry_after} s)"
+                          if message.retry_after else "")
+            self._on_error(message)  # the reconnect policy decides how long to wait
             self._abort()
         # FirmwareOffer and FirmwareChunk: the update agent is later work; ignoring an offer
         # is allowed (the edge simply never requests chunks).

@@ -1,20 +1,20 @@
-"""The uplink as a Twisted service: reconnect forever with jittered exponential backoff.
+"""The uplink as a Twisted service: reconnect forever, backing off until the cloud admits us.
 
 Why ClientService: it owns the reconnect loop (one connection at a time, a
-retry policy, clean stop).  The policy is "equal jitter": the delay before
-attempt n is ``d * U(0.5, 1)`` with ``d = min(backoff_max, backoff_initial *
-factor**n)``, so that a thousand units cut off by one cell outage do not all
-come back in the same second, yet no unit waits longer than ``backoff_max``.
+retry policy, clean stop).  The delays come from
+:class:`~gridedge.uplink.backoff.ReconnectPolicy`, which this service tells
+about each Welcome and each Error from the cloud: the backoff resets only on
+Welcome, and a refused unit waits long (see that module).
 
 The service also owns the link's byte counts: every byte on the socket goes to
 :class:`~gridedge.uplink.traffic.Traffic`, written once a minute and at stop.
 
-Tests: tests/edge/test_uplink_tls.py (real TLS over loopback), tests/system/.
+Tests: tests/edge/test_uplink_tls.py (real TLS over loopback), tests/edge/test_uplink_backoff.py,
+tests/system/.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gridedge.journal import Journal
+from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.counting import CountingEndpoint, raw_counter
 from gridedge.uplink.link import Link, LinkSettings
 from gridedge.uplink.protocol import UplinkProtocol
@@ -50,18 +51,6 @@ class UplinkStatus:
     bytes_received: int
 
 
-def backoff_policy(
-    initial: float, maximum: float, factor: float, rng: Callable[[], float] = random.random
-) -> Callable[[int], float]:
-    """Equal-jitter exponential backoff (see the module docstring)."""
-
-    def delay(attempt: int) -> float:
-        base = min(maximum, initial * factor ** max(0, attempt - 1))
-        return base * (0.5 + 0.5 * rng())
-
-    return delay
-
-
 class UplinkService(service.Service):
     """Keeps one gridwire session to the cloud alive, sending what the journal holds."""
 
@@ -78,7 +67,7 @@ class UplinkService(service.Service):
         server_name: str,
         identity_loader: Callable[[], DeviceIdentity],
         settings: LinkSettings,
-        backoff: Callable[[int], float],
+        backoff: ReconnectPolicy,
         connect_timeout: float,
         flush_every: float = 60.0,
     ) -> None:
@@ -148,9 +137,11 @@ class UplinkService(service.Service):
         return Link(
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
+            on_error=self._backoff.refused,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
+        self._backoff.welcomed()
         self.connections += 1
         self.last_connected_at = self.reactor.seconds()
         resumed = False
