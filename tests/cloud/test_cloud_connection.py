@@ -24,6 +24,7 @@ from gridcloud.connection import (
     EdgeInfo,
     EdgeRefused,
     Handler,
+    StoreUnavailable,
 )
 from gridcloud.handlers import default_handlers
 from gridcloud.sessions import SessionRegistry
@@ -351,6 +352,31 @@ def test_a_gap_in_the_sequence_is_logged_and_acknowledged(cloud: Cloud) -> None:
     cloud.store.writes[0].done(0)
     assert edge.received() == [Ack(up_to_seq=15)]
     assert cloud.log.matching("edge edge-1: seq 1..10 never arrived (dropped on the edge?)")
+
+
+def test_point6_database_down_at_admission_refuses_with_a_retry_hint(cloud: Cloud) -> None:
+    """The pool says the database is down: the edge hears when to come back, and the log has
+    an info line for this edge (the outage itself is the pool's one warning)."""
+    edge = cloud.edge()
+    edge.connect().failed(StoreUnavailable("database unavailable (down)", 7))
+    (error,) = [m for m in edge.received() if isinstance(m, Error)]
+    assert (error.code, error.retry_after) == (ErrorCode.INTERNAL_ERROR, 7)
+    assert error.detail == "database unavailable (down)"
+    assert edge.wire.closed and cloud.sessions.get("edge-1") is None
+    assert cloud.log.matching("refused edge edge-1", "told to retry in 7 s")
+    assert not cloud.log.matching("failed")
+
+
+def test_point6_write_failed_by_a_lost_database_carries_the_hint(cloud: Cloud) -> None:
+    """A batch whose connection died mid-write: the edge is told when to send it again, and the
+    log line gives a reason (it used to be empty)."""
+    edge = cloud.edge()
+    edge.admit()
+    edge.upload(1, 10)
+    cloud.store.writes[0].failed(StoreUnavailable("database unavailable (ConnectionDead)", 2))
+    (error,) = [m for m in edge.received() if isinstance(m, Error)]
+    assert (error.code, error.retry_after) == (ErrorCode.INTERNAL_ERROR, 2)
+    assert cloud.log.matching("storing seq 1..10 failed", "database unavailable (ConnectionDead)")
 
 
 def test_a_failed_write_closes_the_connection_so_that_the_edge_sends_it_again(

@@ -14,7 +14,9 @@ the outside through small interfaces it declares here, which the adapter
 - :class:`Clock`: ``seconds()`` and ``callLater()`` (the reactor, or a
   ``task.Clock`` in tests);
 - :class:`Store`: admit an edge, store one upload; each answers later
-  through a pair of callbacks (done / failed);
+  through a pair of callbacks (done / failed); ``failed(StoreUnavailable)``
+  while the database is down, which the edge hears as an Error with a
+  ``retry_after`` hint;
 - :class:`Log`: ``info``/``warn``/``error`` with a format string and fields
   (a ``twisted.logger.Logger`` fits).
 
@@ -102,6 +104,14 @@ class EdgeInfo:
 
 class EdgeRefused(Exception):
     """The edge may not connect (revoked); ``str()`` says why."""
+
+
+class StoreUnavailable(Exception):
+    """The database is down for now; the edge is told to retry after ``retry_after`` seconds."""
+
+    def __init__(self, why: str, retry_after: int) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
 
 
 # -- what a connection needs from outside --------------------------------------------------
@@ -373,6 +383,16 @@ class EdgeConnection:
     def _not_admitted(self, error: BaseException) -> None:
         if isinstance(error, EdgeRefused):
             self._refuse(f"refused edge {self.edge_id} ({self.peer}): {error}")
+        elif isinstance(error, StoreUnavailable):
+            # The outage itself is logged once by the pool; this is one refusal of many.
+            self.log.info(
+                "refused edge {edge} ({peer}): {why}; told to retry in {after} s",
+                edge=self.edge_id,
+                peer=self.peer,
+                why=error,
+                after=error.retry_after,
+            )
+            self._fail(ErrorCode.INTERNAL_ERROR, str(error), error.retry_after)
         else:
             self.log.error(
                 "admitting edge {edge} ({peer}) failed: {why}",
@@ -448,9 +468,10 @@ class EdgeConnection:
             peer=self.peer,
             a=first,
             b=last,
-            why=str(error),
+            why=str(error) or type(error).__name__,
         )
-        self._fail(ErrorCode.INTERNAL_ERROR, "could not store upload, try later")
+        retry_after = error.retry_after if isinstance(error, StoreUnavailable) else 0
+        self._fail(ErrorCode.INTERNAL_ERROR, "could not store upload, try later", retry_after)
 
     # -- flow control and timers -----------------------------------------------------------------
 
@@ -510,12 +531,12 @@ class EdgeConnection:
         self.log.warn("{line}", line=line)
         self._fail(code, line.split(": ", 1)[-1])
 
-    def _fail(self, code: ErrorCode, detail: str) -> None:
-        """Tell the peer why (if the session still allows it), then close."""
+    def _fail(self, code: ErrorCode, detail: str, retry_after: int = 0) -> None:
+        """Tell the peer why (and when to come back, if we know), then close."""
         if self._closing:
             return
         with contextlib.suppress(ProtocolError):  # a closed session may send nothing more
-            self.send(Error(code=code, detail=detail[:200]))
+            self.send(Error(code=code, detail=detail[:200], retry_after=retry_after))
         self._close()
 
     def _close(self) -> None:

@@ -12,9 +12,10 @@ Why this shape:
 - The arrays are sent as PostgreSQL array literals built with ``str.join``:
   psycopg2's adaptation of Python lists quotes every element in Python and is
   several times slower, which matters at tens of thousands of rows a second.
-- Connections are re-opened by txpostgres' ``DeadConnectionDetector`` when
-  PostgreSQL restarts; a batch that fails meanwhile fails its Deferred, the
-  server drops that connection and the edge sends the batch again later.
+- The connections are a :class:`gridcloud.pool.DatabasePool`: while PostgreSQL
+  is down every call fails at once with ``StoreUnavailable`` (admission is
+  refused with a retry hint; a batch in flight fails, the server drops that
+  connection and the edge sends the batch again later).
 
 Tests: tests/cloud/test_cloud_ingest.py.
 """
@@ -31,6 +32,7 @@ from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
 
 from .connection import EdgeInfo, EdgeRefused
+from .pool import DatabasePool, QuietConnection
 
 #: Field order of the arrays passed to ingest_batch(): the wire's column order.
 COLUMNS: tuple[str, ...] = IntervalRecord._fields
@@ -94,26 +96,13 @@ def _first_int(d: Any) -> defer.Deferred[int]:
     return result
 
 
-class _Pool(txpostgres.ConnectionPool):  # type: ignore[misc]
-    """A pool that uses the injected reactor and reconnects dead connections."""
-
-    def __init__(self, reactor: IReactorCore, dsn: str, size: int) -> None:
-        self.reactor = reactor
-        super().__init__(None, dsn, min=size)
-
-    def connectionFactory(self, reactor: IReactorCore, cooperator: Any) -> txpostgres.Connection:
-        return txpostgres.Connection(
-            reactor, cooperator, detector=DeadConnectionDetector(reactor=reactor)
-        )
-
-
 class IngestStore:
     """The cloud's asynchronous access to PostgreSQL for edge sessions."""
 
     def __init__(self, reactor: IReactorCore, dsn: str, pool_size: int = 4) -> None:
         self._reactor = reactor
         self._dsn = dsn
-        self._pool = _Pool(reactor, dsn, pool_size)
+        self._pool = DatabasePool(reactor, dsn, pool_size)
         self._listener: txpostgres.Connection | None = None
 
     def start(self) -> defer.Deferred[IngestStore]:
@@ -134,7 +123,7 @@ class IngestStore:
         The connection re-opens after PostgreSQL restarts and LISTENs again.
         """
         detector = DeadConnectionDetector(reactor=self._reactor)
-        conn = txpostgres.Connection(self._reactor, detector=detector)
+        conn = QuietConnection(self._reactor, detector=detector)
         self._listener = conn
         yield conn.connect(self._dsn)
 
