@@ -167,11 +167,11 @@ def test_postgresql_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             monkeypatch.setattr(pgcluster, "free_port", lambda: port)  # back on the same port
             for stop in (lambda: cluster.stop("fast"), cluster.kill):
                 more_rows(dsn, (edge.log, cloud.log))
-                failures = lines_with(cloud.log, "failed")
+                outages = lines_with(cloud.log, "PostgreSQL connection lost")
                 stop()
-                # Down until gridcloud has felt it: a write (or an admission) failed.
-                wait_until(lambda n=failures: lines_with(cloud.log, "failed") > n, 30,
-                           "gridcloud to fail a write to the stopped PostgreSQL", (cloud.log,))
+                # Down until gridcloud has felt it: one line per outage.
+                wait_until(lambda n=outages: lines_with(cloud.log, "PostgreSQL connection lost")
+                           > n, 30, "gridcloud to notice the stopped PostgreSQL", (cloud.log,))
                 cluster.start()
                 assert cloud.proc.alive and edge.proc.alive
             converge(dsn, sim, edge, cloud)

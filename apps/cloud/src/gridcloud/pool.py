@@ -46,7 +46,7 @@ RECONNECT_MAX = 0.5
 #: how long the database has been down so far, within these bounds, so that a restart of a
 #: few seconds costs a few seconds and a long outage costs an edge one attempt a minute.
 RETRY_AFTER_MIN = 2
-RETRY_AFTER_MAX = 60
+RETRY_AFTER_MAX = 300
 
 #: Failures that mean the connection (or the server) is gone, not that the query was wrong.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, ConnectionDead)
