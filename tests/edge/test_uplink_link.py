@@ -241,13 +241,17 @@ def test_cloud_ping_answered_and_commands_refused_politely(journal: Journal) -> 
 
 
 def test_garbage_from_cloud_is_a_protocol_error_and_close(journal: Journal) -> None:
-    """Malformed bytes end the connection with an Error frame, never an exception."""
+    """Malformed bytes end the connection with an Error frame, never an exception; the
+    reconnect policy hears of it (it backs off as after a refusal)."""
     sent: list[bytes] = []
     closed: list[int] = []
-    link = Link(journal, settings(), Clock(), sent.append, lambda: closed.append(1))
+    ended: list[Error] = []
+    link = Link(journal, settings(), Clock(), sent.append, lambda: closed.append(1),
+                on_error=ended.append)
     link.connected()
     link.data_received(b"\xff\xff\xff\xff\xff\xff")
     assert closed == [1]
+    assert [e.code for e in ended] == [ErrorCode.FRAME_TOO_LARGE]
     probe = CloudSession()
     msgs = probe.receive_data(sent[0])
     assert isinstance(msgs[0], Hello)

@@ -16,7 +16,8 @@ its ``Error`` decides the next wait (docs/edge.md, "Backoff policy"):
   the same second), capped at ``revoked``;
 * Error UNAUTHORIZED (the unit or its certificate is revoked): ``revoked *
   U(0.5, 1)``; nothing the unit can do fixes it, an operator must;
-* any other Error (a refusal): ``maximum * U(0.5, 1)`` at once.
+* any other Error (a refusal), or a protocol error of ours (the two ends
+  disagree, and would again): ``maximum * U(0.5, 1)`` at once.
 
 The policy is pure decisions, no clock: ClientService asks it for each delay
 (as its ``retryPolicy``; its own attempt count is ignored) and the uplink tells
@@ -61,7 +62,8 @@ class ReconnectPolicy:
         self.refusal = None
 
     def refused(self, error: Error) -> None:
-        """The cloud ended the connection with ``error``; the next delay depends on it."""
+        """The session ended with ``error`` (the cloud's, or the one this unit sent for a
+        protocol error); the next delay depends on it."""
         self.refusal = error
 
     def __call__(self, attempt: int) -> float:

@@ -317,8 +317,11 @@ class Link:
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.log.error("uplink protocol error ({side}): {code} {error}",
                        side=exc.side.value, code=exc.code.name, error=str(exc))
+        error = Error(code=exc.code, detail=str(exc)[:255])
         with contextlib.suppress(ProtocolError):
-            self._write(self.session.send(Error(code=exc.code, detail=str(exc)[:255])))
+            self._write(self.session.send(error))
+        # The cloud and this unit disagree: reconnecting at once would disagree again.
+        self._on_error(error)
         self._abort()
 
     def _abort(self) -> None:
