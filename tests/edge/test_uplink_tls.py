@@ -16,7 +16,7 @@ from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Journal
 from gridedge.uplink.link import LinkSettings
 from gridedge.uplink.service import UplinkService, backoff_policy
-from gridedge.uplink.tls import DeviceIdentity
+from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic
 from gridwire import (
     Ack,
@@ -26,6 +26,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
+from OpenSSL import SSL
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -99,6 +100,21 @@ def make_uplink(
         settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
         backoff=backoff_policy(0.05, 0.2, 2.0), connect_timeout=config.connect_timeout,
     )
+
+
+def test_point13_device_connections_need_no_binding_the_units_cryptography_lacks(
+    pki: tuple[Path, Path],
+) -> None:
+    """Buildroot 2025.02's cryptography (44) has no SSL_set1_curves_list binding, which the
+    uplink called for every connection: on a unit no connection was ever made. 'make
+    test-unit-libs' runs this on those versions (board/qemu-ci/unit-python.txt)."""
+    _, tls = pki
+    creator = ResumingCreator.for_device(SERVER_NAME, DeviceIdentity.load(tls))
+    tls_protocol = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    connection = creator.clientConnectionForTLS(tls_protocol)
+    assert isinstance(connection, SSL.Connection)
 
 
 @pytest.mark.parametrize("resumption", ["cache", "tickets"])
