@@ -1,7 +1,7 @@
 # gridedge stack: one Makefile for set-up, tests, demo, benchmarks and firmware.
 #
 #   make demo    run the whole system locally
-#   make test    run every test (what CI runs)
+#   make test    run every test (what CI runs), the edge's also on the unit's libraries
 #   make bench   run every benchmark
 #   make help    list the other targets
 #
@@ -61,4 +61,4 @@ lock: ## re-resolve requirements/constraints.txt from the newest releases
 	rm -rf .lockvenv
 
 clean: ## remove the virtualenv, demo state and build output
-	rm -rf $(VENV) var output .pytest_cache .hypothesis
+	rm -rf $(VENV) $(UNIT_VENV) var output .pytest_cache .hypothesis

@@ -11,7 +11,7 @@ CI_IMAGE := $(CI_IMAGE_DIR)/disk.img
 # Everything the image is made of: a change to any of these rebuilds it.
 CI_IMAGE_INPUTS := $(shell find board/qemu-ci board/common apps/wire/src apps/radio/src \
 	apps/edge/src -type f -not -name '*.pyc' 2>/dev/null) apps/wire/pyproject.toml \
-	apps/radio/pyproject.toml apps/edge/pyproject.toml requirements/constraints.txt
+	apps/radio/pyproject.toml apps/edge/pyproject.toml board/qemu-ci/unit-python.txt
 
 # Host tools of the image build and of the boot tests.
 APT_PACKAGES += qemu-system-arm u-boot-qemu rauc genimage mtools dosfstools squashfs-tools \
@@ -20,7 +20,8 @@ TEST_PREREQUISITES += ci-image
 
 .PHONY: ci-image ci-image-lock qemu-test qemu-run
 
-ci-image: setup $(CI_IMAGE) ## build the CI firmware image (Debian armhf) for the QEMU boot tests
+# .venv-unit (mk/unit-libs.mk): build.py checks unit-python.txt against gridedge's needs there.
+ci-image: setup venv-unit $(CI_IMAGE) ## build the CI firmware image (Debian armhf) for the QEMU boot tests
 
 $(CI_IMAGE): $(CI_IMAGE_INPUTS)
 	$(PY) board/qemu-ci/build.py --out $(CI_IMAGE_DIR) --cache output/cache

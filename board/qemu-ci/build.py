@@ -5,9 +5,11 @@ CI cannot download Buildroot's sources, so this assembles an image with the Buil
 layout and boot, init and update logic from Debian's armhf binary packages instead:
 
 1. Debian packages pinned in packages.lock (debian.py), unpacked without maintainer scripts;
-2. pure-Python dependencies at the versions pinned in requirements/constraints.txt from PyPI
+2. the Python libraries at the versions the Buildroot image ships (unit-python.txt, beside this
+   file: Buildroot 2025.02's, not the newest ones of requirements/constraints.txt) from PyPI
    wheels (armv7l wheels where PyPI has them, e.g. cryptography), the compiled modules PyPI has
-   no armv7l wheel for from Debian, then gridwire, gridradio and gridedge themselves; .pyc compiled here;
+   no armv7l wheel for from Debian, then gridwire, gridradio and gridedge themselves; .pyc
+   compiled here;
 3. overlays stacked like Buildroot's: skeleton/ (stands in for Buildroot's skeleton), then
    board/common/rootfs-overlay (shared with the BeagleBone image), then rootfs-overlay/;
 4. a small initramfs (Debian's armmp kernel has virtio, ext4 and vfat as modules);
@@ -41,6 +43,10 @@ BOARD = Path(__file__).resolve().parent
 ROOT = BOARD.parent.parent
 COMMON_OVERLAY = ROOT / "board" / "common" / "rootfs-overlay"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
+#: The unit's Python libraries: Buildroot's versions (the file's header says why and whence).
+UNIT_PINS = BOARD / "unit-python.txt"
+#: .venv-unit (mk/unit-libs.mk) has exactly those installed, under gridedge.
+UNIT_VENV_PY = ROOT / ".venv-unit" / "bin" / "python"
 # The host's own Python 3.11 writes the .pyc files: same version, same bytecode as the guest's.
 HOST_PY311 = "/usr/bin/python3.11"
 
@@ -63,12 +69,14 @@ MODULES = (
 )
 # PyPI has no armv7l wheel for these (at the pinned version): Debian's armhf build is used.
 FROM_DEBIAN = {"cffi": "python3-cffi-backend"}
-# No armv7l wheel, and Debian's build is too old (Twisted 26 needs zope.interface 8): these are
-# built from the pinned sdist and installed without their C speed-ups, which they only use
-# when present (zope.interface falls back to its pure-Python implementation).
-PURE_FROM_SDIST = {"zope-interface"}
+# No armv7l wheel at the pinned version: built from the pinned sdist and installed without
+# their C speed-ups, which they only use when present (both fall back to pure Python).
+PURE_FROM_SDIST = {"zope-interface", "markupsafe"}
 # Needed only to build cffi modules, never at run time.
 BUILD_ONLY = {"pycparser"}
+# Declared by incremental and zope.interface, imported by neither at run time; Buildroot
+# installs none on the target, so neither image has it.
+NOT_ON_UNIT = {"setuptools"}
 WHEEL_PLATFORMS = (
     "manylinux_2_36_armv7l",
     "manylinux_2_31_armv7l",
@@ -170,10 +178,28 @@ def fetch_debs(cache: Path) -> list[Path]:
 # --- Python packages ------------------------------------------------------------------------
 
 
-def python_requirements() -> dict[str, str]:
-    """gridedge's run-time dependency closure at the versions installed in .venv.
+def normalized(name: str) -> str:
+    """A distribution name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-    .venv is installed with requirements/constraints.txt, so these are the pinned versions.
+
+def unit_pins() -> dict[str, str]:
+    """unit-python.txt: normalized name -> version."""
+    pins = {}
+    for raw in UNIT_PINS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[normalized(name)] = version.strip()
+    return pins
+
+
+def python_requirements() -> dict[str, str]:
+    """The pinned unit libraries, checked against gridedge's run-time dependency closure.
+
+    The closure is read in .venv-unit, installed with the same pins: a library gridedge (or a
+    library of it) needs that the file lacks, or a version that differs, stops the build here
+    rather than as an ImportError in a booted image.
     """
     probe = r"""
 import importlib.metadata as md, json
@@ -198,11 +224,24 @@ def walk(name, extras):
 walk("gridedge", ())
 print(json.dumps(seen))
 """
-    out = run(VENV_PY, "-c", probe, stdout=subprocess.PIPE).stdout
-    found: dict[str, str] = json.loads(out)
-    for own in ("gridedge", "gridradio", "gridwire"):
-        found.pop(own, None)
-    return found
+    if not UNIT_VENV_PY.exists():
+        raise SystemExit(f"ci-image: {UNIT_VENV_PY.parent.parent} is missing: make venv-unit")
+    out = run(UNIT_VENV_PY, "-c", probe, stdout=subprocess.PIPE).stdout
+    closure: dict[str, str] = json.loads(out)
+    for own in ("gridedge", "gridradio", "gridwire", *NOT_ON_UNIT):
+        closure.pop(own, None)
+    pins = unit_pins()
+    problems = [f"{n} {v} is needed but not pinned" for n, v in closure.items() if n not in pins]
+    problems += [
+        f"{n} is pinned at {pins[n]} but .venv-unit has {v}"
+        for n, v in closure.items()
+        if n in pins and pins[n] != v
+    ]
+    problems += [f"{n} is pinned but gridedge does not need it" for n in pins.keys() - closure]
+    if problems:
+        raise SystemExit(f"ci-image: {UNIT_PINS.name} and gridedge's dependencies disagree:\n  "
+                         + "\n  ".join(problems))
+    return pins
 
 
 def fetch_wheels(cache: Path, requirements: dict[str, str]) -> Path:

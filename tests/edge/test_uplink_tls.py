@@ -18,7 +18,7 @@ from gridedge.journal import Journal
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.link import LinkSettings
 from gridedge.uplink.service import UplinkService
-from gridedge.uplink.tls import DeviceIdentity
+from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic
 from gridwire import (
     Ack,
@@ -30,6 +30,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
+from OpenSSL import SSL
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -103,6 +104,21 @@ def make_uplink(
         settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
         backoff=ReconnectPolicy(0.05, 0.2, 2.0, 60.0), connect_timeout=config.connect_timeout,
     )
+
+
+def test_point13_device_connections_need_no_binding_the_units_cryptography_lacks(
+    pki: tuple[Path, Path],
+) -> None:
+    """Buildroot 2025.02's cryptography (44) has no SSL_set1_curves_list binding, which the
+    uplink called for every connection: on a unit no connection was ever made. 'make
+    test-unit-libs' runs this on those versions (board/qemu-ci/unit-python.txt)."""
+    _, tls = pki
+    creator = ResumingCreator.for_device(SERVER_NAME, DeviceIdentity.load(tls))
+    tls_protocol = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    connection = creator.clientConnectionForTLS(tls_protocol)
+    assert isinstance(connection, SSL.Connection)
 
 
 @pytest.mark.parametrize("resumption", ["cache", "tickets"])

@@ -16,6 +16,9 @@ whenever a Buildroot 2025.02.x tree is at hand. It checks, in a scratch output d
    (br2-external/, package/ and the board folders the defconfigs use).
 3. `make show-info` lists each of our packages, with its build dependencies, and every package
    its Config.in selects at runtime is in the same build.
+4. `board/qemu-ci/unit-python.txt`, the Python libraries the CI image and `make test-unit-libs`
+   install as the unit's, pins the version that the `.mk` file named on each line gives (the
+   Buildroot tree's package/, or this tree's).
 
 Every check prints what it ran and what it found; any failure makes the exit status 1.
 Nothing is skipped: a missing tool (shellcheck, python3-magic, flake8) is a failure.
@@ -169,6 +172,31 @@ def check_show_info(buildroot: Path, scratch: Path) -> list[str]:
     return problems
 
 
+def check_unit_pins(buildroot: Path) -> list[str]:
+    """unit-python.txt pins what the Buildroot tree (or this tree, for its own packages) ships.
+
+    Each line names its package in a comment ("# package/python-attrs", "# this tree:
+    package/python-klein"); the version is the .mk file's <PKG>_VERSION.
+    """
+    problems = []
+    pins = REPO / "board/qemu-ci/unit-python.txt"
+    for line in pins.read_text().splitlines():
+        m = re.fullmatch(r"([\w.-]+)==(\S+)\s+#\s*(this tree: )?package/([\w-]+)", line)
+        if not m:
+            if line.strip() and not line.startswith("#"):
+                problems.append(f"{pins.name}: names no package: {line}")
+            continue
+        name, pinned, ours, package = m.groups()
+        mk = (REPO if ours else buildroot) / "package" / package / f"{package}.mk"
+        prefix = package.upper().replace("-", "_")
+        found = re.search(rf"^{prefix}_VERSION\s*=\s*(\S+)", mk.read_text(), re.MULTILINE)
+        shipped = found.group(1) if found else None
+        print(f"  {name}: pinned {pinned}, {mk.relative_to(REPO if ours else buildroot)} {shipped}")
+        if shipped != pinned:
+            problems.append(f"{pins.name}: {name}=={pinned}, but {package} ships {shipped}")
+    return problems
+
+
 def main() -> int:
     """Run every check against the Buildroot tree given on the command line."""
     if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "support/scripts/genimage.sh").is_file():
@@ -188,6 +216,8 @@ def main() -> int:
         problems += check_package(buildroot)
         print("== show-info")
         problems += check_show_info(buildroot, scratch)
+    print("== unit-python.txt")
+    problems += check_unit_pins(buildroot)
     print("== result")
     for problem in problems:
         print("FAIL: " + problem)

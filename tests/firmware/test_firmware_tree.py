@@ -223,6 +223,27 @@ def test_new_python_package_matches_pinned_version_and_dependencies(name: str) -
         assert PYPI_TO_SYMBOL[req.name.lower().replace("_", "-").replace(".", "-")] in selects, raw
 
 
+def test_unit_pins_name_the_buildroot_series_and_ship_our_packages_versions() -> None:
+    """board/qemu-ci/unit-python.txt (the unit's libraries for the CI image and .venv-unit)
+    says which Buildroot release it follows, names a package on each line, and pins klein and
+    Tubes at the versions of our package/ (tests/firmware/buildroot_check.py checks the rest
+    against a Buildroot tree)."""
+    text = (BOARD / "qemu-ci/unit-python.txt").read_text()
+    series = re.search(r"^BUILDROOT_SERIES := (\S+)", (REPO / "mk/firmware.mk").read_text(), re.M)
+    assert series and f"Buildroot {series.group(1)}." in text
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    pins = {}
+    for line in lines:
+        m = re.fullmatch(r"([\w.-]+)==(\S+)\s+#\s*(this tree: )?package/([\w-]+)", line)
+        assert m, line
+        pins[m.group(4)] = (m.group(2), bool(m.group(3)))
+    ours = {package for package, (_, here) in pins.items() if here}
+    assert ours == {"python-klein", "python-tubes"}
+    for package in ours:
+        directory = PACKAGES / package
+        assert pins[package][0] == mk_variables(directory)[f"{prefix(directory)}_VERSION"]
+
+
 def test_gridedge_user_cannot_log_in_and_reaches_serial_ports_but_not_the_console() -> None:
     """The app's user: no login, home on /data, in dialout; mdev gives dialout the UARTs only."""
     mk = (PACKAGES / "python-gridedge/python-gridedge.mk").read_text()

@@ -116,13 +116,25 @@ def session_from_der(der: bytes, context: SSL.Context) -> SSL.Session | None:
 DEFAULT_GROUPS = "X25519:P-256"
 
 
-def set_groups(connection: SSL.Connection, groups: str) -> None:
-    """Restrict the key-exchange groups of one connection (SSL_set1_groups_list, which
-    pyOpenSSL's bindings expose under its old name SSL_set1_curves_list)."""
+def set_groups(connection: SSL.Connection, groups: str) -> bool:
+    """Restrict the key-exchange groups of one connection; False if this binding cannot.
+
+    pyOpenSSL has no public call for it (``Context.set_tmp_ecdh`` takes one EC curve, so no
+    X25519, and only before the context makes a connection); the binding underneath has
+    SSL_set1_groups_list under its old name SSL_set1_curves_list, but not in every
+    release: cryptography 44, the one Buildroot 2025.02 ships (board/qemu-ci/unit-python.txt),
+    lacks it. Without it the connection keeps OpenSSL's default groups, which every server
+    accepts: the restriction saves bytes, it is not what makes the connection secure.
+    Raises ValueError for unknown names.
+    """
     from OpenSSL._util import lib
 
-    if lib.SSL_set1_curves_list(connection._ssl, groups.encode("ascii")) != 1:
+    call = getattr(lib, "SSL_set1_curves_list", None)
+    if call is None:
+        return False
+    if call(connection._ssl, groups.encode("ascii")) != 1:
         raise ValueError(f"unknown TLS group in {groups!r}")
+    return True
 
 
 def session_reused(connection: SSL.Connection) -> bool:
