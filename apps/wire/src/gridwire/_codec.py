@@ -36,7 +36,7 @@ MAX_LENGTH_BYTES = 3
 def encode_body(
     message: Message, compress: bool | None = None, previous: RecordColumns | None = None
 ) -> bytes:
-    """The body bytes of ``message`` (fields in WIRE order, no extensions).
+    """The body bytes of ``message``: fields in WIRE order, then its extensions that are set.
 
     ``previous``: the columns of the previous ReadingBatch on this connection
     (the reference for METER_DELTA columns), None for the first one.
@@ -57,6 +57,11 @@ def encode_body(
             out.append(value)
         else:  # fixed
             out.append(value)
+    for tag, name, _kind in message.EXTENSIONS:  # uint values, see Message.EXTENSIONS
+        value = getattr(message, name)
+        if value is not None:
+            raw = uvarint(value)
+            out.append(uvarint(tag) + uvarint(len(raw)) + raw)
     return b"".join(out)
 
 
@@ -100,7 +105,7 @@ def decode_body(
                 kwargs[name] = reader.blob(bound)
             else:
                 kwargs[name] = reader.raw(bound)
-    _skip_extensions(reader, cls.__name__)
+    kwargs.update(_extensions(reader, cls))
     try:
         return cls(**kwargs)
     except ProtocolError as exc:
@@ -108,16 +113,27 @@ def decode_body(
         raise ProtocolError(exc.code, str(exc), Side.REMOTE) from None
 
 
-def _skip_extensions(reader: Reader, name: str) -> None:
-    """v1 defines no extension fields: skip optional ones, refuse critical ones."""
+def _extensions(reader: Reader, cls: type[Message]) -> dict[str, object]:
+    """The extension fields ``cls`` knows; skip unknown optional ones, refuse critical ones."""
+    known = {tag: (name, bits) for tag, name, (_kind, bits) in cls.EXTENSIONS}
+    found: dict[str, object] = {}
     while reader.remaining():
         tag = reader.uvarint(32)
         size = reader.uvarint(32)
-        reader.raw(size)
-        if tag & 1:
+        raw = reader.raw(size)
+        if tag in known:
+            name, bits = known[tag]
+            field = Reader(raw)
+            found[name] = field.uvarint(bits)
+            if field.remaining():
+                raise ProtocolError(
+                    ErrorCode.MALFORMED_FRAME, f"{cls.__name__}.{name}: extension has extra bytes"
+                )
+        elif tag & 1:
             raise ProtocolError(
-                ErrorCode.UNSUPPORTED_EXTENSION, f"{name}: unknown critical extension {tag}"
+                ErrorCode.UNSUPPORTED_EXTENSION, f"{cls.__name__}: unknown critical extension {tag}"
             )
+    return found
 
 
 class FrameDecoder:

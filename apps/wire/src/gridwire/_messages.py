@@ -10,6 +10,10 @@ Field kinds in ``WIRE``:
     ("blob", n)      uvarint length + bytes, at most n bytes
     ("fixed", n)     exactly n raw bytes, no length prefix
 
+Optional fields added after v1 shipped live in the frame's extension area
+(``EXTENSIONS``: even tag, attribute, kind): an older peer skips them, a
+sender leaves out the ones that are None, a receiver that gets none sees None.
+
 Why validate on construction: an invalid message then cannot exist, so a
 sender cannot put it on the wire and a decoder that builds one has checked it.
 Constructors raise ProtocolError(INVALID_FIELD, side=LOCAL); the decoder
@@ -93,6 +97,7 @@ class AlarmKind(enum.IntEnum):
     # Events of the edge unit itself (meter_id 0), from 0x8000 up.
     JOURNAL_EVICTED = 0x8001  #: the journal was full; detail says how many readings were dropped
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
+    RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
 
 
 class CommandKind(enum.IntEnum):
@@ -142,6 +147,8 @@ class Message:
     __slots__ = ()
     TYPE: ClassVar[MessageType]
     WIRE: ClassVar[tuple[tuple[str, tuple[str, int]], ...]]
+    #: optional fields in the extension area: (even tag, attribute, ("uint", bits)); None = absent
+    EXTENSIONS: ClassVar[tuple[tuple[int, str, tuple[str, int]], ...]] = ()
     ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {}
 
     def __post_init__(self) -> None:
@@ -175,6 +182,12 @@ class Message:
                     raise local_error(
                         ErrorCode.INVALID_FIELD, f"{name}.{attr} has {len(value)} bytes"
                     )
+        for _tag, attr, (_kind, bits) in self.EXTENSIONS:
+            value = getattr(self, attr)
+            if value is not None and (type(value) is not int or not 0 <= value < (1 << bits)):
+                raise local_error(
+                    ErrorCode.INVALID_FIELD, f"{name}.{attr}={value!r} not None or in 0..2**{bits}-1"
+                )
         for attr, kind_enum in self.ENUMS.items():
             object.__setattr__(self, attr, _enum_or_int(kind_enum, getattr(self, attr)))
         self._check()
@@ -227,6 +240,8 @@ class Welcome(Message):
     heartbeat_interval: seconds; the edge sends Ping when it has sent nothing for
     this long, and either side may drop the link after 3 intervals of silence.
     max_in_flight: uploads the edge may have unacknowledged (batches + events).
+    max_batch_records, max_frame_size (extension fields, None when not sent):
+    the cloud's limits, so the edge never sends a batch the cloud must refuse.
     """
 
     TYPE = MessageType.WELCOME
@@ -237,17 +252,27 @@ class Welcome(Message):
         ("heartbeat_interval", U32),
         ("max_in_flight", U16),
     )
+    EXTENSIONS = ((2, "max_batch_records", U16), (4, "max_frame_size", ("uint", 21)))
     version: int
     server_time: int
     last_acked_seq: int
     heartbeat_interval: int = 300
     max_in_flight: int = 8
+    max_batch_records: int | None = None
+    max_frame_size: int | None = None
 
     def _check(self) -> None:
         if self.version < 1 or self.heartbeat_interval < 1 or self.max_in_flight < 1:
             raise local_error(
                 ErrorCode.INVALID_FIELD,
                 "Welcome needs version, heartbeat_interval and max_in_flight >= 1",
+            )
+        if self.max_batch_records == 0 or (
+            self.max_frame_size is not None and self.max_frame_size < 64 + MAX_CHUNK
+        ):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                f"Welcome needs max_batch_records >= 1 and max_frame_size >= {64 + MAX_CHUNK}",
             )
 
 
@@ -529,4 +554,6 @@ def describe(cls: type[Message]) -> str:
         lines.append(f"| {number} | {name} | {kinds[kind].format(bound)} |")
     if cls is ReadingBatch:
         lines.append("| 2 | (batch) | reading batch body, see below |")
+    for tag, name, (kind, bound) in cls.EXTENSIONS:
+        lines.append(f"| ext {tag} | {name} | optional extension, value {kinds[kind].format(bound)} |")
     return "\n".join(lines)
