@@ -31,7 +31,7 @@ Tests: tests/cloud/test_cloud_ingest.py, tests/cloud/test_cloud_server.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg2
@@ -228,7 +228,7 @@ class IngestStore:
                 end += 1
             try:
                 marks.append(await self._ingest(edge_id, first_seq + index,
-                                                RecordColumns(*zip(*rows[index:end]))))
+                                                RecordColumns(*zip(*rows[index:end], strict=True))))
             except PERMANENT:
                 for i in range(index, end):
                     try:
@@ -241,14 +241,15 @@ class IngestStore:
         return marks[0]
 
     def _set_aside(
-        self, edge_id: str, first_seq: int, rows: list[tuple[int, ...]], index: int, reason: str
+        self, edge_id: str, first_seq: int, rows: Sequence[Sequence[int]], index: int, reason: str
     ) -> defer.Deferred[int]:
         record = dict(zip(COLUMNS, rows[index], strict=True))
         return self._dead_letter(edge_id, first_seq + index, "reading", record, reason)
 
     def _ingest(self, edge_id: str, first_seq: int, columns: RecordColumns) -> defer.Deferred[int]:
         """One ingest_batch() call; logs readings skipped on the natural key whose values differ."""
-        d = self._pool.runQuery(INGEST_SQL, batch_parameters(edge_id, first_seq, columns.as_tuple()))
+        params = batch_parameters(edge_id, first_seq, columns.as_tuple())
+        d = self._pool.runQuery(INGEST_SQL, params)
 
         def stored(rows: Any) -> int:
             previous, duplicates, conflicts, meter, end = rows[0]
@@ -265,7 +266,7 @@ class IngestStore:
         return result
 
     def _dead_letter(
-        self, edge_id: str, seq: int, kind: str, record: dict[str, object], reason: str
+        self, edge_id: str, seq: int, kind: str, record: Mapping[str, object], reason: str
     ) -> defer.Deferred[int]:
         """Set one record aside in dead_letters (exactly once); fires with the previous mark."""
         self.log.warn(

@@ -186,7 +186,8 @@ class Message:
             value = getattr(self, attr)
             if value is not None and (type(value) is not int or not 0 <= value < (1 << bits)):
                 raise local_error(
-                    ErrorCode.INVALID_FIELD, f"{name}.{attr}={value!r} not None or in 0..2**{bits}-1"
+                    ErrorCode.INVALID_FIELD,
+                    f"{name}.{attr}={value!r} not None or in 0..2**{bits}-1",
                 )
         for attr, kind_enum in self.ENUMS.items():
             object.__setattr__(self, attr, _enum_or_int(kind_enum, getattr(self, attr)))
@@ -555,5 +556,6 @@ def describe(cls: type[Message]) -> str:
     if cls is ReadingBatch:
         lines.append("| 2 | (batch) | reading batch body, see below |")
     for tag, name, (kind, bound) in cls.EXTENSIONS:
-        lines.append(f"| ext {tag} | {name} | optional extension, value {kinds[kind].format(bound)} |")
+        value = kinds[kind].format(bound)
+        lines.append(f"| ext {tag} | {name} | optional extension, value {value} |")
     return "\n".join(lines)
