@@ -178,8 +178,8 @@ def raw_ceiling(dsn: str, connections: int, duration: float) -> float:
                 dsn,
                 "--edge",
                 f"raw{run}-{i}",
-                "--index",
-                str(i),
+                "--index",  # meters of their own: readings are unique on (meter, interval)
+                str(run * 8 + i),
                 "--start",
                 str(start),
                 "--duration",
