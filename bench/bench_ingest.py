@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,10 @@ def role_raw(args: argparse.Namespace) -> None:
     rows = 0
     k = 0
     while time.time() < args.start + args.duration:
-        cur.execute(INGEST_SQL, (args.edge, 1 + BATCH * k, *arrays[k % 8]))
+        # readings are unique on (meter_id, interval_end): each batch moves its interval by k s
+        ends = "{" + ",".join([str(t0 + 900 * (k % 8) + k)] * BATCH) + "}"
+        meters, _, *rest = arrays[k % 8]
+        cur.execute(INGEST_SQL, (args.edge, 1 + BATCH * k, meters, ends, *rest))
         rows += BATCH
         k += 1
     cur.execute("SELECT readings_total FROM edges WHERE edge_id = %s", (args.edge,))
@@ -174,8 +178,8 @@ def raw_ceiling(dsn: str, connections: int, duration: float) -> float:
                 dsn,
                 "--edge",
                 f"raw{run}-{i}",
-                "--index",
-                str(i),
+                "--index",  # meters of their own: readings are unique on (meter, interval)
+                str(run * 8 + i),
                 "--start",
                 str(start),
                 "--duration",
@@ -303,7 +307,9 @@ def role_load(args: argparse.Namespace) -> None:
         k = 0
         while time.time() < args.start + args.duration:
             while len(pending) < window:
-                pending.append(client.upload(ReadingBatch(first_seq=seq, columns=variants[k % 8])))
+                # readings are unique on (meter_id, interval_end): move the interval by k s
+                columns = replace(variants[k % 8], interval_end=(t0 + 900 * (k % 8) + k,) * BATCH)
+                pending.append(client.upload(ReadingBatch(first_seq=seq, columns=columns)))
                 seq += BATCH
                 k += 1
             await pending.pop(0)

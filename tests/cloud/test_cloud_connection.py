@@ -225,7 +225,8 @@ def cloud() -> Cloud:
 
 def test_admission_welcomes_the_edge_after_its_high_water_mark(cloud: Cloud) -> None:
     """Hello is admitted by the store with what the edge said; reading pauses meanwhile;
-    Welcome carries the stored high-water mark, and the connection is the edge's live session."""
+    Welcome carries the stored high-water mark and the limits, and the connection is the
+    edge's live session."""
     cloud.clock.advance(1_795_000_123)
     edge = cloud.edge()
     admission = edge.connect()
@@ -241,6 +242,8 @@ def test_admission_welcomes_the_edge_after_its_high_water_mark(cloud: Cloud) -> 
             last_acked_seq=41,
             heartbeat_interval=60,
             max_in_flight=8,
+            max_batch_records=ServerConfig().max_batch_records,
+            max_frame_size=ServerConfig().max_frame_size,
         )
     ]
     assert not edge.wire.paused

@@ -16,7 +16,7 @@ from gridcloud.connection import EdgeConnection
 from gridcloud.server import CloudService
 from gridedge import loadgen
 from gridedge.uplink.tls import ResumingCreator
-from gridwire import ErrorCode, Ping
+from gridwire import ErrorCode, EventReport, Ping, ReadingBatch
 from twisted.internet import defer, endpoints, protocol, task, tcp
 
 from support.cloud_harness import (
@@ -283,3 +283,32 @@ async def test_revoking_a_connected_edge_closes_its_session(
     await within(reactor(), client.lost, 10)
     assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
     await logs.wait_for(reactor(), "edge edge-1", "revoked while connected")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point1_poison_records_are_acked_and_the_session_goes_on(
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str
+) -> None:
+    """Over real TLS: records PostgreSQL cannot store (energy 2**63, event time 10**13 and 2**63,
+    a NUL in a detail) are acknowledged with the good ones around them, the session stays up,
+    the good records are stored and the bad ones are in dead_letters; Welcome tells the edge
+    the cloud's batch and frame limits."""
+    client = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
+    welcome = await within(reactor(), client.welcome, 10)
+    assert welcome.max_batch_records == cloud.config.max_batch_records
+    assert welcome.max_frame_size == cloud.config.max_frame_size
+    client.send(EventReport(seq=1, meter_id=3, time=10**13, kind=1, detail="far"))
+    client.send(EventReport(seq=2, meter_id=3, time=2**63, kind=1, detail="farther"))
+    client.send(EventReport(seq=3, meter_id=3, time=1_700_000_000, kind=1, detail="a\x00b"))
+    good = batch(4, 6).records
+    poisoned = ReadingBatch(first_seq=4, records=[*good[:3], good[3]._replace(energy_wh=2**63),
+                                                  *good[4:]])
+    assert await within(reactor(), client.upload(poisoned), 10) == 9
+    await round_trip(client, 1)  # still the same, live session
+    assert client.errors == [] and not client.lost.called
+    assert count(pg_dsn) == 5
+    assert query(pg_dsn, "SELECT seq, kind FROM dead_letters ORDER BY seq") == [
+        (1, "event"), (2, "event"), (3, "event"), (7, "reading"),
+    ]
+    client.transport.loseConnection()
+    await within(reactor(), client.lost, 10)

@@ -21,6 +21,7 @@ from gridwire import (
     ErrorCode,
     EventReport,
     Hello,
+    Limits,
     Message,
     Ping,
     Pong,
@@ -35,8 +36,10 @@ from support.journal_helpers import rec
 class Cloud:
     """The cloud end of an in-memory link: gridwire's real CloudSession, scripted by the test."""
 
-    def __init__(self, last_acked: int = 0, max_in_flight: int = 8, heartbeat: int = 300) -> None:
-        self.session = CloudSession()
+    def __init__(self, last_acked: int = 0, max_in_flight: int = 8, heartbeat: int = 300,
+                 **welcome_limits: int) -> None:
+        self.session = CloudSession(limits=Limits(**welcome_limits))
+        self.welcome_limits = welcome_limits
         self.last_acked = last_acked
         self.max_in_flight = max_in_flight
         self.heartbeat = heartbeat
@@ -50,7 +53,8 @@ class Cloud:
             if isinstance(message, Hello):
                 self.to_edge(Welcome(version=1, server_time=0, last_acked_seq=self.last_acked,
                                      heartbeat_interval=self.heartbeat,
-                                     max_in_flight=self.max_in_flight))
+                                     max_in_flight=self.max_in_flight,
+                                     **self.welcome_limits))
 
     def to_edge(self, message: Message) -> None:
         assert self.link is not None
@@ -264,3 +268,24 @@ def test_cloud_error_closes(journal: Journal) -> None:
     connect(journal, cloud, Clock())
     cloud.to_edge(Error(code=ErrorCode.SHUTTING_DOWN, detail="bye"))
     assert cloud.closed == 1
+
+
+def test_point1_batches_follow_the_limits_in_welcome(journal: Journal) -> None:
+    """A cloud whose Welcome says max_batch_records=40 (and a frame size that holds fewer
+    records than the edge's own batch) gets batches it accepts, never a batch it must refuse."""
+    journal.append([rec(i) for i in range(300)])
+    cloud = Cloud(max_batch_records=40)
+    connect(journal, cloud, Clock(), batch_records=200)
+    while cloud.session.unacked_seq < 300:
+        cloud.ack_all()
+    sizes = {len(m) for m in cloud.uploads() if isinstance(m, ReadingBatch)}
+    assert max(sizes) == 40 and cloud.seqs() == list(range(1, 301))
+
+    smallest = 64 + 65536  # the smallest frame limit a cloud may have
+    journal.append([rec(i, energy=2**62 + i * 7919) for i in range(20_000)])
+    cloud = Cloud(max_frame_size=smallest)
+    link = connect(journal, cloud, Clock(), batch_records=8192)
+    while cloud.session.unacked_seq < journal.next_seq - 1:
+        cloud.ack_all()
+    assert link.closed is False and cloud.closed == 0
+    assert cloud.seqs()[-1] == journal.next_seq - 1

@@ -120,6 +120,8 @@ def records(
 
 
 def batch(first_seq: int, count: int, **kw: Any) -> ReadingBatch:
+    """Records for seq first_seq.. of meters first_seq.. (unless told): distinct readings."""
+    kw.setdefault("first_meter", first_seq)
     return ReadingBatch(first_seq=first_seq, records=records(count, **kw))
 
 

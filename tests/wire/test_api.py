@@ -14,6 +14,8 @@ PUBLIC = {
     "MAX_FIRMWARE_VERSION",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "EVENT_TIME_RANGE",
+    "VALUE_RANGES",
     "Ack",
     "AlarmKind",
     "ChunkRequest",
@@ -45,7 +47,9 @@ PUBLIC = {
     "Side",
     "State",
     "Welcome",
+    "event_problem",
     "negotiate_version",
+    "record_problems",
 }
 
 

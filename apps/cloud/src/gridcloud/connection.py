@@ -369,6 +369,8 @@ class EdgeConnection:
                 last_acked_seq=last_seq,
                 heartbeat_interval=self.config.heartbeat_interval,
                 max_in_flight=self.config.max_in_flight,
+                max_batch_records=self.config.max_batch_records,
+                max_frame_size=self.config.max_frame_size,
             )
         )
         self.log.info(

@@ -8,7 +8,16 @@ Why this shape:
   parallel arrays.  The caller acknowledges the batch only once the returned
   Deferred fires, which is after COMMIT.
 - Exactly once on (edge, seq): the function keeps a per-edge high-water mark
-  under a row lock, see the long comment in 0001_initial.sql and docs/cloud.md.
+  under a row lock, see the long comment in 0001_initial.sql and docs/cloud.md;
+  and on the natural key (meter_id, interval_end), unique since migration 0002:
+  a reading stored already (a renumbered or back-filled journal) is skipped,
+  counted, and logged when its values differ.
+- Permanent vs transient failures: a record outside gridwire's value ranges, or
+  one PostgreSQL refuses with a data or integrity error, can never be stored;
+  it goes to ``dead_letters`` with the reason (``dead_letter()``, same
+  high-water mark) and the batch succeeds, so the edge's other records flow.
+  Any other failure (PostgreSQL down, a lost connection) fails the Deferred:
+  the server closes the connection and the edge sends the batch again.
 - The arrays are sent as PostgreSQL array literals built with ``str.join``:
   psycopg2's adaptation of Python lists quotes every element in Python and is
   several times slower, which matters at tens of thousands of rows a second.
@@ -17,17 +26,20 @@ Why this shape:
   refused with a retry hint; a batch in flight fails, the server drops that
   connection and the edge sends the batch again later).
 
-Tests: tests/cloud/test_cloud_ingest.py.
+Tests: tests/cloud/test_cloud_ingest.py, tests/cloud/test_cloud_server.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gridwire import IntervalRecord
+import psycopg2
+from gridwire import EventReport, IntervalRecord, RecordColumns, event_problem, record_problems
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
 
@@ -40,12 +52,15 @@ COLUMNS: tuple[str, ...] = IntervalRecord._fields
 #: The one statement that stores a batch; bench/bench_ingest.py measures the raw
 #: ceiling of PostgreSQL with exactly this statement.
 INGEST_SQL = (
-    "SELECT ingest_batch(%s, %s, %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    "SELECT * FROM ingest_batch(%s, %s, %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::integer[], %s::bigint[], %s::integer[], %s::integer[])"
 )
 
-#: Largest value a bigint column holds; gridwire allows u64 energy registers.
-BIGINT_MAX = 2**63 - 1
+_DEAD_LETTER_SQL = "SELECT dead_letter(%s, %s, %s, %s, %s)"
+
+#: Failures no retry can cure: the record itself is the problem (SQLSTATE classes 22 and 23,
+#: and psycopg2 refusing a value such as a string with NUL before sending it).
+PERMANENT = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
 
 _ADMIT_SQL = """
 INSERT INTO edges AS e (edge_id, last_connected_at, last_peer, firmware_version, boot_slot)
@@ -69,10 +84,6 @@ SELECT coalesce(
 """
 
 
-class BadBatch(ValueError):
-    """A batch holds a value PostgreSQL cannot store; it is refused, not truncated."""
-
-
 def array_literal(values: Sequence[int]) -> str:
     """A PostgreSQL array literal of integers: ``{1,2,3}``."""
     return "{" + ",".join(map(str, values)) + "}"
@@ -83,11 +94,14 @@ def batch_parameters(
 ) -> tuple[Any, ...]:
     """The parameters of INGEST_SQL for one batch given as eight columns in COLUMNS order."""
     if len(columns) != len(COLUMNS):
-        raise BadBatch(f"expected {len(COLUMNS)} columns, got {len(columns)}")
-    energy = columns[2]
-    if energy and max(energy) > BIGINT_MAX:
-        raise BadBatch("energy_wh above 2**63-1 cannot be stored")
+        raise ValueError(f"expected {len(COLUMNS)} columns, got {len(columns)}")
     return (edge_id, first_seq, *map(array_literal, columns))
+
+
+def _reason(exc: BaseException) -> str:
+    """What PostgreSQL (or psycopg2) said about a record it refused, on one line."""
+    text = getattr(exc, "pgerror", None) or str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def _first_int(d: Any) -> defer.Deferred[int]:
@@ -98,6 +112,8 @@ def _first_int(d: Any) -> defer.Deferred[int]:
 
 class IngestStore:
     """The cloud's asynchronous access to PostgreSQL for edge sessions."""
+
+    log = Logger()
 
     def __init__(self, reactor: IReactorCore, dsn: str, pool_size: int = 4) -> None:
         self._reactor = reactor
@@ -160,25 +176,123 @@ class IngestStore:
         raise EdgeRefused(why[0][0])
 
     def write_batch(
-        self, edge_id: str, first_seq: int, columns: Sequence[Sequence[int]]
+        self, edge_id: str, first_seq: int, columns: RecordColumns
     ) -> defer.Deferred[int]:
-        """Store one batch; fires with the previous high-water mark after COMMIT."""
-        try:
-            params = batch_parameters(edge_id, first_seq, columns)
-        except BadBatch:
-            return defer.fail()
-        return _first_int(self._pool.runQuery(INGEST_SQL, params))
+        """Store one batch; fires with the previous high-water mark after COMMIT.
 
-    def write_event(
-        self, edge_id: str, seq: int, meter_id: int, time: int, kind: int, detail: str
+        One ``ingest_batch()`` call when every record is storable (the fast path);
+        otherwise the batch is stored piece by piece (see :meth:`_piecewise`).
+        """
+        problems = record_problems(columns)
+        if problems:
+            return defer.ensureDeferred(self._piecewise(edge_id, first_seq, columns, problems))
+        d = self._ingest(edge_id, first_seq, columns)
+
+        def refused(failure: Any) -> Any:
+            failure.trap(*PERMANENT)
+            return defer.ensureDeferred(self._piecewise(edge_id, first_seq, columns, {}))
+
+        result: defer.Deferred[int] = d.addErrback(refused)
+        return result
+
+    async def _piecewise(
+        self, edge_id: str, first_seq: int, columns: RecordColumns, problems: dict[int, str]
+    ) -> int:
+        """Store a batch holding records that cannot be stored: each run of good records in
+        one call, each bad record in dead_letters; a run PostgreSQL refuses is tried again
+        record by record, to find the one it refuses and why.  Each call is exactly once on
+        its own, so a failure half way is resumed by the edge's resend.  Returns the
+        high-water mark before the first piece."""
+        rows = list(columns.rows())
+        marks: list[int] = []
+        index = 0
+        while index < len(rows):
+            if index in problems:
+                marks.append(await self._set_aside(edge_id, first_seq, rows, index,
+                                                   problems[index]))
+                index += 1
+                continue
+            end = index
+            while end < len(rows) and end not in problems:
+                end += 1
+            try:
+                marks.append(await self._ingest(edge_id, first_seq + index,
+                                                RecordColumns(*zip(*rows[index:end], strict=True))))
+            except PERMANENT:
+                for i in range(index, end):
+                    try:
+                        marks.append(await self._ingest(edge_id, first_seq + i,
+                                                        RecordColumns(*zip(rows[i]))))
+                    except PERMANENT as exc:
+                        marks.append(await self._set_aside(edge_id, first_seq, rows, i,
+                                                           _reason(exc)))
+            index = end
+        return marks[0]
+
+    def _set_aside(
+        self, edge_id: str, first_seq: int, rows: Sequence[Sequence[int]], index: int, reason: str
     ) -> defer.Deferred[int]:
-        """Store one reported event; fires with the previous high-water mark after COMMIT."""
+        record = dict(zip(COLUMNS, rows[index], strict=True))
+        return self._dead_letter(edge_id, first_seq + index, "reading", record, reason)
+
+    def _ingest(self, edge_id: str, first_seq: int, columns: RecordColumns) -> defer.Deferred[int]:
+        """One ingest_batch() call; logs readings skipped on the natural key whose values differ."""
+        params = batch_parameters(edge_id, first_seq, columns.as_tuple())
+        d = self._pool.runQuery(INGEST_SQL, params)
+
+        def stored(rows: Any) -> int:
+            previous, duplicates, conflicts, meter, end = rows[0]
+            if conflicts:
+                self.log.warn(
+                    "edge {edge}: {n} of {dups} readings already stored under other sequence "
+                    "numbers differ from the stored ones (first: meter {meter} at {end}); "
+                    "kept the stored values",
+                    edge=edge_id, n=conflicts, dups=duplicates, meter=meter, end=end,
+                )
+            return int(previous)
+
+        result: defer.Deferred[int] = d.addCallback(stored)
+        return result
+
+    def _dead_letter(
+        self, edge_id: str, seq: int, kind: str, record: Mapping[str, object], reason: str
+    ) -> defer.Deferred[int]:
+        """Set one record aside in dead_letters (exactly once); fires with the previous mark."""
+        self.log.warn(
+            "edge {edge}: seq {seq} ({kind}) cannot be stored, set aside in dead_letters: "
+            "{reason}", edge=edge_id, seq=seq, kind=kind, reason=reason,
+        )
         return _first_int(
             self._pool.runQuery(
-                "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
-                (edge_id, seq, meter_id, time, kind, detail),
+                _DEAD_LETTER_SQL, (edge_id, seq, kind, json.dumps(record), reason[:500])
             )
         )
+
+    def write_event(self, edge_id: str, event: EventReport) -> defer.Deferred[int]:
+        """Store one reported event; fires with the previous high-water mark after COMMIT.
+
+        An event outside the value ranges, or one PostgreSQL refuses, goes to dead_letters.
+        """
+        record = {
+            "meter_id": event.meter_id, "time": event.time, "kind": int(event.kind),
+            "detail": event.detail,
+        }
+        problem = event_problem(event)
+        if problem is not None:
+            return self._dead_letter(edge_id, event.seq, "event", record, problem)
+        d = _first_int(
+            self._pool.runQuery(
+                "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
+                (edge_id, event.seq, event.meter_id, event.time, int(event.kind), event.detail),
+            )
+        )
+
+        def refused(failure: Any) -> defer.Deferred[int]:
+            failure.trap(*PERMANENT)
+            return self._dead_letter(edge_id, event.seq, "event", record, _reason(failure.value))
+
+        result: defer.Deferred[int] = d.addErrback(refused)
+        return result
 
     def ensure_partitions(self, days_ahead: int) -> defer.Deferred[int]:
         """Create missing daily readings partitions; fires with how many were made."""

@@ -160,11 +160,9 @@ class DeferredStore:
         failed: Callable[[BaseException], None],
     ) -> None:
         if isinstance(upload, ReadingBatch):
-            d = self._store.write_batch(edge_id, upload.first_seq, upload.columns.as_tuple())
+            d = self._store.write_batch(edge_id, upload.first_seq, upload.columns)
         else:
-            d = self._store.write_event(
-                edge_id, upload.seq, upload.meter_id, upload.time, upload.kind, upload.detail
-            )
+            d = self._store.write_event(edge_id, upload)
         _answer(d, done, failed)
 
 

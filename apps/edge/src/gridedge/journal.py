@@ -54,7 +54,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
-from gridwire import AlarmKind, EventReport, IntervalRecord, ProtocolError
+from gridwire import (
+    AlarmKind,
+    EventReport,
+    IntervalRecord,
+    ProtocolError,
+    RecordColumns,
+    event_problem,
+    record_problems,
+)
 from twisted.logger import Logger
 
 from gridedge.radio.sink import SinkError
@@ -66,6 +74,7 @@ _MIN_PAGES = 16  # the schema alone needs a handful of pages
 #: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
 EVENT_JOURNAL_EVICTED = AlarmKind.JOURNAL_EVICTED
 EVENT_JOURNAL_DISK_FULL = AlarmKind.JOURNAL_DISK_FULL
+EVENT_RECORDS_REFUSED = AlarmKind.RECORDS_REFUSED
 
 _MAX_DETAIL = 255  # bytes of UTF-8 in EventReport.detail (docs/protocol.md)
 _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes
@@ -108,6 +117,7 @@ class JournalStats:
     first_pending_seq: int | None
     pending: int
     evicted_total: int
+    refused_total: int  #: readings and events refused since start: outside the value ranges
     disk_full: bool
     size_bytes: int
     max_bytes: int
@@ -200,6 +210,7 @@ class Journal:
         self._first_pending: int | None = None
         self._pending = 0
         self._evicted_total = 0
+        self._refused_total = 0
         self._unsaved = _Unsaved()
         self._disk_full = False
         self._listeners: list[Callable[[], None]] = []
@@ -356,6 +367,15 @@ class Journal:
         for r in records:
             if not isinstance(r, IntervalRecord):
                 raise TypeError(f"the journal stores IntervalRecord objects, not {r!r}")
+        problems = record_problems(RecordColumns.from_records(records))
+        if problems:
+            first = min(problems)
+            self._refuse(len(problems), f"{len(problems)} reading(s) refused, first meter "
+                         f"{records[first].meter_id}: {problems[first]}")
+            records = [r for i, r in enumerate(records) if i not in problems]
+            if not records:
+                self.flush()
+                return
         bodies = [_READING.pack(*r) for r in records]
         marks: dict[int, int] = {}
         for r in records:
@@ -385,6 +405,12 @@ class Journal:
                         detail=detail)
         except ProtocolError as exc:
             raise ValueError(f"invalid event {event!r}: {exc}") from None
+        problem = event_problem(EventReport(seq=1, meter_id=event.meter_id, time=event.time,
+                                            kind=event.kind, detail=detail))
+        if problem is not None:
+            self._refuse(1, f"event of kind {event.kind} refused: {problem}")
+            self.flush()
+            raise ValueError(f"invalid event {event!r}: {problem}")
         self._unsaved.events.append(Event(event.meter_id, event.time, event.kind, detail))
         self._store(_Change(), 1)
 
@@ -442,6 +468,13 @@ class Journal:
                 f"journal {self.path}: disk full, {count} records not stored ({exc})"
             ) from exc
         raise JournalError(f"journal {self.path}: append failed: {exc}") from exc
+
+    def _refuse(self, count: int, why: str) -> None:
+        """Count values outside gridwire's value ranges (docs/protocol.md) and tell the cloud:
+        stored, they would be set aside there anyway; refused here, they never block."""
+        self._refused_total += count
+        self.log.warn("journal: {why}", why=why)
+        self._unsaved.events.append(Event(0, int(self._clock()), EVENT_RECORDS_REFUSED, why[:200]))
 
     def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every append that stored entries; returns its remover."""
@@ -535,6 +568,7 @@ class Journal:
             first_pending_seq=self._first_pending,
             pending=self._pending,
             evicted_total=self._evicted_total,
+            refused_total=self._refused_total,
             disk_full=self._disk_full,
             size_bytes=size,
             max_bytes=self.max_bytes,

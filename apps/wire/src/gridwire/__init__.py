@@ -41,15 +41,18 @@ from ._messages import (
     ReadingBatch,
     Welcome,
 )
+from ._ranges import EVENT_TIME_RANGE, VALUE_RANGES, event_problem, record_problems
 from ._records import Flags, IntervalRecord, RecordColumns
 from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
+    "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "VALUE_RANGES",
     "Ack",
     "AlarmKind",
     "ChunkRequest",
@@ -81,5 +84,7 @@ __all__ = [
     "Side",
     "State",
     "Welcome",
+    "event_problem",
     "negotiate_version",
+    "record_problems",
 ]

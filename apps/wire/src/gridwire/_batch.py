@@ -50,7 +50,7 @@ from ._errors import ErrorCode, ProtocolError
 from ._records import FIELD_RANGES, FIELDS, RecordColumns
 from ._varint import Reader, uvarint, zigzag
 
-__all__ = ["decode_batch", "encode_batch"]
+__all__ = ["decode_batch", "encode_batch", "records_per_frame"]
 
 MODE_FOR = 0
 MODE_DELTA = 1
@@ -75,6 +75,19 @@ _PENALTY = {MODE_FOR: 0.0, MODE_DELTA: 1 / 64, MODE_METER_DELTA: 1 / 16}
 def _width(span: int) -> int:
     """Bytes needed for unsigned offsets 0..span."""
     return (span.bit_length() + 7) >> 3
+
+
+#: Bytes one record takes in the data planes at most: the widest offset of every column
+#: (planes are deflated only when that makes them smaller).
+MAX_RECORD_BYTES = sum(_width(high - low) for low, high in _RANGES)
+#: Bytes of a ReadingBatch frame other than its records' planes, at most: frame length,
+#: type, first_seq, count, codec, eight column headers of up to 33 bytes, data_length.
+MAX_BATCH_OVERHEAD = 3 + 1 + 10 + 3 + 1 + 8 * 33 + 4
+
+
+def records_per_frame(max_frame_size: int) -> int:
+    """How many records a ReadingBatch may hold so that it surely fits ``max_frame_size``."""
+    return max(1, (max_frame_size - MAX_BATCH_OVERHEAD) // MAX_RECORD_BYTES)
 
 
 def _planes(offsets: Iterable[int], count: int, width: int) -> bytes:

@@ -12,8 +12,8 @@ Field kinds in ``WIRE``:
 
 Extension fields (``EXTENSIONS``): ``(tag, name, kind)`` with the same kinds,
 sent in the extension area after the fields, only when their value is not the
-default (0, empty); an even tag is optional, so a peer that does not know the
-field skips it.
+default (0, empty, or None where the field's default is None: "not said"); an
+even tag is optional, so a peer that does not know the field skips it.
 
 Why validate on construction: an invalid message then cannot exist, so a
 sender cannot put it on the wire and a decoder that builds one has checked it.
@@ -98,6 +98,7 @@ class AlarmKind(enum.IntEnum):
     # Events of the edge unit itself (meter_id 0), from 0x8000 up.
     JOURNAL_EVICTED = 0x8001  #: the journal was full; detail says how many readings were dropped
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
+    RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
 
 
 class CommandKind(enum.IntEnum):
@@ -153,7 +154,9 @@ class Message:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        fields = self.WIRE + tuple((attr, kind) for _tag, attr, kind in self.EXTENSIONS)
+        fields = self.WIRE + tuple(
+            (attr, kind) for _tag, attr, kind in self.EXTENSIONS if getattr(self, attr) is not None
+        )
         for attr, (kind, bound) in fields:
             value = getattr(self, attr)
             if kind == "uint":
@@ -235,6 +238,8 @@ class Welcome(Message):
     heartbeat_interval: seconds; the edge sends Ping when it has sent nothing for
     this long, and either side may drop the link after 3 intervals of silence.
     max_in_flight: uploads the edge may have unacknowledged (batches + events).
+    max_batch_records, max_frame_size (extension fields, None when not sent):
+    the cloud's limits, so the edge never sends a batch the cloud must refuse.
     """
 
     TYPE = MessageType.WELCOME
@@ -245,17 +250,27 @@ class Welcome(Message):
         ("heartbeat_interval", U32),
         ("max_in_flight", U16),
     )
+    EXTENSIONS = ((2, "max_batch_records", U16), (4, "max_frame_size", ("uint", 21)))
     version: int
     server_time: int
     last_acked_seq: int
     heartbeat_interval: int = 300
     max_in_flight: int = 8
+    max_batch_records: int | None = None
+    max_frame_size: int | None = None
 
     def _check(self) -> None:
         if self.version < 1 or self.heartbeat_interval < 1 or self.max_in_flight < 1:
             raise local_error(
                 ErrorCode.INVALID_FIELD,
                 "Welcome needs version, heartbeat_interval and max_in_flight >= 1",
+            )
+        if self.max_batch_records == 0 or (
+            self.max_frame_size is not None and self.max_frame_size < 64 + MAX_CHUNK
+        ):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                f"Welcome needs max_batch_records >= 1 and max_frame_size >= {64 + MAX_CHUNK}",
             )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._batch import encode_batch_modes
+from ._batch import encode_batch_modes, records_per_frame
 from ._codec import FrameDecoder, encode_message, frame
 from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import SUPPORTED_VERSIONS, Limits
@@ -127,6 +127,19 @@ class _Session:
     def window(self) -> int:
         """Uploads allowed in flight: Welcome.max_in_flight, capped by Limits.max_in_flight."""
         return self._window
+
+    @property
+    def batch_limit(self) -> int:
+        """Records a ReadingBatch may hold for the peer: what Welcome says the cloud accepts
+        (max_batch_records, and what surely fits its max_frame_size), else this side's Limits."""
+        welcome = self.welcome
+        limit = self.limits.max_batch_records
+        if welcome is not None and welcome.max_batch_records is not None:
+            limit = min(limit, welcome.max_batch_records)
+        frame = self.limits.max_frame_size
+        if welcome is not None and welcome.max_frame_size is not None:
+            frame = min(frame, welcome.max_frame_size)
+        return min(limit, records_per_frame(frame))
 
     # -- the two entry points ------------------------------------------------------------
 

@@ -16,6 +16,9 @@ Sending policy, tuned for a metered cellular link with ~1 s round trips:
   unacknowledged at once; with batches of ``batch_records`` readings that is
   window x batch per round trip (4 x 500 readings/s by default, far above what
   1000 meters produce), while a cut connection wastes at most the window.
+* A batch holds at most ``batch_records`` readings, and never more than the
+  cloud accepts (``EdgeSession.batch_limit``: Welcome's max_batch_records and
+  max_frame_size), so a cloud with smaller limits gets batches it can take.
 * A full batch goes at once; a partial one waits up to ``batch_linger``
   seconds for more readings, since per-frame overhead is paid per batch.
 * A Ping goes when nothing was sent for ``heartbeat`` seconds (keeps cellular
@@ -238,8 +241,9 @@ class Link:
         if self.closed or self.session.state is not State.READY:
             return
         try:
+            size = min(self.settings.batch_records, self.session.batch_limit)
             while self.session.in_flight < self.window:
-                entries = self.journal.read(self.next_send, self.settings.batch_records)
+                entries = self.journal.read(self.next_send, size)
                 if not entries:
                     return
                 seq, first = entries[0]
@@ -253,7 +257,7 @@ class Link:
                     if s != seq + len(run) or not isinstance(entry, IntervalRecord):
                         break
                     run.append(entry)
-                full = len(run) >= self.settings.batch_records or len(run) < len(entries)
+                full = len(run) >= size or len(run) < len(entries)
                 if not full and not self._linger_done and self.settings.batch_linger > 0:
                     if self._linger is None:
                         self._linger = self.clock.callLater(
