@@ -137,7 +137,9 @@ def test_update_that_never_gets_healthy_rolls_back(
         SigningKeys.in_folder(ci_image / "test-keys"),
         version="broken-test",
     )
-    w = world(meters=8, speed=300, duration="1d")
+    # Three failing boots of slot B come before slot A is back: the meters keep reporting
+    # (a simulated week at 300x outlasts the test), so slot A has readings to deliver.
+    w = world(meters=8, speed=300, duration="7d")
     unit = make_unit(radio=w.sim.port)
     assert unit.boot() == "A"
     w.provision(unit)
@@ -156,6 +158,7 @@ def test_update_that_never_gets_healthy_rolls_back(
         )
         assert (match.group(1), match.group(2)) == ("B", left)
     assert unit.expect(r"A/B: booting slot (\w)", 240).group(1) == "A"
+    rows = w.stored_rows()  # before slot A's gridedge starts: what it delivers comes after
     unit.wait_for_shell()
 
     assert unit.value("cat /etc/gridedge/version") == version
@@ -163,7 +166,6 @@ def test_update_that_never_gets_healthy_rolls_back(
     wait_until_marked_good(unit, 300)
     env = boot_env(unit)
     assert env["BOOT_A_LEFT"] == "3" and env["BOOT_B_LEFT"] == "0"
-    rows = w.stored_rows()
     wait_until(lambda: w.stored_rows() > rows, 120, "readings from slot A after the rollback",
                interval=2)
 
