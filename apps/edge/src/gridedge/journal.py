@@ -32,20 +32,28 @@ eviction) only ever remove the oldest ones.
 Size bound and full disk
 ------------------------
 The database is capped with ``PRAGMA max_page_count`` (from ``max_bytes``).
-When an append hits the cap, the oldest entries are evicted in the same
-transaction, counted, and an EVENT_JOURNAL_EVICTED event (meter_id 0) is
-journalled for the cloud; the edge keeps running.  When the *disk* is full
-(``SQLITE_FULL`` below the cap, or an I/O error such as ``EFBIG``), the append
-raises :class:`JournalFullError` with a clear message, nothing already stored
-is harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can
-be written.  The caller (the radio link) keeps the records it could not store
-and re-polls them later.
+SQLite reports the cap and a full disk alike (``SQLITE_FULL``), so the journal
+tells them apart from what the append needs: when the pages in use plus the
+pages the transaction needs reach the cap *and* the file system has room for
+those pages, the cap was reached.  Then the oldest entries are evicted in the
+same transaction (more on each try until the append fits), counted, and an
+EVENT_JOURNAL_EVICTED event (meter_id 0) is journalled for the cloud; the edge
+keeps running.  A burst larger than the whole cap keeps its newest records:
+the older ones get their sequence numbers and are counted as evicted at once,
+so a burst is never refused for ever.  When the *disk* is full (no room on the
+file system, or an I/O error such as ``EFBIG``), the append raises
+:class:`JournalFullError` with a clear message, nothing already stored is
+harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can be
+written.  The caller (the radio link) keeps the records it could not store and
+re-polls them later.
 
 Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sqlite3
 import struct
 import time
@@ -61,6 +69,9 @@ from gridedge.radio.sink import SinkError
 
 SCHEMA_VERSION = 1
 _MIN_PAGES = 16  # the schema alone needs a handful of pages
+_ROW_OVERHEAD = 24  # bytes per entry beyond its body: cell header, rowid, cell pointer, slack
+_WAL_FRAME = 24  # bytes of WAL frame header per page written
+_TOUCHED_PAGES = 8  # pages a transaction rewrites besides new ones (meta, interior, watermarks)
 
 #: EventReport kinds for the edge's own events (meter_id 0).  gridwire's AlarmKind
 #: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
@@ -168,6 +179,7 @@ class _Change:
     readings: Sequence[bytes] = ()
     watermarks: dict[int, int] = field(default_factory=dict)
     evict: int = 0
+    drop: int = 0  # the oldest readings of a burst larger than the cap: numbered, not stored
     ack_up_to: int | None = None
     next_seq_at_least: int = 0
     shift: int = 0
@@ -281,10 +293,11 @@ class Journal:
         db = self._conn()
         unsaved, self._unsaved = self._unsaved, _Unsaved()
         events = list(unsaved.events)
-        if change.evict:
+        evicted = change.evict + change.drop
+        if evicted:
             events.append(Event(0, int(self._clock()), EVENT_JOURNAL_EVICTED,
-                                f"journal full: dropped {change.evict} oldest entries "
-                                f"({self._evicted_total + change.evict} so far)"))
+                                f"journal full: dropped {evicted} oldest entries "
+                                f"({self._evicted_total + evicted} so far)"))
         seq = first = max(self._next_seq, change.next_seq_at_least)
         deleted = 0
         try:
@@ -300,8 +313,9 @@ class Journal:
                     "DELETE FROM entries WHERE seq IN "
                     "(SELECT seq FROM entries ORDER BY seq LIMIT ?)", (change.evict,),
                 )
-            rows = [(first + i, 0, body) for i, body in enumerate(change.readings)]
-            seq += len(rows)
+            rows = [(first + i, 0, body) for i, body in enumerate(change.readings)
+                    if i >= change.drop]
+            seq += len(change.readings)
             for event in events:
                 rows.append((seq, 1, encode_event(event)))
                 seq += 1
@@ -315,9 +329,9 @@ class Journal:
                 )
             if seq != self._next_seq:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
-            if change.evict:
+            if evicted:
                 db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted_total'",
-                           (change.evict,))
+                           (evicted,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -330,12 +344,12 @@ class Journal:
             raise
         inserted = len(rows)
         self._next_seq = seq
-        self._evicted_total += change.evict
+        self._evicted_total += evicted
         self._pending += inserted - deleted - change.evict
         if deleted or change.evict or change.shift:
             self._first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
         elif self._first_pending is None and inserted:
-            self._first_pending = first
+            self._first_pending = rows[0][0]
         if inserted:
             for listener in list(self._listeners):
                 listener()
@@ -394,36 +408,61 @@ class Journal:
                 self._transaction(change)
                 break
             except sqlite3.Error as exc:
-                if _is_full(exc) and self._at_cap():
-                    more = self._next_eviction(change.evict, count)
-                    if more is not None:
-                        change.evict = more
-                        continue
+                if _is_full(exc) and self._cap_reached(change) and self._make_room(change):
+                    continue
                 self._storage_failed(exc, count)
-        if change.evict:
+        if change.evict or change.drop:
             self.log.warn(
                 "journal full ({max_bytes} bytes): dropped the {n} oldest entries "
                 "({total} so far) to keep running",
-                max_bytes=self.max_bytes, n=change.evict, total=self._evicted_total,
+                max_bytes=self.max_bytes, n=change.evict + change.drop,
+                total=self._evicted_total,
             )
         if self._disk_full:
             self._disk_full = False
             self.log.info("journal {path} writable again", path=str(self.path))
 
-    def _at_cap(self) -> bool:
-        """True when SQLITE_FULL came from our own page cap rather than from the disk."""
-        try:
-            pages = int(self._conn().execute("PRAGMA page_count").fetchone()[0])
-        except sqlite3.Error:
-            return False
-        return pages >= self._max_pages - 2 and self._pending > 0
+    def _pages_needed(self, change: _Change) -> int:
+        """Pages the new entries of ``change`` take at most (a generous estimate)."""
+        body = sum(len(b) + _ROW_OVERHEAD for b in change.readings[change.drop:])
+        body += sum(_EVENT.size + len(e.detail.encode()) + _ROW_OVERHEAD
+                    for e in self._unsaved.events) + 2 * 256  # and an eviction event
+        return math.ceil(body * 1.25 / self._page_size) + 2
 
-    def _next_eviction(self, evicted: int, incoming: int) -> int | None:
-        """How many oldest entries to drop on the next try (growing), or None when hopeless."""
-        if evicted >= self._pending:
-            return None
-        step = max(incoming, self._pending // 100, 1)
-        return min(self._pending, evicted + step)
+    def _cap_reached(self, change: _Change) -> bool:
+        """Whether SQLITE_FULL came from our own page cap rather than from the disk.
+
+        The cap: the pages in use plus those ``change`` needs reach it.  Not the disk: the
+        file system has room for every page the transaction writes (to the WAL).
+        """
+        needed = self._pages_needed(change)
+        try:
+            db = self._conn()
+            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+            unused = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            disk = os.statvfs(self.path.parent)
+        except (OSError, sqlite3.Error):
+            return False
+        if pages - unused + needed < self._max_pages:
+            return False
+        free = disk.f_bavail * disk.f_frsize
+        return free >= (needed + _TOUCHED_PAGES) * (self._page_size + _WAL_FRAME)
+
+    def _make_room(self, change: _Change) -> bool:
+        """Grow what ``change`` evicts for the next try; False when nothing is left to drop.
+
+        The oldest pending entries go first; once all of them are evicted, the oldest
+        readings of the burst itself (a burst larger than the cap).
+        """
+        if change.evict < self._pending:
+            step = max(len(change.readings) - change.drop, self._pending // 100, 1)
+            change.evict = min(self._pending, change.evict + step)
+            return True
+        if change.drop < len(change.readings):
+            step = max(len(change.readings) // 10, 1)
+            change.drop = min(len(change.readings), change.drop + step)
+            return True
+        return False
 
     def _storage_failed(self, exc: sqlite3.Error, count: int) -> NoReturn:
         if _is_full(exc) or _is_io_error(exc):
