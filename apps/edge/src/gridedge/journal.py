@@ -47,7 +47,18 @@ harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can be
 written.  The caller (the radio link) keeps the records it could not store and
 re-polls them later.
 
-Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py.
+Errors and listeners
+--------------------
+Every storage failure leaves the journal as one of its own errors
+(:class:`JournalError`; :class:`JournalDiskError` when the disk under it
+failed), never as a raw ``sqlite3.Error``: its callers (the radio link, the
+uplink) handle those and only those.  Listeners (:meth:`Journal.on_append`, the
+uplink's pump) run after the transaction is over, and their failures are
+logged, never raised: an append that committed must not look failed, or its
+caller would store the same records again.
+
+Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py,
+tests/edge/test_journal_faults.py.
 """
 
 from __future__ import annotations
@@ -90,7 +101,12 @@ class JournalError(SinkError):
     """
 
 
-class JournalFullError(JournalError):
+class JournalDiskError(JournalError):
+    """The disk under the journal failed (I/O error, damaged file, full): a fault of the data
+    partition, not of gridedge."""
+
+
+class JournalFullError(JournalDiskError):
     """The disk under the journal is full: nothing new can be stored until space is freed."""
 
 
@@ -172,6 +188,19 @@ def _is_io_error(exc: BaseException) -> bool:
     return code is not None and (code & 0xFF) == sqlite3.SQLITE_IOERR
 
 
+def _is_damaged(exc: BaseException) -> bool:
+    """The file is not a readable SQLite database (damaged pages, not a database at all)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _storage_error(exc: sqlite3.Error, message: str) -> JournalError:
+    """``exc`` as the journal's own error: a disk fault or something else."""
+    if _is_full(exc) or _is_io_error(exc) or _is_damaged(exc):
+        return JournalDiskError(f"{message}: {exc}")
+    return JournalError(f"{message}: {exc}")
+
+
 @dataclass(slots=True)
 class _Change:
     """One transaction's work, see Journal._transaction."""
@@ -215,6 +244,7 @@ class Journal:
         self._unsaved = _Unsaved()
         self._disk_full = False
         self._listeners: list[Callable[[], None]] = []
+        self._inserted = False  # entries stored since the listeners were last told
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -351,9 +381,20 @@ class Journal:
         elif self._first_pending is None and inserted:
             self._first_pending = rows[0][0]
         if inserted:
-            for listener in list(self._listeners):
-                listener()
+            self._inserted = True
         return first, deleted
+
+    def _notify(self) -> None:
+        """Tell the listeners of new entries, once the transaction is over; a listener's
+        failure is logged, never raised (the entries are stored)."""
+        if not self._inserted:
+            return
+        self._inserted = False
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                self.log.failure("journal: a listener failed after new entries were stored")
 
     # -- the RecordSink side ----------------------------------------------------------------
 
@@ -384,8 +425,11 @@ class Journal:
         deleted by acks or eviction: the radio link relies on it to know what it
         already delivered across restarts.
         """
-        rows = self._conn().execute("SELECT meter_id, interval_end FROM watermarks")
-        return {int(m): int(t) for m, t in rows}
+        try:
+            rows = self._conn().execute("SELECT meter_id, interval_end FROM watermarks")
+            return {int(m): int(t) for m, t in rows}
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: cannot read watermarks") from exc
 
     def append_event(self, event: Event) -> None:
         """Store an event for the cloud, like :meth:`append` (same errors).
@@ -411,6 +455,7 @@ class Journal:
                 if _is_full(exc) and self._cap_reached(change) and self._make_room(change):
                     continue
                 self._storage_failed(exc, count)
+        self._notify()
         if change.evict or change.drop:
             self.log.warn(
                 "journal full ({max_bytes} bytes): dropped the {n} oldest entries "
@@ -480,7 +525,7 @@ class Journal:
             raise JournalFullError(
                 f"journal {self.path}: disk full, {count} records not stored ({exc})"
             ) from exc
-        raise JournalError(f"journal {self.path}: append failed: {exc}") from exc
+        raise _storage_error(exc, f"journal {self.path}: append failed") from exc
 
     def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every append that stored entries; returns its remover."""
@@ -503,10 +548,14 @@ class Journal:
 
     def read(self, from_seq: int, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` pending entries from ``from_seq`` on, in sequence order."""
-        rows = self._conn().execute(
-            "SELECT seq, is_event, body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
-            (from_seq, limit),
-        ).fetchall()
+        try:
+            rows = self._conn().execute(
+                "SELECT seq, is_event, body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (from_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: cannot read from seq {from_seq}") \
+                from exc
         return [(int(seq), decode_entry(is_event, body)) for seq, is_event, body in rows]
 
     def ack(self, up_to_seq: int) -> int:
@@ -518,12 +567,14 @@ class Journal:
         if self._first_pending is None or up_to_seq < self._first_pending:
             return 0
         try:
-            return self._transaction(_Change(ack_up_to=up_to_seq))[1]
+            deleted = self._transaction(_Change(ack_up_to=up_to_seq))[1]
         except sqlite3.Error as exc:
             self.log.error(
                 "journal: could not delete acknowledged entries: {error}", error=str(exc)
             )
             return 0
+        self._notify()
+        return deleted
 
     def skip_to(self, seq: int) -> None:
         """Make the next sequence number at least ``seq`` (the cloud has seen higher ones).
@@ -533,7 +584,7 @@ class Journal:
         cloud would take for duplicates.
         """
         if seq > self._next_seq:
-            self._transaction(_Change(next_seq_at_least=seq))
+            self._apply(_Change(next_seq_at_least=seq), f"cannot move numbering to {seq}")
 
     def rebase(self, after_seq: int) -> None:
         """Renumber pending entries to follow ``after_seq``, which this journal never issued.
@@ -547,7 +598,16 @@ class Journal:
             return
         base = self._first_pending if self._first_pending is not None else self._next_seq
         shift = after_seq + 1 - base
-        self._transaction(_Change(shift=shift, next_seq_at_least=self._next_seq + shift))
+        self._apply(_Change(shift=shift, next_seq_at_least=self._next_seq + shift),
+                    f"cannot renumber pending entries after {after_seq}")
+
+    def _apply(self, change: _Change, failure: str) -> None:
+        """One transaction, its failure raised as the journal's own error."""
+        try:
+            self._transaction(change)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: {failure}") from exc
+        self._notify()
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -561,6 +621,8 @@ class Journal:
             self.log.warn(
                 "journal: could not save events yet: {error}", error=str(exc)
             )
+            return
+        self._notify()
 
     def stats(self) -> JournalStats:
         size = 0
