@@ -62,8 +62,24 @@ def test_running_ignores_silent_meters_and_an_unreachable_cloud() -> None:
     parts = dict(GOOD.parts, uplink={"running": False, "restarts": 1, "last_error": "no cert"})
     assert running_problems(replace(outage, parts=parts)) == [
         "uplink is not running (restarts: 1, last error: no cert)"]
-    assert running_problems(replace(GOOD, journal_disk_full=True)) == [
-        "journal: data partition is full"]
+
+
+
+def test_point8_running_judges_the_firmware_not_the_disk() -> None:
+    """A full or failing data partition makes the unit unhealthy, not "not running": mark-good
+    must not give a firmware slot up for a fault another slot would meet as well."""
+    full = replace(GOOD, journal_disk_full=True)
+    assert check(full) == ["journal: data partition is full"]
+    assert running_problems(full) == []
+    parts = dict(GOOD.parts, journal={"running": False, "restarts": 4,
+                                      "last_error": "JournalDiskError: I/O error"})
+    fault = replace(GOOD, parts=parts, journal_open=False,
+                    journal_disk_fault="cannot open journal: disk I/O error")
+    assert check(fault) == ["journal: data partition fault: cannot open journal: disk I/O error"]
+    assert running_problems(fault) == []
+    assert running_problems(replace(fault, journal_disk_fault=None)) == [
+        "journal is not running (restarts: 4, last error: JournalDiskError: I/O error)",
+        "journal is not open"]
 
 
 def test_radio_backlog_is_reported_not_judged() -> None:

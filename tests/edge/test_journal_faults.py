@@ -4,12 +4,22 @@ committed never looks failed, and an unreadable journal is moved aside for a fre
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import struct
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gridedge.journal import Journal, JournalError
+from gridedge.journal import (
+    EVENT_JOURNAL_QUARANTINED,
+    Event,
+    Journal,
+    JournalDiskError,
+    JournalError,
+)
 from gridwire import IntervalRecord
 from twisted.internet.task import Clock
 
@@ -73,3 +83,64 @@ def test_point4_storage_errors_are_journal_errors(tmp_path: Path) -> None:
     connect(j, cloud, Clock())  # the pump reads from seq 1 at Welcome
     assert cloud.uploads() == [] and cloud.closed == 0
     j.append([rec(1)])  # and again when told of an append
+
+
+def not_a_database(db: Path) -> None:
+    """Overwrite the file's header, as a torn write or a bad block would."""
+    with db.open("r+b") as f:
+        f.write(b"\x00garbage" * 12)
+
+
+def damaged_page(db: Path) -> None:
+    damage_page_holding(db, rec(0, 0))
+
+
+@pytest.mark.parametrize("damage", [not_a_database, damaged_page])
+def test_point8_unreadable_journal_is_quarantined_and_a_new_one_started(
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """A journal that cannot be read is moved aside under a timestamped name, kept byte for
+    byte, and a new journal opens at once with an event that names what was kept."""
+    j = damaged_journal(tmp_path) if damage is damaged_page else open_journal(tmp_path)
+    j.append([rec(1)] * 10)
+    j.close()
+    db = tmp_path / "journal.db"
+    damage(db)
+    before = db.read_bytes()
+    j = Journal(db, max_bytes=10_000_000, clock=lambda: 1_767_225_600.0)
+    j.open()
+    kept = tmp_path / "journal.db.unreadable-20260101T000000Z"
+    assert kept.read_bytes() == before
+    assert j.disk_fault is None
+    (seq, event), = j.read(0, 10)
+    assert isinstance(event, Event) and event.kind == EVENT_JOURNAL_QUARANTINED
+    assert kept.name in event.detail and f"{len(before)} bytes" in event.detail
+    j.append([rec(2)])
+    assert j.read(seq + 1, 5) == [(seq + 1, rec(2))]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_point8_a_journal_that_cannot_be_moved_aside_is_a_disk_fault(tmp_path: Path) -> None:
+    """On a data partition remounted read-only (ext4's errors=remount-ro) the unreadable file
+    cannot be moved aside: opening raises JournalDiskError and the journal says why (for
+    health), leaving the file where it is."""
+    data = tmp_path / "data"
+    data.mkdir()
+    open_journal(data).close()
+    not_a_database(data / "journal.db")
+    j = Journal(data / "journal.db", max_bytes=10_000_000)
+    with read_only(data), pytest.raises(JournalDiskError, match="cannot be moved aside"):
+        j.open()
+    assert j.disk_fault is not None and "unreadable" in j.disk_fault
+    assert sorted(p.name for p in data.iterdir()) == ["journal.db"]
+
+
+@contextlib.contextmanager
+def read_only(where: Path) -> Iterator[None]:
+    """Make ``where`` a read-only bind mount of itself for the block."""
+    subprocess.run(["mount", "--bind", str(where), str(where)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(where)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(where)], check=True)

@@ -20,7 +20,11 @@ Right after boot, 3 and 4 are false until the first frame and the first
 Welcome.  Rules 1 and 2 alone are "running" (``gridedge health --running``):
 that is what the firmware's mark-good step waits for, because a slot must not
 be given up for an outage of the cellular network or of the meters' mesh (the
-unit would reboot into the other slot during every long outage).  The full
+unit would reboot into the other slot during every long outage).  For the same
+reason "running" judges the firmware, not the disk: a journal kept closed or
+refused writes by a fault of the data partition (full, I/O errors, a journal
+that cannot even be moved aside) makes the unit unhealthy but not "not
+running", since another firmware slot would meet the same disk.  The full
 rule is for monitoring and for a technician on site.
 
 Beside the verdict the report carries ``notes``: facts an operator should see
@@ -63,26 +67,36 @@ class Snapshot:
     uplink_connected: bool
     uplink_last_connected_at: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    journal_disk_fault: str | None = None  # why the data partition keeps the journal closed
 
 
 def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
     """The problems that make the unit unhealthy (empty list: healthy)."""
-    problems = running_problems(s)
+    problems = running_problems(s) + disk_problems(s)
     problems += contact_problems(s, radio_window, uplink_window)
     return problems
 
 
 def running_problems(s: Snapshot) -> list[str]:
-    """Rules 1 and 2: a part is down or the journal cannot write."""
+    """Rules 1 and 2 as far as the firmware is to blame: a part is down or the journal is not
+    open, for a reason other than the data partition (see :func:`disk_problems`)."""
+    disk = s.journal_disk_fault is not None
     problems = [
         f"{name} is not running (restarts: {p['restarts']}, last error: {p['last_error']})"
-        for name, p in s.parts.items() if not p["running"]
+        for name, p in s.parts.items() if not p["running"] and not (disk and name == "journal")
     ]
-    if not s.journal_open:
+    if not s.journal_open and not disk:
         problems.append("journal is not open")
-    elif s.journal_disk_full:
-        problems.append("journal: data partition is full")
     return problems
+
+
+def disk_problems(s: Snapshot) -> list[str]:
+    """Rule 2 where the data partition is to blame: unhealthy, yet still "running"."""
+    if s.journal_disk_fault is not None:
+        return [f"journal: data partition fault: {s.journal_disk_fault}"]
+    if s.journal_open and s.journal_disk_full:
+        return ["journal: data partition is full"]
+    return []
 
 
 def contact_problems(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:

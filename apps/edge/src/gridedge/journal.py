@@ -88,6 +88,7 @@ _TOUCHED_PAGES = 8  # pages a transaction rewrites besides new ones (meta, inter
 #: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
 EVENT_JOURNAL_EVICTED = AlarmKind.JOURNAL_EVICTED
 EVENT_JOURNAL_DISK_FULL = AlarmKind.JOURNAL_DISK_FULL
+EVENT_JOURNAL_QUARANTINED = AlarmKind.JOURNAL_QUARANTINED
 
 _MAX_DETAIL = 255  # bytes of UTF-8 in EventReport.detail (docs/protocol.md)
 _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes
@@ -108,6 +109,10 @@ class JournalDiskError(JournalError):
 
 class JournalFullError(JournalDiskError):
     """The disk under the journal is full: nothing new can be stored until space is freed."""
+
+
+class _Unreadable(JournalDiskError):
+    """The journal file is not a readable database (it is quarantined, see Journal.open)."""
 
 
 class JournalClosedError(JournalError):
@@ -245,17 +250,44 @@ class Journal:
         self._disk_full = False
         self._listeners: list[Callable[[], None]] = []
         self._inserted = False  # entries stored since the listeners were last told
+        self._disk_fault: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating if needed) the database; raises JournalError with the reason."""
+        """Open (creating if needed) the database; raises JournalError with the reason.
+
+        An unreadable file (damaged pages, not a database) is quarantined: moved aside
+        under a timestamped name, kept for recovery, and a new journal is started with
+        an EVENT_JOURNAL_QUARANTINED event saying what was kept.  A disk fault that
+        prevents even that raises :class:`JournalDiskError` (see :attr:`disk_fault`).
+        """
         if self._db is not None:
             return
         try:
+            try:
+                self._open_db()
+            except _Unreadable as exc:
+                detail = self._quarantine(exc)
+                self._open_db()
+                self._unsaved.events.append(Event(
+                    0, int(self._clock()), EVENT_JOURNAL_QUARANTINED,
+                    detail.encode()[:_MAX_DETAIL].decode(errors="ignore")))
+                self.flush()
+        except JournalDiskError as exc:
+            self._disk_fault = str(exc)
+            raise
+        self._disk_fault = None
+
+    def _open_db(self) -> None:
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+        except PermissionError as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise JournalDiskError(f"cannot open journal {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         try:
             db.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -274,13 +306,16 @@ class Journal:
             first, last, count = db.execute(
                 "SELECT MIN(seq), MAX(seq), COUNT(*) FROM entries"
             ).fetchone()
+            db.execute("SELECT COUNT(*) FROM watermarks").fetchone()
         except sqlite3.Error as exc:
             db.close()
+            if _is_damaged(exc):
+                raise _Unreadable(f"journal {self.path} is unreadable: {exc}") from exc
             if _is_full(exc):
                 raise JournalFullError(
                     f"cannot open journal {self.path}: disk full ({exc})"
                 ) from exc
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise _storage_error(exc, f"cannot open journal {self.path}") from exc
         except JournalError:
             db.close()
             raise
@@ -293,6 +328,35 @@ class Journal:
             "journal {path} open: {pending} entries pending from seq {first}, next seq {next}",
             path=str(self.path), pending=self._pending, first=first, next=self._next_seq,
         )
+
+    def _quarantine(self, reason: _Unreadable) -> str:
+        """Move the unreadable journal (and its WAL) aside; returns what was kept, in words."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        kept = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
+        n = 1
+        while kept.exists():
+            n += 1
+            kept = self.path.with_name(f"{self.path.name}.unreadable-{stamp}-{n}")
+        size = 0
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    size += src.stat().st_size if suffix != "-shm" else 0
+                    src.rename(f"{kept}{suffix}")
+        except OSError as exc:
+            raise JournalDiskError(
+                f"{reason}; it cannot be moved aside either: {exc}") from exc
+        self.log.error(
+            "{reason}: moved aside as {kept} ({size} bytes, kept for recovery); "
+            "starting a new journal", reason=str(reason), kept=str(kept), size=size)
+        return (f"journal unreadable ({reason.__cause__}): kept as {kept.name} ({size} bytes, "
+                f"the entries not yet sent included); a new journal started")
+
+    @property
+    def disk_fault(self) -> str | None:
+        """Why the disk kept the journal from opening, if it did (None once it opens)."""
+        return self._disk_fault
 
     def close(self) -> None:
         """Write what is still in memory (events) and close the database."""

@@ -93,6 +93,7 @@ class AlarmKind(enum.IntEnum):
     # Events of the edge unit itself (meter_id 0), from 0x8000 up.
     JOURNAL_EVICTED = 0x8001  #: the journal was full; detail says how many readings were dropped
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
+    JOURNAL_QUARANTINED = 0x8003  #: the journal was unreadable, moved aside, restarted empty
 
 
 class CommandKind(enum.IntEnum):
