@@ -71,14 +71,17 @@ def test_point8_running_judges_the_firmware_not_the_disk() -> None:
     full = replace(GOOD, journal_disk_full=True)
     assert check(full) == ["journal: data partition is full"]
     assert running_problems(full) == []
-    parts = dict(GOOD.parts, journal={"running": False, "restarts": 4,
-                                      "last_error": "JournalDiskError: I/O error"})
-    fault = replace(GOOD, parts=parts, journal_open=False,
+    parts = dict(GOOD.parts,
+                 journal={"running": False, "restarts": 4, "last_error": "disk I/O error"},
+                 radio={"running": False, "restarts": 4, "last_error": "journal is not open"})
+    fault = replace(GOOD, parts=parts, journal_open=False, radio_last_frame_at=None,
                     journal_disk_fault="cannot open journal: disk I/O error")
-    assert check(fault) == ["journal: data partition fault: cannot open journal: disk I/O error"]
+    assert check(fault) == ["journal: data partition fault: cannot open journal: disk I/O error",
+                            "radio: no frame received yet"]
     assert running_problems(fault) == []
     assert running_problems(replace(fault, journal_disk_fault=None)) == [
-        "journal is not running (restarts: 4, last error: JournalDiskError: I/O error)",
+        "journal is not running (restarts: 4, last error: disk I/O error)",
+        "radio is not running (restarts: 4, last error: journal is not open)",
         "journal is not open"]
 
 

@@ -24,7 +24,10 @@ unit would reboot into the other slot during every long outage).  For the same
 reason "running" judges the firmware, not the disk: a journal kept closed or
 refused writes by a fault of the data partition (full, I/O errors, a journal
 that cannot even be moved aside) makes the unit unhealthy but not "not
-running", since another firmware slot would meet the same disk.  The full
+running", since another firmware slot would meet the same disk.  While the
+journal is kept closed so, the parts that need it (the radio link reads its
+watermarks at start) cannot run either, and "running" asks no more than the
+process answering.  The full
 rule is for monitoring and for a technician on site.
 
 Beside the verdict the report carries ``notes``: facts an operator should see
@@ -79,13 +82,15 @@ def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str
 
 def running_problems(s: Snapshot) -> list[str]:
     """Rules 1 and 2 as far as the firmware is to blame: a part is down or the journal is not
-    open, for a reason other than the data partition (see :func:`disk_problems`)."""
-    disk = s.journal_disk_fault is not None
+    open.  Nothing while the data partition keeps the journal closed (see
+    :func:`disk_problems`): every part needs the journal, and another slot would not help."""
+    if s.journal_disk_fault is not None:
+        return []
     problems = [
         f"{name} is not running (restarts: {p['restarts']}, last error: {p['last_error']})"
-        for name, p in s.parts.items() if not p["running"] and not (disk and name == "journal")
+        for name, p in s.parts.items() if not p["running"]
     ]
-    if not s.journal_open and not disk:
+    if not s.journal_open:
         problems.append("journal is not open")
     return problems
 

@@ -426,6 +426,12 @@ class Journal:
             if evicted:
                 db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted_total'",
                            (evicted,))
+            # Read before COMMIT: nothing that can fail may follow it (see "Errors and listeners").
+            first_pending = self._first_pending
+            if deleted or change.evict or change.shift:
+                first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
+            elif first_pending is None and rows:
+                first_pending = rows[0][0]
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -440,10 +446,7 @@ class Journal:
         self._next_seq = seq
         self._evicted_total += evicted
         self._pending += inserted - deleted - change.evict
-        if deleted or change.evict or change.shift:
-            self._first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
-        elif self._first_pending is None and inserted:
-            self._first_pending = rows[0][0]
+        self._first_pending = first_pending
         if inserted:
             self._inserted = True
         return first, deleted
