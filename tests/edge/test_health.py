@@ -79,6 +79,11 @@ def test_point8_running_judges_the_firmware_not_the_disk() -> None:
     assert check(fault) == ["journal: data partition fault: cannot open journal: disk I/O error",
                             "radio: no frame received yet"]
     assert running_problems(fault) == []
+    for snap in (full, fault):  # what `gridedge health [--running]` prints
+        report = HealthService(Clock(), Path("unused.sock"), lambda snap=snap: snap,
+                               lambda: None, radio_window=300, uplink_window=900).report()
+        assert not report["healthy"] and report["problems"] == check(snap)
+        assert report["running"] and report["running_problems"] == []
     assert running_problems(replace(fault, journal_disk_fault=None)) == [
         "journal is not running (restarts: 4, last error: disk I/O error)",
         "radio is not running (restarts: 4, last error: journal is not open)",

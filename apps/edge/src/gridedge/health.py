@@ -200,7 +200,7 @@ class HealthService(service.Service):
         self.watch_radio()
         snap = self._snapshot()
         running = running_problems(snap)
-        problems = running + contact_problems(snap, self.radio_window, self.uplink_window)
+        problems = evaluate(snap, self.radio_window, self.uplink_window)
         return {"healthy": not problems, "problems": problems,
                 "running": not running, "running_problems": running,
                 "notes": notes(snap), "radio_backlog": radio_backlog(snap),

@@ -514,13 +514,17 @@ class Journal:
         self._store(_Change(), 1)
 
     def _store(self, change: _Change, count: int) -> None:
+        at_cap: bool | None = None  # decided at the first SQLITE_FULL, kept while making room
         while True:
             try:
                 self._transaction(change)
                 break
             except sqlite3.Error as exc:
-                if _is_full(exc) and self._cap_reached(change) and self._make_room(change):
-                    continue
+                if _is_full(exc):
+                    if at_cap is None:
+                        at_cap = self._cap_reached(change)
+                    if at_cap and self._make_room(change):
+                        continue
                 self._storage_failed(exc, count)
         self._notify()
         if change.evict or change.drop:
