@@ -62,8 +62,32 @@ def test_running_ignores_silent_meters_and_an_unreachable_cloud() -> None:
     parts = dict(GOOD.parts, uplink={"running": False, "restarts": 1, "last_error": "no cert"})
     assert running_problems(replace(outage, parts=parts)) == [
         "uplink is not running (restarts: 1, last error: no cert)"]
-    assert running_problems(replace(GOOD, journal_disk_full=True)) == [
-        "journal: data partition is full"]
+
+
+
+def test_point8_running_judges_the_firmware_not_the_disk() -> None:
+    """A full or failing data partition makes the unit unhealthy, not "not running": mark-good
+    must not give a firmware slot up for a fault another slot would meet as well."""
+    full = replace(GOOD, journal_disk_full=True)
+    assert check(full) == ["journal: data partition is full"]
+    assert running_problems(full) == []
+    parts = dict(GOOD.parts,
+                 journal={"running": False, "restarts": 4, "last_error": "disk I/O error"},
+                 radio={"running": False, "restarts": 4, "last_error": "journal is not open"})
+    fault = replace(GOOD, parts=parts, journal_open=False, radio_last_frame_at=None,
+                    journal_disk_fault="cannot open journal: disk I/O error")
+    assert check(fault) == ["journal: data partition fault: cannot open journal: disk I/O error",
+                            "radio: no frame received yet"]
+    assert running_problems(fault) == []
+    for snap in (full, fault):  # what `gridedge health [--running]` prints
+        report = HealthService(Clock(), Path("unused.sock"), lambda snap=snap: snap,
+                               lambda: None, radio_window=300, uplink_window=900).report()
+        assert not report["healthy"] and report["problems"] == check(snap)
+        assert report["running"] and report["running_problems"] == []
+    assert running_problems(replace(fault, journal_disk_fault=None)) == [
+        "journal is not running (restarts: 4, last error: disk I/O error)",
+        "radio is not running (restarts: 4, last error: journal is not open)",
+        "journal is not open"]
 
 
 def test_radio_backlog_is_reported_not_judged() -> None:

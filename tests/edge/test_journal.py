@@ -14,6 +14,7 @@ import pytest
 from gridedge.journal import (
     EVENT_JOURNAL_EVICTED,
     Event,
+    Journal,
     JournalClosedError,
 )
 from gridwire import IntervalRecord
@@ -198,3 +199,57 @@ def test_event_detail_cut_to_wire_limit_and_bad_fields_refused(tmp_path: Path) -
     with pytest.raises(ValueError, match="invalid event"):
         j.append_event(Event(1, 1_700_000_000, 70_000, ""))
     assert j.pending == 1
+
+
+def fill_to_pages(j: Journal, pages: int) -> list[IntervalRecord]:
+    """Append small batches until the database file spans ``pages`` pages; returns them."""
+    appended: list[IntervalRecord] = []
+    page_size = 4096
+    while j.stats().size_bytes < pages * page_size:
+        batch = [rec(len(appended) + k, k) for k in range(10)]
+        j.append(batch)
+        appended.extend(batch)
+    assert j.stats().evicted_total == 0
+    return appended
+
+
+@pytest.mark.parametrize("burst", [600, 1200])
+def test_point3_burst_crossing_the_cap_evicts(tmp_path: Path, burst: int) -> None:
+    """128 KiB cap, 26 of its 32 pages used, then one burst that does not fit under the cap:
+    the cap (not the disk) is reached, so the oldest entries are evicted and the burst is
+    stored whole, in one append; the disk is not reported full."""
+    j = open_journal(tmp_path, max_bytes=128 * 1024)
+    old = fill_to_pages(j, 26)
+    records = [rec(10_000 + k, k) for k in range(burst)]
+    j.append(records)
+    stats = j.stats()
+    assert not stats.disk_full
+    assert stats.size_bytes <= 128 * 1024
+    assert 0 < stats.evicted_total <= len(old)
+    rows = j.read(0, 100_000)
+    assert [s for s, _ in rows] == list(range(rows[0][0], stats.next_seq)), "one run, no gaps"
+    readings = [r for _, r in rows if isinstance(r, IntervalRecord)]
+    assert readings[-burst:] == records, "the whole burst is kept"
+    events = [e for _, e in rows if isinstance(e, Event)]
+    assert [e.kind for e in events] == [EVENT_JOURNAL_EVICTED]
+    assert stats.pending + stats.evicted_total == stats.next_seq - 1
+
+
+def test_point3_burst_larger_than_the_cap_keeps_its_newest(tmp_path: Path) -> None:
+    """A burst that alone exceeds the cap cannot be stored whole: rather than refusing it for
+    ever (the radio link would offer it again and again), the journal keeps what fits, the
+    newest, and counts the rest as evicted; every sequence number is still accounted for and
+    the watermarks cover the whole burst, so the radio link does not fetch it again."""
+    j = open_journal(tmp_path, max_bytes=128 * 1024)
+    fill_to_pages(j, 10)
+    records = [IntervalRecord(5000 + k % 50, 900 * (1 + k // 50), k, 0, 0, 0, 0, 0)
+               for k in range(10_000)]
+    j.append(records)
+    stats = j.stats()
+    assert not stats.disk_full and stats.size_bytes <= 128 * 1024
+    rows = j.read(0, 100_000)
+    readings = [r for _, r in rows if isinstance(r, IntervalRecord)]
+    assert 0 < len(readings) < len(records) and readings == records[-len(readings):]
+    assert stats.pending + stats.evicted_total == stats.next_seq - 1
+    marks = j.watermarks()
+    assert {m: marks[m] for m in range(5000, 5050)} == {m: 900 * 200 for m in range(5000, 5050)}

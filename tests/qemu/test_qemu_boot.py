@@ -7,14 +7,26 @@ PostgreSQL database on the host's loopback (10.0.2.2 in the guest).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psycopg2
 import pytest
+from gridedge.journal import EVENT_JOURNAL_QUARANTINED
 
 from support import edge_harness
 from support.qemu_unit import Unit
-from support.qemu_world import GRIDEDGE_PIDS, World, wait_until_healthy
+from support.qemu_world import (
+    GRIDEDGE_PIDS,
+    World,
+    wait_until_healthy,
+    wait_until_marked_good,
+)
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -91,3 +103,56 @@ def test_power_cut_loses_and_duplicates_no_reading(
         time.sleep(2)
     got = edge_harness.assert_exactly_once(w.dsn, w.sim)
     assert got.rows > before
+
+
+@contextlib.contextmanager
+def data_partition(disk: Path) -> Iterator[Path]:
+    """Mount the /data partition (the 4th) of a powered-off unit's disk on the host, through
+    a loop device over its extent."""
+    start, sectors = subprocess.run(
+        ["partx", "-g", "-o", "START,SECTORS", "-n", "4", str(disk)],
+        check=True, capture_output=True, text=True).stdout.split()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--offset", str(int(start) * 512),
+         "--sizelimit", str(int(sectors) * 512), str(disk)],
+        check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        with tempfile.TemporaryDirectory() as mnt:
+            subprocess.run(["mount", loop, mnt], check=True)
+            try:
+                yield Path(mnt)
+            finally:
+                subprocess.run(["umount", mnt], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def test_point8_corrupt_journal_is_quarantined_and_the_slot_stays(
+    make_unit: Callable[..., Unit], world: Callable[..., World]
+) -> None:
+    """journal.db and its WAL overwritten with garbage while the unit is off: at the next boot
+    gridedge moves the journal aside, starts a new one, the slot is marked good (no reboot,
+    no slot flip) and readings reach PostgreSQL again, with a JOURNAL_QUARANTINED event."""
+    w = world(meters=8, speed=200, duration="1d")
+    unit = make_unit(radio=w.sim.port)
+    assert unit.boot() == "A"
+    w.provision(unit)
+    before = wait_for_rows(w, 8, 180)
+    unit.check("sync")
+    unit.power_cut()
+    with data_partition(unit.disk) as data:
+        for name in ("journal.db", "journal.db-wal"):
+            path = data / "gridedge" / name
+            if path.exists():
+                path.write_bytes(os.urandom(max(path.stat().st_size, 4096)))
+
+    assert unit.boot() == "A"
+    wait_until_marked_good(unit, 300)
+    assert "rauc.slot=A" in unit.value("cat /proc/cmdline")
+    unit.check("ls /data/gridedge/journal.db.unreadable-*")
+    wait_for_rows(w, before + 8, 240)
+    with contextlib.closing(psycopg2.connect(w.dsn)) as db, db.cursor() as cur:
+        cur.execute("SELECT detail FROM events WHERE edge_id = %s AND kind = %s",
+                    (edge_harness.EDGE_ID, int(EVENT_JOURNAL_QUARANTINED)))
+        (detail,), = cur.fetchall()
+    assert "journal.db.unreadable-" in detail

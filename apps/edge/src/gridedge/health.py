@@ -20,7 +20,14 @@ Right after boot, 3 and 4 are false until the first frame and the first
 Welcome.  Rules 1 and 2 alone are "running" (``gridedge health --running``):
 that is what the firmware's mark-good step waits for, because a slot must not
 be given up for an outage of the cellular network or of the meters' mesh (the
-unit would reboot into the other slot during every long outage).  The full
+unit would reboot into the other slot during every long outage).  For the same
+reason "running" judges the firmware, not the disk: a journal kept closed or
+refused writes by a fault of the data partition (full, I/O errors, a journal
+that cannot even be moved aside) makes the unit unhealthy but not "not
+running", since another firmware slot would meet the same disk.  While the
+journal is kept closed so, the parts that need it (the radio link reads its
+watermarks at start) cannot run either, and "running" asks no more than the
+process answering.  The full
 rule is for monitoring and for a technician on site.
 
 Beside the verdict the report carries ``notes``: facts an operator should see
@@ -63,26 +70,38 @@ class Snapshot:
     uplink_connected: bool
     uplink_last_connected_at: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    journal_disk_fault: str | None = None  # why the data partition keeps the journal closed
 
 
 def evaluate(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
     """The problems that make the unit unhealthy (empty list: healthy)."""
-    problems = running_problems(s)
+    problems = running_problems(s) + disk_problems(s)
     problems += contact_problems(s, radio_window, uplink_window)
     return problems
 
 
 def running_problems(s: Snapshot) -> list[str]:
-    """Rules 1 and 2: a part is down or the journal cannot write."""
+    """Rules 1 and 2 as far as the firmware is to blame: a part is down or the journal is not
+    open.  Nothing while the data partition keeps the journal closed (see
+    :func:`disk_problems`): every part needs the journal, and another slot would not help."""
+    if s.journal_disk_fault is not None:
+        return []
     problems = [
         f"{name} is not running (restarts: {p['restarts']}, last error: {p['last_error']})"
         for name, p in s.parts.items() if not p["running"]
     ]
     if not s.journal_open:
         problems.append("journal is not open")
-    elif s.journal_disk_full:
-        problems.append("journal: data partition is full")
     return problems
+
+
+def disk_problems(s: Snapshot) -> list[str]:
+    """Rule 2 where the data partition is to blame: unhealthy, yet still "running"."""
+    if s.journal_disk_fault is not None:
+        return [f"journal: data partition fault: {s.journal_disk_fault}"]
+    if s.journal_open and s.journal_disk_full:
+        return ["journal: data partition is full"]
+    return []
 
 
 def contact_problems(s: Snapshot, radio_window: float, uplink_window: float) -> list[str]:
@@ -181,7 +200,7 @@ class HealthService(service.Service):
         self.watch_radio()
         snap = self._snapshot()
         running = running_problems(snap)
-        problems = running + contact_problems(snap, self.radio_window, self.uplink_window)
+        problems = evaluate(snap, self.radio_window, self.uplink_window)
         return {"healthy": not problems, "problems": problems,
                 "running": not running, "running_problems": running,
                 "notes": notes(snap), "radio_backlog": radio_backlog(snap),

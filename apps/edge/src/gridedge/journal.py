@@ -32,20 +32,39 @@ eviction) only ever remove the oldest ones.
 Size bound and full disk
 ------------------------
 The database is capped with ``PRAGMA max_page_count`` (from ``max_bytes``).
-When an append hits the cap, the oldest entries are evicted in the same
-transaction, counted, and an EVENT_JOURNAL_EVICTED event (meter_id 0) is
-journalled for the cloud; the edge keeps running.  When the *disk* is full
-(``SQLITE_FULL`` below the cap, or an I/O error such as ``EFBIG``), the append
-raises :class:`JournalFullError` with a clear message, nothing already stored
-is harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can
-be written.  The caller (the radio link) keeps the records it could not store
-and re-polls them later.
+SQLite reports the cap and a full disk alike (``SQLITE_FULL``), so the journal
+tells them apart from what the append needs: when the pages in use plus the
+pages the transaction needs reach the cap *and* the file system has room for
+those pages, the cap was reached.  Then the oldest entries are evicted in the
+same transaction (more on each try until the append fits), counted, and an
+EVENT_JOURNAL_EVICTED event (meter_id 0) is journalled for the cloud; the edge
+keeps running.  A burst larger than the whole cap keeps its newest records:
+the older ones get their sequence numbers and are counted as evicted at once,
+so a burst is never refused for ever.  When the *disk* is full (no room on the
+file system, or an I/O error such as ``EFBIG``), the append raises
+:class:`JournalFullError` with a clear message, nothing already stored is
+harmed, and an EVENT_JOURNAL_DISK_FULL event is kept in memory until it can be
+written.  The caller (the radio link) keeps the records it could not store and
+re-polls them later.
 
-Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py.
+Errors and listeners
+--------------------
+Every storage failure leaves the journal as one of its own errors
+(:class:`JournalError`; :class:`JournalDiskError` when the disk under it
+failed), never as a raw ``sqlite3.Error``: its callers (the radio link, the
+uplink) handle those and only those.  Listeners (:meth:`Journal.on_append`, the
+uplink's pump) run after the transaction is over, and their failures are
+logged, never raised: an append that committed must not look failed, or its
+caller would store the same records again.
+
+Tests: tests/edge/test_journal.py, tests/edge/test_journal_disk_full.py,
+tests/edge/test_journal_faults.py.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sqlite3
 import struct
 import time
@@ -69,12 +88,16 @@ from gridedge.radio.sink import SinkError
 
 SCHEMA_VERSION = 1
 _MIN_PAGES = 16  # the schema alone needs a handful of pages
+_ROW_OVERHEAD = 24  # bytes per entry beyond its body: cell header, rowid, cell pointer, slack
+_WAL_FRAME = 24  # bytes of WAL frame header per page written
+_TOUCHED_PAGES = 8  # pages a transaction rewrites besides new ones (meta, interior, watermarks)
 
 #: EventReport kinds for the edge's own events (meter_id 0).  gridwire's AlarmKind
 #: covers meter alarms; values from 0x8000 up are the edge's own and carried unchanged.
 EVENT_JOURNAL_EVICTED = AlarmKind.JOURNAL_EVICTED
 EVENT_JOURNAL_DISK_FULL = AlarmKind.JOURNAL_DISK_FULL
 EVENT_RECORDS_REFUSED = AlarmKind.RECORDS_REFUSED
+EVENT_JOURNAL_QUARANTINED = AlarmKind.JOURNAL_QUARANTINED
 
 _MAX_DETAIL = 255  # bytes of UTF-8 in EventReport.detail (docs/protocol.md)
 _READING = struct.Struct("<IIQIHIhH")  # the eight IntervalRecord fields, 30 bytes
@@ -88,8 +111,17 @@ class JournalError(SinkError):
     """
 
 
-class JournalFullError(JournalError):
+class JournalDiskError(JournalError):
+    """The disk under the journal failed (I/O error, damaged file, full): a fault of the data
+    partition, not of gridedge."""
+
+
+class JournalFullError(JournalDiskError):
     """The disk under the journal is full: nothing new can be stored until space is freed."""
+
+
+class _Unreadable(JournalDiskError):
+    """The journal file is not a readable database (it is quarantined, see Journal.open)."""
 
 
 class JournalClosedError(JournalError):
@@ -171,6 +203,19 @@ def _is_io_error(exc: BaseException) -> bool:
     return code is not None and (code & 0xFF) == sqlite3.SQLITE_IOERR
 
 
+def _is_damaged(exc: BaseException) -> bool:
+    """The file is not a readable SQLite database (damaged pages, not a database at all)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _storage_error(exc: sqlite3.Error, message: str) -> JournalError:
+    """``exc`` as the journal's own error: a disk fault or something else."""
+    if _is_full(exc) or _is_io_error(exc) or _is_damaged(exc):
+        return JournalDiskError(f"{message}: {exc}")
+    return JournalError(f"{message}: {exc}")
+
+
 @dataclass(slots=True)
 class _Change:
     """One transaction's work, see Journal._transaction."""
@@ -178,6 +223,7 @@ class _Change:
     readings: Sequence[bytes] = ()
     watermarks: dict[int, int] = field(default_factory=dict)
     evict: int = 0
+    drop: int = 0  # the oldest readings of a burst larger than the cap: numbered, not stored
     ack_up_to: int | None = None
     next_seq_at_least: int = 0
     shift: int = 0
@@ -214,17 +260,45 @@ class Journal:
         self._unsaved = _Unsaved()
         self._disk_full = False
         self._listeners: list[Callable[[], None]] = []
+        self._inserted = False  # entries stored since the listeners were last told
+        self._disk_fault: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating if needed) the database; raises JournalError with the reason."""
+        """Open (creating if needed) the database; raises JournalError with the reason.
+
+        An unreadable file (damaged pages, not a database) is quarantined: moved aside
+        under a timestamped name, kept for recovery, and a new journal is started with
+        an EVENT_JOURNAL_QUARANTINED event saying what was kept.  A disk fault that
+        prevents even that raises :class:`JournalDiskError` (see :attr:`disk_fault`).
+        """
         if self._db is not None:
             return
         try:
+            try:
+                self._open_db()
+            except _Unreadable as exc:
+                detail = self._quarantine(exc)
+                self._open_db()
+                self._unsaved.events.append(Event(
+                    0, int(self._clock()), EVENT_JOURNAL_QUARANTINED,
+                    detail.encode()[:_MAX_DETAIL].decode(errors="ignore")))
+                self.flush()
+        except JournalDiskError as exc:
+            self._disk_fault = str(exc)
+            raise
+        self._disk_fault = None
+
+    def _open_db(self) -> None:
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+        except PermissionError as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise JournalDiskError(f"cannot open journal {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         try:
             db.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -243,13 +317,16 @@ class Journal:
             first, last, count = db.execute(
                 "SELECT MIN(seq), MAX(seq), COUNT(*) FROM entries"
             ).fetchone()
+            db.execute("SELECT COUNT(*) FROM watermarks").fetchone()
         except sqlite3.Error as exc:
             db.close()
+            if _is_damaged(exc):
+                raise _Unreadable(f"journal {self.path} is unreadable: {exc}") from exc
             if _is_full(exc):
                 raise JournalFullError(
                     f"cannot open journal {self.path}: disk full ({exc})"
                 ) from exc
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise _storage_error(exc, f"cannot open journal {self.path}") from exc
         except JournalError:
             db.close()
             raise
@@ -262,6 +339,35 @@ class Journal:
             "journal {path} open: {pending} entries pending from seq {first}, next seq {next}",
             path=str(self.path), pending=self._pending, first=first, next=self._next_seq,
         )
+
+    def _quarantine(self, reason: _Unreadable) -> str:
+        """Move the unreadable journal (and its WAL) aside; returns what was kept, in words."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        kept = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
+        n = 1
+        while kept.exists():
+            n += 1
+            kept = self.path.with_name(f"{self.path.name}.unreadable-{stamp}-{n}")
+        size = 0
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    size += src.stat().st_size if suffix != "-shm" else 0
+                    src.rename(f"{kept}{suffix}")
+        except OSError as exc:
+            raise JournalDiskError(
+                f"{reason}; it cannot be moved aside either: {exc}") from exc
+        self.log.error(
+            "{reason}: moved aside as {kept} ({size} bytes, kept for recovery); "
+            "starting a new journal", reason=str(reason), kept=str(kept), size=size)
+        return (f"journal unreadable ({reason.__cause__}): kept as {kept.name} ({size} bytes, "
+                f"the entries not yet sent included); a new journal started")
+
+    @property
+    def disk_fault(self) -> str | None:
+        """Why the disk kept the journal from opening, if it did (None once it opens)."""
+        return self._disk_fault
 
     def close(self) -> None:
         """Write what is still in memory (events) and close the database."""
@@ -292,10 +398,11 @@ class Journal:
         db = self._conn()
         unsaved, self._unsaved = self._unsaved, _Unsaved()
         events = list(unsaved.events)
-        if change.evict:
+        evicted = change.evict + change.drop
+        if evicted:
             events.append(Event(0, int(self._clock()), EVENT_JOURNAL_EVICTED,
-                                f"journal full: dropped {change.evict} oldest entries "
-                                f"({self._evicted_total + change.evict} so far)"))
+                                f"journal full: dropped {evicted} oldest entries "
+                                f"({self._evicted_total + evicted} so far)"))
         seq = first = max(self._next_seq, change.next_seq_at_least)
         deleted = 0
         try:
@@ -311,8 +418,9 @@ class Journal:
                     "DELETE FROM entries WHERE seq IN "
                     "(SELECT seq FROM entries ORDER BY seq LIMIT ?)", (change.evict,),
                 )
-            rows = [(first + i, 0, body) for i, body in enumerate(change.readings)]
-            seq += len(rows)
+            rows = [(first + i, 0, body) for i, body in enumerate(change.readings)
+                    if i >= change.drop]
+            seq += len(change.readings)
             for event in events:
                 rows.append((seq, 1, encode_event(event)))
                 seq += 1
@@ -326,9 +434,15 @@ class Journal:
                 )
             if seq != self._next_seq:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
-            if change.evict:
+            if evicted:
                 db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted_total'",
-                           (change.evict,))
+                           (evicted,))
+            # Read before COMMIT: nothing that can fail may follow it (see "Errors and listeners").
+            first_pending = self._first_pending
+            if deleted or change.evict or change.shift:
+                first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
+            elif first_pending is None and rows:
+                first_pending = rows[0][0]
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -341,16 +455,24 @@ class Journal:
             raise
         inserted = len(rows)
         self._next_seq = seq
-        self._evicted_total += change.evict
+        self._evicted_total += evicted
         self._pending += inserted - deleted - change.evict
-        if deleted or change.evict or change.shift:
-            self._first_pending = db.execute("SELECT MIN(seq) FROM entries").fetchone()[0]
-        elif self._first_pending is None and inserted:
-            self._first_pending = first
+        self._first_pending = first_pending
         if inserted:
-            for listener in list(self._listeners):
-                listener()
+            self._inserted = True
         return first, deleted
+
+    def _notify(self) -> None:
+        """Tell the listeners of new entries, once the transaction is over; a listener's
+        failure is logged, never raised (the entries are stored)."""
+        if not self._inserted:
+            return
+        self._inserted = False
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                self.log.failure("journal: a listener failed after new entries were stored")
 
     # -- the RecordSink side ----------------------------------------------------------------
 
@@ -390,8 +512,11 @@ class Journal:
         deleted by acks or eviction: the radio link relies on it to know what it
         already delivered across restarts.
         """
-        rows = self._conn().execute("SELECT meter_id, interval_end FROM watermarks")
-        return {int(m): int(t) for m, t in rows}
+        try:
+            rows = self._conn().execute("SELECT meter_id, interval_end FROM watermarks")
+            return {int(m): int(t) for m, t in rows}
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: cannot read watermarks") from exc
 
     def append_event(self, event: Event) -> None:
         """Store an event for the cloud, like :meth:`append` (same errors).
@@ -401,12 +526,11 @@ class Journal:
         """
         detail = event.detail.encode()[:_MAX_DETAIL].decode(errors="ignore")
         try:
-            EventReport(seq=1, meter_id=event.meter_id, time=event.time, kind=event.kind,
-                        detail=detail)
+            report = EventReport(seq=1, meter_id=event.meter_id, time=event.time,
+                                 kind=event.kind, detail=detail)
         except ProtocolError as exc:
             raise ValueError(f"invalid event {event!r}: {exc}") from None
-        problem = event_problem(EventReport(seq=1, meter_id=event.meter_id, time=event.time,
-                                            kind=event.kind, detail=detail))
+        problem = event_problem(report)
         if problem is not None:
             self._refuse(1, f"event of kind {event.kind} refused: {problem}")
             self.flush()
@@ -415,41 +539,71 @@ class Journal:
         self._store(_Change(), 1)
 
     def _store(self, change: _Change, count: int) -> None:
+        at_cap: bool | None = None  # decided at the first SQLITE_FULL, kept while making room
         while True:
             try:
                 self._transaction(change)
                 break
             except sqlite3.Error as exc:
-                if _is_full(exc) and self._at_cap():
-                    more = self._next_eviction(change.evict, count)
-                    if more is not None:
-                        change.evict = more
+                if _is_full(exc):
+                    if at_cap is None:
+                        at_cap = self._cap_reached(change)
+                    if at_cap and self._make_room(change):
                         continue
                 self._storage_failed(exc, count)
-        if change.evict:
+        self._notify()
+        if change.evict or change.drop:
             self.log.warn(
                 "journal full ({max_bytes} bytes): dropped the {n} oldest entries "
                 "({total} so far) to keep running",
-                max_bytes=self.max_bytes, n=change.evict, total=self._evicted_total,
+                max_bytes=self.max_bytes, n=change.evict + change.drop,
+                total=self._evicted_total,
             )
         if self._disk_full:
             self._disk_full = False
             self.log.info("journal {path} writable again", path=str(self.path))
 
-    def _at_cap(self) -> bool:
-        """True when SQLITE_FULL came from our own page cap rather than from the disk."""
-        try:
-            pages = int(self._conn().execute("PRAGMA page_count").fetchone()[0])
-        except sqlite3.Error:
-            return False
-        return pages >= self._max_pages - 2 and self._pending > 0
+    def _pages_needed(self, change: _Change) -> int:
+        """Pages the new entries of ``change`` take at most (a generous estimate)."""
+        body = sum(len(b) + _ROW_OVERHEAD for b in change.readings[change.drop:])
+        body += sum(_EVENT.size + len(e.detail.encode()) + _ROW_OVERHEAD
+                    for e in self._unsaved.events) + 2 * 256  # and an eviction event
+        return math.ceil(body * 1.25 / self._page_size) + 2
 
-    def _next_eviction(self, evicted: int, incoming: int) -> int | None:
-        """How many oldest entries to drop on the next try (growing), or None when hopeless."""
-        if evicted >= self._pending:
-            return None
-        step = max(incoming, self._pending // 100, 1)
-        return min(self._pending, evicted + step)
+    def _cap_reached(self, change: _Change) -> bool:
+        """Whether SQLITE_FULL came from our own page cap rather than from the disk.
+
+        The cap: the pages in use plus those ``change`` needs reach it.  Not the disk: the
+        file system has room for every page the transaction writes (to the WAL).
+        """
+        needed = self._pages_needed(change)
+        try:
+            db = self._conn()
+            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+            unused = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            disk = os.statvfs(self.path.parent)
+        except (OSError, sqlite3.Error):
+            return False
+        if pages - unused + needed < self._max_pages:
+            return False
+        free = disk.f_bavail * disk.f_frsize
+        return free >= (needed + _TOUCHED_PAGES) * (self._page_size + _WAL_FRAME)
+
+    def _make_room(self, change: _Change) -> bool:
+        """Grow what ``change`` evicts for the next try; False when nothing is left to drop.
+
+        The oldest pending entries go first; once all of them are evicted, the oldest
+        readings of the burst itself (a burst larger than the cap).
+        """
+        if change.evict < self._pending:
+            step = max(len(change.readings) - change.drop, self._pending // 100, 1)
+            change.evict = min(self._pending, change.evict + step)
+            return True
+        if change.drop < len(change.readings):
+            step = max(len(change.readings) // 10, 1)
+            change.drop = min(len(change.readings), change.drop + step)
+            return True
+        return False
 
     def _storage_failed(self, exc: sqlite3.Error, count: int) -> NoReturn:
         if _is_full(exc) or _is_io_error(exc):
@@ -467,7 +621,7 @@ class Journal:
             raise JournalFullError(
                 f"journal {self.path}: disk full, {count} records not stored ({exc})"
             ) from exc
-        raise JournalError(f"journal {self.path}: append failed: {exc}") from exc
+        raise _storage_error(exc, f"journal {self.path}: append failed") from exc
 
     def _refuse(self, count: int, why: str) -> None:
         """Count values outside gridwire's value ranges (docs/protocol.md) and tell the cloud:
@@ -497,10 +651,14 @@ class Journal:
 
     def read(self, from_seq: int, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` pending entries from ``from_seq`` on, in sequence order."""
-        rows = self._conn().execute(
-            "SELECT seq, is_event, body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
-            (from_seq, limit),
-        ).fetchall()
+        try:
+            rows = self._conn().execute(
+                "SELECT seq, is_event, body FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (from_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: cannot read from seq {from_seq}") \
+                from exc
         return [(int(seq), decode_entry(is_event, body)) for seq, is_event, body in rows]
 
     def ack(self, up_to_seq: int) -> int:
@@ -512,12 +670,14 @@ class Journal:
         if self._first_pending is None or up_to_seq < self._first_pending:
             return 0
         try:
-            return self._transaction(_Change(ack_up_to=up_to_seq))[1]
+            deleted = self._transaction(_Change(ack_up_to=up_to_seq))[1]
         except sqlite3.Error as exc:
             self.log.error(
                 "journal: could not delete acknowledged entries: {error}", error=str(exc)
             )
             return 0
+        self._notify()
+        return deleted
 
     def skip_to(self, seq: int) -> None:
         """Make the next sequence number at least ``seq`` (the cloud has seen higher ones).
@@ -527,7 +687,7 @@ class Journal:
         cloud would take for duplicates.
         """
         if seq > self._next_seq:
-            self._transaction(_Change(next_seq_at_least=seq))
+            self._apply(_Change(next_seq_at_least=seq), f"cannot move numbering to {seq}")
 
     def rebase(self, after_seq: int) -> None:
         """Renumber pending entries to follow ``after_seq``, which this journal never issued.
@@ -541,7 +701,16 @@ class Journal:
             return
         base = self._first_pending if self._first_pending is not None else self._next_seq
         shift = after_seq + 1 - base
-        self._transaction(_Change(shift=shift, next_seq_at_least=self._next_seq + shift))
+        self._apply(_Change(shift=shift, next_seq_at_least=self._next_seq + shift),
+                    f"cannot renumber pending entries after {after_seq}")
+
+    def _apply(self, change: _Change, failure: str) -> None:
+        """One transaction, its failure raised as the journal's own error."""
+        try:
+            self._transaction(change)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, f"journal {self.path}: {failure}") from exc
+        self._notify()
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -555,6 +724,8 @@ class Journal:
             self.log.warn(
                 "journal: could not save events yet: {error}", error=str(exc)
             )
+            return
+        self._notify()
 
     def stats(self) -> JournalStats:
         size = 0

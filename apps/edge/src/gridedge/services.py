@@ -128,6 +128,7 @@ class Unit(service.MultiService):
             parts=parts,
             journal_open=self.journal.is_open,
             journal_disk_full=stats.disk_full if stats is not None else False,
+            journal_disk_fault=self.journal.disk_fault,
             radio_configured=self.config.radio.port is not None,
             radio_last_frame_at=self.health.radio_last_frame_at,
             uplink_connected=up.connected if up is not None else False,

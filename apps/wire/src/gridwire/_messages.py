@@ -99,6 +99,7 @@ class AlarmKind(enum.IntEnum):
     JOURNAL_EVICTED = 0x8001  #: the journal was full; detail says how many readings were dropped
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
+    JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
 
 
 class CommandKind(enum.IntEnum):
