@@ -42,6 +42,7 @@ from .config import ServerConfig
 from .connection import EdgeConnection, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
+from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .sessions import SessionRegistry
 from .tls import ServerTLS
@@ -174,8 +175,9 @@ class CloudService(service.MultiService):
             )
         )
         self.store = IngestStore(reactor, config.dsn, config.pool_size)
-        #: the live session of each edge
-        self.sessions: SessionRegistry[EdgeConnection] = SessionRegistry()
+        #: the live session of each edge, also recorded in PostgreSQL (gridcloud.presence)
+        self.sessions: PresenceRegistry[EdgeConnection] = PresenceRegistry(reactor, config.dsn)
+        self.sessions.setServiceParent(self)  # type: ignore[no-untyped-call]
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
         self.ready: defer.Deferred[Any] = defer.Deferred()
