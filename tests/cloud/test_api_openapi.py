@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 
 from gridcloud.api.config import ApiConfig
-from gridcloud.api.database import Database
-from gridcloud.api.resources import operations
-from gridcloud.api.routes import Api
+from gridcloud.api.service import ApiService
 from twisted.internet import task
 
 from support.api_harness import ApiProcess
@@ -15,11 +13,9 @@ from support.api_harness import ApiProcess
 
 def served_routes() -> set[tuple[str, str]]:
     """(method, OpenAPI path) of every rule in the Klein app's URL map."""
-    config = ApiConfig(dsn="dbname=unused")
-    api = Api(operations(config, []), Database(task.Clock(), "dbname=unused", 1), config,
-              task.Clock())
+    service = ApiService(task.Clock(), ApiConfig(dsn="dbname=unused"))  # never started
     found = set()
-    for rule in api.app.url_map.iter_rules():
+    for rule in service.api.app.url_map.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):

@@ -5,7 +5,7 @@ The query is ``DECLARE``d in one transaction and read ``FETCH CHUNK`` rows at a
 time; PostgreSQL formats each row into one CSV line (``line`` column), so the
 API only joins strings.  Between chunks the export waits while the client's
 socket is full (the request's push producer is paused), so a slow client slows
-the export down instead of filling the API's memory.  When the client goes
+the export down instead of filling the API's memory (gridcloud.api.pacing).  When the client goes
 away the export stops after the chunk in flight and the transaction ends.
 
 Tests: tests/cloud/test_api_csv.py.
@@ -16,41 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 from .database import Database
+from .pacing import Pacer
 
 MEDIA_TYPE = "text/csv"
 
 #: Rows per FETCH: large enough to amortise the round trip, small enough to stay flat.
 CHUNK = 5000
-
-
-@implementer(IPushProducer)
-class _Pacer:
-    """The export's side of the request's flow control: paused, resumed, or stopped."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self._waiting: defer.Deferred[None] | None = None
-
-    def pauseProducing(self) -> None:
-        if self._waiting is None:
-            self._waiting = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.resumeProducing()
-
-    def ready(self) -> defer.Deferred[None]:
-        """Fires when the client can take more (at once if it can now)."""
-        return self._waiting if self._waiting is not None else defer.succeed(None)
 
 
 def stream(
@@ -62,9 +35,7 @@ def stream(
     """
     request.setHeader("content-type", f"{MEDIA_TYPE}; charset=utf-8; header=present")
     request.setHeader("content-disposition", f'attachment; filename="{name}.csv"')
-    pacer = _Pacer()
-    request.registerProducer(pacer, True)
-    request.notifyFinish().addErrback(lambda _: pacer.stopProducing())
+    pacer = Pacer(request)
     request.write(header.encode() + b"\r\n")
 
     async def pump(cursor: Any) -> None:

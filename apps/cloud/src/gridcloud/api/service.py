@@ -1,12 +1,13 @@
-"""``gridcloud api``'s service tree: the pool, then the HTTP listener.
+"""``gridcloud api``'s service tree: the pool, the feed's LISTEN, then the HTTP listener.
 
-:class:`ApiService` opens the txpostgres pool, then listens on the configured
+:class:`ApiService` opens the txpostgres pool, LISTENs for the live feed
+(gridcloud.api.feed), then listens on the configured
 endpoint with a Twisted ``Site`` over the Klein app.  ``ready`` fires with the
 listening port.  Stopping stops listening, then closes the pool.  Nothing here
 keeps state beyond PostgreSQL, so any number of these processes can run behind
 a load balancer.
 
-Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_cli.py.
+Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_feed.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.web.server import Site
 
 from .config import ApiConfig
 from .database import Database
+from .feed import FeedHub
 from .resources import operations
 from .routes import Api
 
@@ -36,7 +38,9 @@ class ApiService(service.MultiService):
         self._reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.db = Database(reactor, config.dsn, config.pool_size)
-        self.api = Api(operations(config, []), self.db, config, self.clock)
+        self.feed = FeedHub(self.db)
+        self.api = Api(operations(config, self.feed.operations(config)), self.db, config,
+                       self.clock)
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: the IListeningPort, once listening
         self.port: Any = None
@@ -47,6 +51,7 @@ class ApiService(service.MultiService):
 
     async def _start(self) -> Any:
         await self.db.start()
+        await self.feed.start()
         site = Site(self.api.resource())  # type: ignore[no-untyped-call]
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
@@ -61,4 +66,5 @@ class ApiService(service.MultiService):
         yield super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
             yield self.port.stopListening()
+        self.feed.stop()
         self.db.close()
