@@ -8,7 +8,7 @@ shared limit would cost a database write per request.
 
 Sans-IO: the time comes from the caller's clock (``task.Clock`` in tests).
 
-Tests: tests/cloud/test_api_ratelimit.py, tests/cloud/test_api_auth.py.
+Tests: tests/cloud/test_api_auth.py.
 """
 
 from __future__ import annotations
