@@ -1,6 +1,6 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
-BENCH_TARGETS := bench-wire bench-radio bench-ingest
+BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-api
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -14,3 +14,6 @@ bench-radio: setup ## radio frames parsed per second, edge CPU per record and pe
 
 bench-ingest: setup ## end-to-end ingest rate vs raw PostgreSQL ceiling; memory per idle TLS edge
 	$(PGCLUSTER) run -- $(PY) bench/bench_ingest.py
+
+bench-api: setup ## HTTP API p50/p99 at 100 req/s and CSV export rate vs the same SQL, 10M readings
+	$(PGCLUSTER) run -- $(PY) bench/bench_api.py
