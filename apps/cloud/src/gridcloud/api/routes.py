@@ -35,7 +35,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from . import keys, problems
 from .config import ApiConfig
 from .database import Database
-from .params import Param, parse_query
+from .params import Param, parse_query, parse_time
 from .problems import Problem
 from .ratelimit import RateLimiter, retry_after
 
@@ -180,15 +180,23 @@ class Api:
             call = Call(request, caller, query, path, body, self.db, self.config, self.clock)
             result = await op.handler(call)
         except Problem as exc:
+            if request.startedWriting:  # cannot happen: handlers refuse before streaming
+                raise
             return _problem(request, exc)
         except (psycopg2.OperationalError, txpostgres.AlreadyConnected,
                 ConnectionLost, ConnectionDone) as exc:
             log.warn("database unavailable: {why}", why=str(exc).strip())
+            if request.startedWriting:
+                request.channel.transport.abortConnection()
+                return None
             return _problem(request, Problem("unavailable", headers={"Retry-After": "1"}))
         except defer.CancelledError:
             raise  # the client went away: nothing to answer
         except Exception:
             log.failure("request {method} {path} failed", method=op.method, path=op.path)
+            if request.startedWriting:  # a stream broke half-way: the client must see it
+                request.channel.transport.abortConnection()
+                return None
             return _problem(request, Problem("internal"))
         if result is STREAMED:
             return None
@@ -235,6 +243,8 @@ class Api:
         return Caller(name, tuple(scopes), tuple(edges) if edges is not None else None)
 
     def _body(self, op: Operation, request: Any) -> Any:
+        # twisted.web has already received the body: into memory up to 100 kB, else into a
+        # temporary file, so an oversized body costs disk, never the API's memory.
         content = request.content
         size = 0
         if content is not None:
@@ -295,9 +305,10 @@ def _check_value(name: str, item: Any, spec: dict[str, Any]) -> None:
         if "pattern" in spec and not re.fullmatch(spec["pattern"].strip("^$"), item):
             raise Problem("bad-body", f"{name}: must match {spec['pattern']}")
         if spec.get("format") == "date-time":
-            from .params import Param, parse_time
-
-            parse_time(item, Param(name, "date-time", ""))
+            try:
+                parse_time(item, Param(name, "date-time", ""))
+            except Problem as exc:
+                raise Problem("bad-body", exc.detail) from None
         return
     raise Problem("bad-body", f"{name}: must be {' or '.join(kinds)}")
 

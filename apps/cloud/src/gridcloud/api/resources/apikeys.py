@@ -11,7 +11,7 @@ import psycopg2.errors
 
 from .. import keys
 from ..config import ApiConfig
-from ..params import EDGE_ID_PATTERN, KEY_NAME_PATTERN, Param, rfc3339
+from ..params import EDGE_ID_PATTERN, KEY_NAME_PATTERN, Param, parse_time, rfc3339
 from ..problems import Problem
 from ..routes import Call, Operation
 
@@ -70,9 +70,7 @@ def item(info: keys.KeyInfo) -> dict[str, Any]:
 
 
 async def create(call: Call) -> Any:
-    from ..params import parse_time
-
-    body = call.body
+    body = call.body  # checked against BODY already
     expires = body.get("expires_at")
     expires_at = parse_time(expires, Param("expires_at", "date-time", "")) if expires else None
     key = keys.new_key()

@@ -57,7 +57,7 @@ METER_CSV_SQL = f"""
 SELECT {_CSV_LINE} FROM readings WHERE {_METER_WHERE} ORDER BY interval_end, edge_id, seq
 """
 
-_EDGE_WHERE = f"edge_id = %(edge_id)s AND {_RANGE}"
+_EDGE_WHERE = f"edge_id = %(edge_id)s AND {_RANGE} AND {_VISIBLE}"
 EDGE_PAGE_SQL = f"""
 SELECT {_COLUMNS} FROM readings
  WHERE {_EDGE_WHERE} AND seq > %(s)s
@@ -108,9 +108,9 @@ def _range(call: Call) -> dict[str, datetime.datetime]:
 
 async def meter_readings(call: Call) -> Any:
     meter_id = call.path["meter_id"]
-    await meters.visible_meter(call, meter_id)
     args: dict[str, Any] = {"meter_id": meter_id, "edges": call.edges(), **_range(call)}
     if call.accepts_csv():
+        await meters.visible_meter(call, meter_id)
         await stream(call.db, call.request, CSV_HEADER, METER_CSV_SQL, args, f"meter-{meter_id}")
         return STREAMED
     query, after = paging.after({**call.query, "meter": meter_id}, "meter-readings",
@@ -119,20 +119,24 @@ async def meter_readings(call: Call) -> Any:
     limit = call.query["limit"]
     rows = await call.db.rows(METER_PAGE_SQL, {**args, "t": t, "e": e, "s": s,
                                                "limit": limit + 1})
+    if not rows:  # only now (one round trip less in the usual case): 404 or an empty page?
+        await meters.visible_meter(call, meter_id)
     return paging.page(rows, limit, query, lambda r: [r[3], r[0], r[1]], item)
 
 
 async def edge_readings(call: Call) -> Any:
     edge_id = call.path["edge_id"]
-    await edges.visible_edge(call, edge_id)
-    args: dict[str, Any] = {"edge_id": edge_id, **_range(call)}
+    args: dict[str, Any] = {"edge_id": edge_id, "edges": call.edges(), **_range(call)}
     if call.accepts_csv():
+        await edges.visible_edge(call, edge_id)
         await stream(call.db, call.request, CSV_HEADER, EDGE_CSV_SQL, args, f"edge-{edge_id}")
         return STREAMED
     query, after = paging.after({**call.query, "edge": edge_id}, "edge-readings", [int])
     limit = call.query["limit"]
     rows = await call.db.rows(EDGE_PAGE_SQL, {**args, "s": after[0] if after else 0,
                                               "limit": limit + 1})
+    if not rows:
+        await edges.visible_edge(call, edge_id)
     return paging.page(rows, limit, query, lambda r: [r[1]], item)
 
 
