@@ -161,6 +161,7 @@ async def test_a_newer_commit_waits_for_an_older_open_transaction(
             cur.execute("INSERT INTO edges (edge_id) VALUES (%s)", (edge_id,))
         c.close()
     feed = await open_feed(api, feed_key)
+    only_b = await open_feed(api, keys.create_key(pg_dsn, "only-b", ["read"], edges=["b"]))
     older = psycopg2.connect(pg_dsn)
     newer = psycopg2.connect(pg_dsn)
     try:
@@ -179,8 +180,12 @@ async def test_a_newer_commit_waits_for_an_older_open_transaction(
     assert [d["edge_id"] for _, _, d in feed.events] == ["a", "a", "b", "b", "b"]
     ids = [i for i, _, _ in feed.events]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    feed.close()
-    await within(reactor(), feed.done, 10)
+    # a key limited to edge b sees b's rows only, with the same ids
+    await wait_until(reactor(), lambda: len(only_b.events) == 3, "b's batch on b's feed")
+    assert [i for i, _, _ in only_b.events] == ids[2:]
+    for client in (feed, only_b):
+        client.close()
+        await within(reactor(), client.done, 10)
 
 
 def test_a_bad_last_event_id_is_400(api: ApiProcess, feed_key: str) -> None:

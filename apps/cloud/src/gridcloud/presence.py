@@ -16,7 +16,8 @@ edge's data path never waits for it).  At stop, the node clears every token it
 set.  A node killed outright leaves its edges shown online until they connect
 again (to any node), which they do within their reconnect back-off.
 
-Tests: tests/cloud/test_api_feed.py (online while connected, offline after).
+Tests: tests/cloud/test_cloud_presence.py, tests/cloud/test_api_feed.py (online while
+connected, offline after).
 """
 
 from __future__ import annotations
