@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
-from support.api_harness import ApiProcess, readings
+from support.api_harness import ApiProcess, admit, ingest_records, readings
 from support.cloud_harness import (
     T0,
     CloudPKI,
@@ -210,3 +210,16 @@ async def test_an_edge_is_online_while_a_serve_node_holds_it(
     client.transport.loseConnection()  # type: ignore[union-attr]
     await within(reactor(), client.lost, 10)
     await wait_until(reactor(), lambda: not online(), "e1 offline")
+
+
+def test_wait_sends_what_is_there_and_closes_when_idle(
+    api: ApiProcess, feed_key: str, pg_dsn: str
+) -> None:
+    admit(pg_dsn, "x")
+    ingest_records(pg_dsn, "x", 1, readings([5], T0, 3))
+    headers = {"Authorization": f"Bearer {feed_key}", "Last-Event-ID": "0-0-0"}  # the start
+    for wait in ("0", "1"):
+        r = requests.get(api.url + "/v1/feed", params={"wait": wait}, headers=headers,
+                         timeout=20)
+        assert r.status_code == 200
+        assert r.text.count("event: reading\n") == 3, r.text

@@ -17,6 +17,10 @@ previous one is ready:
 Stopping runs the other way: stop listening and drop every connection, stop
 the partition check, then close the pool.
 
+The registry of live sessions is a :class:`gridcloud.presence.PresenceRegistry`:
+it also records in ``edges.session_token`` which edges this node holds, for the
+HTTP API's "online" (it clears its marks when the service stops).
+
 Each accepted connection is a :class:`gridcloud.protocol.EdgeProtocol` (the
 Twisted adapter) driving a :class:`gridcloud.connection.EdgeConnection` (the
 rules: admission, ordered ingest, back-pressure, timeouts, session
@@ -24,7 +28,8 @@ replacement; see that module).  The service hands every connection the same
 parts: the clock, the store, the registry of live sessions, the log, and the
 table of message handlers (:mod:`gridcloud.handlers`).
 
-Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
+tests/cloud/test_cloud_presence.py.
 """
 
 from __future__ import annotations

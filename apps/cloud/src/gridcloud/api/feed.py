@@ -164,6 +164,8 @@ class _Stream:
         self._dirty = True
         self._woken: defer.Deferred[None] | None = None
         self._closed = False
+        #: when the stream last sent an event (or opened): for ``wait``
+        self._last_sent = call.clock.seconds()
 
     def wake(self) -> None:
         self._dirty = True
@@ -191,7 +193,10 @@ class _Stream:
                 pending = await self._send_new(pacer)
             if self._dirty or self._closed:
                 continue
-            idle = KEEPALIVE if self._wait is None else min(KEEPALIVE, self._wait)
+            idle = KEEPALIVE
+            if self._wait is not None:
+                left = self._wait - (self._call.clock.seconds() - self._last_sent)
+                idle = max(0.0, min(KEEPALIVE, left))
             timer = self._call.clock.callLater(RECHECK if pending else idle, self._tick, pending)
             self._woken = defer.Deferred()
             await self._woken
@@ -203,8 +208,9 @@ class _Stream:
         if pending:
             self.wake()  # look again: the older transaction may have finished
             return
-        if self._wait is not None:
-            self.close()  # idle for ``wait`` seconds
+        waited = self._call.clock.seconds() - self._last_sent
+        if self._wait is not None and waited >= self._wait:
+            self.close()  # nothing new for ``wait`` seconds
             return
         self._request.write(b": keep-alive\n\n")
         woken, self._woken = self._woken, None
@@ -255,4 +261,5 @@ class _Stream:
         if chunk:
             self._request.write(b"".join(chunk))
             await pacer.ready()
+        self._last_sent = self._call.clock.seconds()
 
