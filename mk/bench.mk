@@ -1,6 +1,6 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
-BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals
+BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -17,3 +17,6 @@ bench-ingest: setup ## end-to-end ingest rate vs raw PostgreSQL ceiling; memory 
 
 bench-refusals: setup ## bytes an edge spends in an hour of refusals (revoked, database down), old rule vs new
 	$(PY) bench/bench_refusals.py
+
+bench-api: setup ## HTTP API p50/p99 at 100 req/s and CSV export rate vs the same SQL, 10M readings
+	$(PGCLUSTER) run -- $(PY) bench/bench_api.py

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_the_whole_stack_and_readings_reach_postgresql(tmp_path: Path) -> None:
-    """The demo brings up PostgreSQL, cloud, gridsim and edge; readings land in PostgreSQL."""
+    """The demo brings up PostgreSQL, cloud, gridsim, edge and API; readings land in PostgreSQL
+    and come out of the API."""
     state = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "demo.py"), "--state", str(state),
@@ -23,6 +24,9 @@ def test_demo_runs_the_whole_stack_and_readings_reach_postgresql(tmp_path: Path)
     assert counts, result.stdout
     readings, meters = map(int, counts[-1])
     assert readings > 0 and 0 < meters <= 50
+    # The HTTP API ran with the demo key the banner prints, and its curl line returns readings.
+    assert re.search(r"API key +gck_", result.stdout), result.stdout
+    assert "demo: the HTTP API returned 5 readings of demo-edge-1" in result.stdout, result.stdout
     # Everything was stopped: a second start reuses the state (certificates, journal, database).
     assert (state / "edge" / "tls" / "edge.pem").exists()
     assert not (state / "pg" / "data" / "postmaster.pid").exists()

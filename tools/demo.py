@@ -5,8 +5,10 @@ Starts, in order: a PostgreSQL cluster of the project's own (data kept under
 the state folder), the schema migrations, a PKI (project CA, a server
 certificate for ``localhost`` and one edge certificate) made on first run,
 ``gridcloud serve`` on loopback, ``gridsim`` with 1000 meters at high speed on
-a pseudo-terminal, and ``gridedge run`` reading that pseudo-terminal and
-uploading to the cloud.  Then it prints where to look, reports progress from
+a pseudo-terminal, ``gridedge run`` reading that pseudo-terminal and
+uploading to the cloud, and ``gridcloud api`` (the HTTP API) with a read key
+made on first run (kept in ``<state>/api-key``).  Then it prints where to look
+(with a ``curl`` line that returns readings), reports progress from
 PostgreSQL every few seconds, and on Ctrl-C stops everything in reverse order.
 
 Every process writes its log to ``<state>/logs/``.  A second run reuses the
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -54,6 +58,8 @@ class Demo:
         self.cluster = pgcluster.Cluster(self.state / "pg")
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.dsn = ""
+        self.api_url = ""
+        self.api_key = ""
 
     def run_step(self, what: str, *cmd: str) -> None:
         print(f"demo: {what}", flush=True)
@@ -99,6 +105,24 @@ class Demo:
             f'[health]\nsocket = "{self.edge_dir / "health.sock"}"\n'
         )
         self.spawn("edge", _bin("gridedge"), "run", "--config", str(config))
+        self.api_url = f"http://127.0.0.1:{pgcluster.free_port()}"
+        self.spawn("api", _bin("gridcloud"), "api", "--dsn", self.dsn,
+                   "--listen", f"tcp:{self.api_url.rsplit(':', 1)[1]}:interface=127.0.0.1",
+                   "--public-url", self.api_url)
+        self.api_key = self.demo_key()
+
+    def demo_key(self) -> str:
+        """The demo's read key: made on the first run, then read from <state>/api-key."""
+        from gridcloud.api import keys
+
+        saved = self.state / "api-key"
+        if saved.exists():
+            return saved.read_text().strip()
+        print("demo: creating the API key 'demo' (scope read)", flush=True)
+        key = keys.create_key(self.dsn, "demo", ["read"])
+        saved.touch(mode=0o600)
+        saved.write_text(key + "\n")
+        return key
 
     def make_pki(self) -> None:
         if (self.edge_dir / "tls" / "edge.pem").exists():
@@ -128,11 +152,15 @@ class Demo:
         psql = shutil.which("psql") or "psql"
         print(f"""
 demo: everything runs. Where to look:
-  logs           {self.logs}/{{cloud,gridsim,edge}}.log
+  logs           {self.logs}/{{cloud,gridsim,edge,api}}.log
   edge journal   {self.edge_dir}/journal.db (SQLite)
   ground truth   {self.truth} (every reading gridsim's meters sent)
   readings       {psql} "{self.dsn}" -c 'SELECT count(*), count(DISTINCT meter_id) FROM readings'
-  docs           docs/cloud.md (schema and queries), docs/edge.md, docs/protocol.md
+  HTTP API       {self.api_url}/v1/openapi.json  (guide: docs/api.md)
+  API key        {self.api_key}
+  readings       curl -H 'Authorization: Bearer {self.api_key}' \\
+                   '{self.api_url}/v1/edges/{EDGE_ID}/readings?limit=5'
+  docs           docs/cloud.md (schema and queries), docs/api.md, docs/edge.md, docs/protocol.md
 Ctrl-C stops the demo; `make demo` again resumes where it stopped.
 """, flush=True)
 
@@ -145,6 +173,19 @@ Ctrl-C stops the demo; `make demo` again resumes where it stopped.
             print(f"demo: {count} readings from {meters} meters in PostgreSQL; "
                   f"latest interval {latest}", flush=True)
             conn.close()
+
+    def report_api(self) -> None:
+        """What the banner's curl line returns, fetched the same way."""
+        request = urllib.request.Request(
+            f"{self.api_url}/v1/edges/{EDGE_ID}/readings?limit=5",
+            headers={"Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                items = json.load(answer)["items"]
+        except (OSError, ValueError) as exc:
+            print(f"demo: the HTTP API did not answer: {exc}", flush=True)
+            return
+        print(f"demo: the HTTP API returned {len(items)} readings of {EDGE_ID}", flush=True)
 
     def stop(self) -> None:
         for name, proc in reversed(self.processes):
@@ -192,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             if int(time.monotonic() - started) % 10 == 0:
                 demo.report()
         demo.report()
+        demo.report_api()
     finally:
         demo.stop()
     return 0

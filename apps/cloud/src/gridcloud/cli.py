@@ -1,16 +1,17 @@
-"""The ``gridcloud`` command: ``serve``, ``migrate`` and ``pki``.
+"""The ``gridcloud`` command: ``serve``, ``api``, ``apikey``, ``migrate`` and ``pki``.
 
 Each subcommand is a thin layer over a library module (server, migrations,
 pki, revocation) so that tests call the same code without a subprocess.
 Errors the operator can fix are one line on stderr and exit status 2; keys
 are never printed.  Reference: docs/cloud.md.
 
-Tests: tests/cloud/test_cloud_cli.py.
+Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from typing import Any
 import psycopg2
 
 from . import migrations, pki, revocation
+from .api import keys
+from .api.config import ApiConfig, load_api_config
 from .config import ConfigError, ServerConfig, load_config
 
 DSN_ENV = "GRIDCLOUD_DSN"
@@ -104,6 +107,97 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return finished
 
     task.react(run)
+    return 0
+
+
+# -- api ----------------------------------------------------------------------------------
+
+
+def _api_config(args: argparse.Namespace) -> ApiConfig:
+    base = load_api_config(args.config) if args.config else ApiConfig()
+    return base.with_overrides(
+        listen=args.listen,
+        dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
+        pool_size=args.pool_size,
+        public_url=args.public_url,
+        migrate=True if args.migrate else None,
+    ).validate()
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    config = _api_config(args)
+    from .server import check_schema
+
+    assert config.dsn
+    check_schema(config.dsn, apply=config.migrate)
+
+    from twisted.internet import task
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    observer: Any = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    def run(reactor: Any) -> Any:
+        from twisted.internet import defer
+
+        from .api.service import ApiService
+
+        svc = ApiService(reactor, config)
+        svc.startService()
+        finished: defer.Deferred[None] = defer.Deferred()
+
+        def stop() -> Any:
+            d = svc.stopService()
+            d.addBoth(lambda _: finished.callback(None) if not finished.called else None)
+            return d
+
+        reactor.addSystemEventTrigger("before", "shutdown", stop)
+
+        def failed(failure: Any) -> None:
+            print(f"gridcloud api: {failure.getErrorMessage()}", file=sys.stderr)
+            reactor.stop()
+
+        svc.ready.addErrback(failed)
+        return finished
+
+    task.react(run)
+    return 0
+
+
+# -- apikey -------------------------------------------------------------------------------
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value is not None else "-"
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    dsn = args.dsn or os.environ.get(DSN_ENV)
+    if not dsn and args.config:
+        dsn = load_api_config(args.config).dsn
+    if not dsn:
+        raise UsageError(f"no database: give --dsn, --config or set {DSN_ENV}")
+    if args.apikey_command == "create":
+        expires = None
+        if args.expires_days is not None:
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                days=args.expires_days
+            )
+        key = keys.create_key(dsn, args.name, args.scope or ["read"], expires_at=expires,
+                              edges=args.edge or None)
+        print(key)
+        print(f"(key {args.name!r} created; it is shown only this once)", file=sys.stderr)
+    elif args.apikey_command == "list":
+        print(f"{'name':<20} {'prefix':<11} {'scopes':<17} {'created':<19}  "
+              f"{'last used':<19}  {'expires':<19}  revoked")
+        for k in keys.list_keys(dsn):
+            print(f"{k.name:<20} {k.prefix:<11} {','.join(k.scopes):<17} "
+                  f"{_when(k.created_at):<19}  {_when(k.last_used_at):<19}  "
+                  f"{_when(k.expires_at):<19}  {_when(k.revoked_at)}")
+    elif args.apikey_command == "revoke":
+        if not keys.revoke_key(dsn, args.name):
+            raise UsageError(f"no live key named {args.name!r}")
+        print(f"revoked key {args.name!r}")
     return 0
 
 
@@ -203,6 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
+    api = sub.add_parser("api", help="serve the HTTP API for internal systems (docs/api.md)")
+    api.add_argument("--config", type=Path, help="TOML config file (docs/api.md)")
+    api.add_argument("--listen", help="Twisted TCP server endpoint, e.g. tcp:8080")
+    api.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
+    api.add_argument("--pool-size", type=int, help="PostgreSQL connections (default 4)")
+    api.add_argument("--public-url", help="the URL clients use (for the OpenAPI document)")
+    api.add_argument(
+        "--migrate", action="store_true", help="apply pending schema migrations before serving"
+    )
+    api.set_defaults(func=cmd_api)
+
+    ak = sub.add_parser("apikey", help="create, list and revoke API keys")
+    aksub = ak.add_subparsers(dest="apikey_command", required=True)
+    create = aksub.add_parser("create", help="make a key and print it (shown only once)")
+    create.add_argument("name", help="a name for the key (letters, digits, . _ -)")
+    create.add_argument("--scope", action="append", choices=keys.SCOPES,
+                        help="read, write or admin (repeat for more; default read)")
+    create.add_argument("--edge", action="append", help="limit the key to this edge (repeat)")
+    create.add_argument("--expires-days", type=int, help="the key stops working after N days")
+    listing = aksub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke_key = aksub.add_parser("revoke", help="revoke a key at once")
+    revoke_key.add_argument("name")
+    for p_ in (create, listing, revoke_key):
+        p_.add_argument("--dsn", help=f"libpq connection string (default: ${DSN_ENV})")
+        p_.add_argument("--config", type=Path, help="take the DSN from this api config file")
+    ak.set_defaults(func=cmd_apikey)
+
     mig = sub.add_parser("migrate", help="apply pending schema migrations")
     _db_options(mig)
     mig.add_argument(
@@ -247,14 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("days", "pool_size"):
+    for name in ("days", "pool_size", "expires_days"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             print(f"gridcloud: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
     try:
         return int(args.func(args))
-    except (UsageError, ConfigError, pki.PKIError, migrations.MigrationError) as exc:
+    except (UsageError, ConfigError, pki.PKIError, migrations.MigrationError,
+            keys.ApiKeyError) as exc:
         print(f"gridcloud: {exc}", file=sys.stderr)
         return 2
     except (OSError, psycopg2.Error) as exc:

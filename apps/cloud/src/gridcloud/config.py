@@ -112,12 +112,11 @@ class ServerConfig:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
-_TYPES = {f.name: f.type for f in fields(ServerConfig)}
+_TYPES = {f.name: str(f.type) for f in fields(ServerConfig)}
 
 
-def _coerce(name: str, value: Any, base: Path) -> Any:
-    """The value checked against the ServerConfig field's type; ValueError says why not."""
-    kind = str(_TYPES[name])
+def _coerce(kind: str, value: Any, base: Path) -> Any:
+    """``value`` checked against a config field's type ``kind``; ValueError says why not."""
     if "Path" in kind:
         if not isinstance(value, str):
             raise ValueError("must be a path string")
@@ -138,8 +137,13 @@ def _coerce(name: str, value: Any, base: Path) -> Any:
     return value
 
 
-def load_config(path: Path) -> ServerConfig:
-    """Read a TOML config file; relative paths in it are relative to the file's folder."""
+def read_sections(
+    path: Path, sections: dict[str, frozenset[str]], types: dict[str, str]
+) -> dict[str, Any]:
+    """The keys of a TOML config file, checked: ``sections`` lists the keys each section may
+    hold, ``types`` the type of each key; relative paths are relative to the file's folder.
+    Shared by ``gridcloud serve`` (load_config) and ``gridcloud api`` (gridcloud.api.config).
+    """
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -150,7 +154,7 @@ def load_config(path: Path) -> ServerConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for section, table in data.items():
-        keys = _SECTIONS.get(section)
+        keys = sections.get(section)
         if keys is None:
             raise ConfigError(f"{path}: [{section}]: unknown section (typo? see docs/cloud.md)")
         if not isinstance(table, dict):
@@ -161,7 +165,12 @@ def load_config(path: Path) -> ServerConfig:
                               f"{', '.join(sorted(unknown))} (typo? see docs/cloud.md)")
         for key, value in table.items():
             try:
-                values[key] = _coerce(key, value, path.parent)
+                values[key] = _coerce(types[key], value, path.parent)
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {value!r}") from None
-    return ServerConfig(**values)
+    return values
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Read a TOML config file; relative paths in it are relative to the file's folder."""
+    return ServerConfig(**read_sections(path, _SECTIONS, _TYPES))

@@ -17,6 +17,10 @@ previous one is ready:
 Stopping runs the other way: stop listening and drop every connection, stop
 the partition check, then close the pool.
 
+The registry of live sessions is a :class:`gridcloud.presence.PresenceRegistry`:
+it also records in ``edges.session_token`` which edges this node holds, for the
+HTTP API's "online" (it clears its marks when the service stops).
+
 Each accepted connection is a :class:`gridcloud.protocol.EdgeProtocol` (the
 Twisted adapter) driving a :class:`gridcloud.connection.EdgeConnection` (the
 rules: admission, ordered ingest, back-pressure, timeouts, session
@@ -24,7 +28,8 @@ replacement; see that module).  The service hands every connection the same
 parts: the clock, the store, the registry of live sessions, the log, and the
 table of message handlers (:mod:`gridcloud.handlers`).
 
-Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
+tests/cloud/test_cloud_presence.py.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .config import ServerConfig
 from .connection import EdgeConnection, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
+from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .sessions import SessionRegistry
 from .tls import ServerTLS
@@ -174,8 +180,9 @@ class CloudService(service.MultiService):
             )
         )
         self.store = IngestStore(reactor, config.dsn, config.pool_size)
-        #: the live session of each edge
-        self.sessions: SessionRegistry[EdgeConnection] = SessionRegistry()
+        #: the live session of each edge, also recorded in PostgreSQL (gridcloud.presence)
+        self.sessions: PresenceRegistry[EdgeConnection] = PresenceRegistry(reactor, config.dsn)
+        self.sessions.setServiceParent(self)  # type: ignore[no-untyped-call]
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
         self.ready: defer.Deferred[Any] = defer.Deferred()

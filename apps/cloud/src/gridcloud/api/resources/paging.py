@@ -1,0 +1,53 @@
+"""One page of a keyset-paginated list: ``limit`` items and the cursor of the next page.
+
+Tests: tests/cloud/test_api_resources.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import pagination
+
+#: The cursor types of a position: what pagination.decode checks
+Kinds = Sequence[type]
+
+
+def after(
+    call_query: dict[str, Any], operation: str, kinds: Kinds
+) -> tuple[str, tuple[Any, ...] | None]:
+    """The query's fingerprint and the position its cursor resumes after (None: the start)."""
+    query = pagination.fingerprint(operation, call_query)
+    cursor = call_query.get("cursor")
+    return query, (pagination.decode(cursor, query, kinds) if cursor else None)
+
+
+def page(
+    rows: Sequence[tuple[Any, ...]],
+    limit: int,
+    query: str,
+    position: Callable[[tuple[Any, ...]], Sequence[Any]],
+    item: Callable[[tuple[Any, ...]], dict[str, Any]],
+) -> dict[str, Any]:
+    """``{"items": [...], "next": cursor or null}`` from up to ``limit + 1`` rows."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [item(r) for r in rows],
+        "next": pagination.encode(query, position(rows[-1])) if more else None,
+    }
+
+
+def schema(item: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a page of ``item``."""
+    return {
+        "type": "object",
+        "required": ["items", "next"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "next": {"type": ["string", "null"],
+                     "description": "Cursor of the next page; null on the last page."},
+        },
+    }
