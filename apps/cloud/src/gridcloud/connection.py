@@ -25,6 +25,8 @@ The life of a connection:
 2. ``handshake_completed(certificate)``: the edge id comes from the client
    certificate (:func:`gridcloud.pki.edge_id_from_certificate`), else the
    connection is refused.
+   From then on the :class:`~gridcloud.sessions.SessionRegistry` knows the
+   connection, so a revocation that arrives during admission closes it.
 3. Hello -> ``Store.admit`` (reading pauses meanwhile).  Refused: Error and
    close.  Admitted: the connection claims the edge's live session in the
    :class:`~gridcloud.sessions.SessionRegistry` (an older one is closed, see
@@ -256,6 +258,9 @@ class EdgeConnection:
             self.serial = certificate.serial_number
         except PKIError as exc:
             self._refuse(f"refused TLS client {self.peer}: {exc}")
+            return
+        # From here on a revocation reaches this connection, even while it is being admitted.
+        self._sessions.identified(self)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the edge: feed the session, handle each message in order."""
@@ -284,8 +289,8 @@ class EdgeConnection:
         self._closing = True
         self._uploads.clear()
         self._disarm()
+        self._sessions.forget(self)
         if self.edge_id is not None and self._live:
-            self._sessions.release(self.edge_id, self)
             self.log.info(
                 "edge {edge} ({peer}) disconnected: {why}",
                 edge=self.edge_id,
@@ -299,7 +304,9 @@ class EdgeConnection:
             )
 
     def revoked(self) -> None:
-        """The edge or its certificate was revoked while connected: close the session."""
+        """The edge or its certificate was revoked while connected (admitted or not): close."""
+        if self._closing:
+            return
         self.log.warn(
             "edge {edge} ({peer}) revoked while connected: closing its session",
             edge=self.edge_id,

@@ -24,13 +24,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg2
 from gridwire import IntervalRecord
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
 
 from .connection import EdgeInfo, EdgeRefused
+
+log = Logger(namespace="gridcloud.ingest")
 
 #: Field order of the arrays passed to ingest_batch(): the wire's column order.
 COLUMNS: tuple[str, ...] = IntervalRecord._fields
@@ -64,6 +68,14 @@ SELECT coalesce(
             || coalesce(': ' || reason, '')
        FROM revoked_certificates WHERE serial = %(serial)s),
     'refused')
+"""
+
+
+_REVOKED_AMONG_SQL = """
+SELECT i.edge_id, i.serial
+  FROM unnest(%s::text[], %s::numeric[]) AS i(edge_id, serial)
+ WHERE EXISTS (SELECT 1 FROM edges e WHERE e.edge_id = i.edge_id AND e.revoked_at IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = i.serial)
 """
 
 
@@ -107,6 +119,24 @@ class _Pool(txpostgres.ConnectionPool):  # type: ignore[misc]
         )
 
 
+class _ListenConnection(txpostgres.Connection):  # type: ignore[misc]
+    """A LISTEN connection whose loss is one log line, not an "Unhandled Error" traceback.
+
+    txpostgres lets psycopg2's error escape from ``doRead`` when an idle
+    connection dies; the reactor logs it as unhandled, then reports the loss.
+    Returned instead, the error is the reason of ``connectionLost`` and the
+    DeadConnectionDetector reconnects all the same.
+    """
+
+    def doRead(self) -> Any:
+        try:
+            super().doRead()
+        except psycopg2.Error as exc:
+            log.warn("LISTEN connection to PostgreSQL lost: {why}", why=str(exc).strip())
+            return exc
+        return None
+
+
 class IngestStore:
     """The cloud's asynchronous access to PostgreSQL for edge sessions."""
 
@@ -128,13 +158,20 @@ class IngestStore:
             self._listener = None
 
     @defer.inlineCallbacks
-    def listen(self, channel: str, observer: Callable[[str], object]) -> Any:
+    def listen(
+        self,
+        channel: str,
+        observer: Callable[[str], object],
+        recovered: Callable[[], defer.Deferred[None]] | None = None,
+    ) -> Any:
         """Call ``observer(payload)`` for each NOTIFY on ``channel``, on a connection of its own.
 
-        The connection re-opens after PostgreSQL restarts and LISTENs again.
+        The connection re-opens after PostgreSQL restarts and LISTENs again,
+        then calls ``recovered()``: whatever was notified while it was down is
+        lost, and the caller must look at the tables instead.
         """
         detector = DeadConnectionDetector(reactor=self._reactor)
-        conn = txpostgres.Connection(self._reactor, detector=detector)
+        conn = _ListenConnection(self._reactor, detector=detector)
         self._listener = conn
         yield conn.connect(self._dsn)
 
@@ -145,9 +182,31 @@ class IngestStore:
         def subscribe() -> Any:
             return conn.runOperation(f'LISTEN "{channel}"')
 
+        @defer.inlineCallbacks
+        def resubscribe() -> Any:
+            log.info("LISTEN {channel}: connection to PostgreSQL back", channel=channel)
+            yield subscribe()
+            if recovered is not None:
+                yield recovered()
+
         conn.addNotifyObserver(deliver)
-        detector.addRecoveryHandler(subscribe)
+        detector.addRecoveryHandler(resubscribe)
         yield subscribe()
+
+    def revoked_among(
+        self, identities: Sequence[tuple[str, int]]
+    ) -> defer.Deferred[set[tuple[str, int]]]:
+        """The (edge id, serial) pairs of ``identities`` whose edge or certificate is revoked."""
+        if not identities:
+            return defer.succeed(set())
+        d = self._pool.runQuery(
+            _REVOKED_AMONG_SQL,
+            ([edge for edge, _ in identities], [str(serial) for _, serial in identities]),
+        )
+        result: defer.Deferred[set[tuple[str, int]]] = d.addCallback(
+            lambda rows: {(edge, int(serial)) for edge, serial in rows}
+        )
+        return result
 
     @defer.inlineCallbacks
     def admit(self, info: EdgeInfo) -> Any:
