@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +42,14 @@ from gridwire import (
     Hello,
     IntervalRecord,
     Message,
+    MessageType,
     Ping,
     Pong,
     ReadingBatch,
     Welcome,
 )
+from gridwire._codec import encode_message
+from gridwire._varint import uvarint
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
@@ -560,3 +564,137 @@ def test_the_connection_logic_imports_no_twisted() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- point 10: no work for a peer that is not admitted ----------------------------------------
+
+
+@dataclass
+class Inflation:
+    """What zlib inflated in this process: the cost of decoding compressed batches."""
+
+    calls: int = 0
+    bytes: int = 0
+
+
+@pytest.fixture
+def inflation(monkeypatch: pytest.MonkeyPatch) -> Inflation:
+    """Counts every zlib inflation (gridwire inflates each compressed batch it decodes)."""
+    counter = Inflation()
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: Any) -> None:
+            self._inflater = real(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self._inflater.decompress(data, max_length)
+            counter.calls += 1
+            counter.bytes += len(out)
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inflater, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    return counter
+
+
+def noisy_records(first_meter: int, count: int) -> list[IntervalRecord]:
+    """Records whose columns do not collapse to constants: their batch has planes to inflate."""
+    return [
+        IntervalRecord(
+            first_meter + i, 1_795_000_000, (i * 2_654_435_761) % 2**32, i % 977, 2300, 1500, 950, 0
+        )
+        for i in range(count)
+    ]
+
+
+def flood(count: int, per_batch: int = 400) -> bytes:
+    """``count`` ReadingBatch frames from seq 1, deflated (what costs a receiver most to decode)."""
+    return b"".join(
+        encode_message(
+            ReadingBatch(first_seq=s, records=noisy_records(s, per_batch)), compress=True
+        )
+        for s in range(1, count * per_batch, per_batch)
+    )
+
+
+FLOOD = flood(50)
+
+
+def test_point10_batches_before_hello_are_refused_without_inflating_them(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """A CA-signed peer that never says Hello and floods batches costs no decoding at all."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed and cloud.store.admissions == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_batches_pipelined_behind_hello_are_refused_without_inflating_them(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """Hello and a flood in one chunk: nothing after Hello is decoded before admission (and the
+    connection is refused before the database is asked)."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(EdgeSession().send(hello()) + FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed and cloud.store.admissions == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_a_flood_during_admission_and_after_refusal_is_not_decoded(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """Reading is paused during admission, but TLS may still hand over what it has decrypted:
+    that is refused from the frame header; after the refusal nothing more is even looked at."""
+    edge = cloud.edge()
+    admission = edge.connect()
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    admission.failed(EdgeRefused("certificate serial 1 revoked"))
+    edge.connection.data_received(FLOOD)
+    assert edge.wire.closed and edge.received() == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_a_large_frame_before_hello_is_refused_from_its_header(cloud: Cloud) -> None:
+    """Before the handshake a frame may be at most MAX_HANDSHAKE_FRAME long: a peer announcing a
+    bigger one is refused at once, not buffered up to max_frame_size."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(uvarint(200_000) + bytes([MessageType.HELLO]) + bytes(1000))
+    assert [c for c, _ in edge.errors()] == [ErrorCode.FRAME_TOO_LARGE]
+    assert edge.wire.closed
+
+
+def test_point10_frames_before_hello_are_bounded_in_number(cloud: Cloud) -> None:
+    """Unknown optional frames are skipped, but only MAX_HANDSHAKE_FRAMES of them before Hello."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    skipped = bytes([2, 0x93, 0])  # an optional message unknown to v1, 1 byte of body
+    edge.connection.data_received(skipped * 10_000)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed
+
+
+def test_point10_uploads_beyond_the_window_are_refused_before_decoding(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """In READY the in-flight window is checked from the frame header: the edge was offered 8
+    uploads in flight, so a 9th is refused without being inflated."""
+    edge = cloud.edge()
+    assert edge.admit().max_in_flight == 8
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.FLOW_CONTROL]
+    assert edge.wire.closed and cloud.store.writes == []
+    assert inflation.calls == 8

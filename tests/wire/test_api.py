@@ -12,6 +12,8 @@ PACKAGE = Path(gridwire.__file__).parent
 PUBLIC = {
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
+    "MAX_HANDSHAKE_FRAME",
+    "MAX_HANDSHAKE_FRAMES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",

@@ -15,6 +15,8 @@ from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import (
     MAX_BOOT_SLOT,
     MAX_FIRMWARE_VERSION,
+    MAX_HANDSHAKE_FRAME,
+    MAX_HANDSHAKE_FRAMES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Limits,
@@ -48,6 +50,8 @@ from ._state import Role, State
 __all__ = [
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
+    "MAX_HANDSHAKE_FRAME",
+    "MAX_HANDSHAKE_FRAMES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
