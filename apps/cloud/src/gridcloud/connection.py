@@ -24,7 +24,9 @@ The life of a connection:
    within ``hello_timeout``.
 2. ``handshake_completed(certificate)``: the edge id comes from the client
    certificate (:func:`gridcloud.pki.edge_id_from_certificate`), else the
-   connection is refused.
+   connection is refused; so is a certificate outside its validity dates
+   (:func:`gridcloud.pki.check_validity`: OpenSSL checks them only in a full
+   handshake, and a resumed TLS session brings back its certificate unchecked).
    From then on the :class:`~gridcloud.sessions.SessionRegistry` knows the
    connection, so a revocation that arrives during admission closes it.
 3. Hello -> ``Store.admit`` (reading pauses meanwhile).  Refused: Error and
@@ -75,7 +77,7 @@ from gridwire import (
 )
 
 from .config import ServerConfig
-from .pki import PKIError, edge_id_from_certificate
+from .pki import PKIError, check_validity, edge_id_from_certificate
 from .sessions import SessionRegistry
 
 #: What an edge uploads: both share the journal's sequence space.
@@ -258,6 +260,11 @@ class EdgeConnection:
             self.serial = certificate.serial_number
         except PKIError as exc:
             self._refuse(f"refused TLS client {self.peer}: {exc}")
+            return
+        try:
+            check_validity(certificate, self.clock.seconds())  # a resumed session skipped it
+        except PKIError as exc:
+            self._refuse(f"refused edge {self.edge_id} ({self.peer}): {exc}")
             return
         # From here on a revocation reaches this connection, even while it is being admitted.
         self._sessions.identified(self)
