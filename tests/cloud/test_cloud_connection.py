@@ -8,6 +8,7 @@ real twisted.logger.Logger.  No sockets, no PostgreSQL, no sleeps.
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import zlib
@@ -54,8 +55,18 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
 PEER = "192.0.2.7:40112"
-CA = pki.make_ca("test CA")
-EDGE_CERT = pki.issue_edge(CA, "edge-1").certificate
+#: The cloud's clock when a test starts (2026-11-17); the certificates are valid then.
+START = 1_795_000_000
+CA = pki.make_ca("test CA", now=datetime.datetime.fromtimestamp(START, datetime.UTC))
+EDGE_CERT = pki.issue_edge(
+    CA, "edge-1", now=datetime.datetime.fromtimestamp(START, datetime.UTC)
+).certificate
+
+
+def clock_at_start() -> Clock:
+    clock = Clock()
+    clock.advance(START)
+    return clock
 
 
 def records(first_meter: int, count: int) -> list[IntervalRecord]:
@@ -209,7 +220,7 @@ class Edge:
 
 @dataclass
 class Cloud:
-    clock: Clock = field(default_factory=Clock)
+    clock: Clock = field(default_factory=clock_at_start)
     store: Store = field(default_factory=Store)
     sessions: SessionRegistry[EdgeConnection] = field(default_factory=SessionRegistry)
     log: Lines = field(default_factory=Lines)
@@ -229,7 +240,7 @@ def cloud() -> Cloud:
 def test_admission_welcomes_the_edge_after_its_high_water_mark(cloud: Cloud) -> None:
     """Hello is admitted by the store with what the edge said; reading pauses meanwhile;
     Welcome carries the stored high-water mark, and the connection is the edge's live session."""
-    cloud.clock.advance(1_795_000_123)
+    cloud.clock.advance(123)
     edge = cloud.edge()
     admission = edge.connect()
     serial = EDGE_CERT.serial_number
@@ -698,3 +709,32 @@ def test_point10_uploads_beyond_the_window_are_refused_before_decoding(
     assert [c for c, _ in edge.errors()] == [ErrorCode.FLOW_CONTROL]
     assert edge.wire.closed and cloud.store.writes == []
     assert inflation.calls == 8
+
+
+# -- point 11: the certificate's dates, at every connection -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("moment", "why"),
+    [
+        (EDGE_CERT.not_valid_after_utc + datetime.timedelta(seconds=1), "certificate expired at"),
+        (EDGE_CERT.not_valid_before_utc - datetime.timedelta(seconds=1), "certificate not valid"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_point11_a_certificate_outside_its_dates_is_refused(
+    moment: datetime.datetime, why: str
+) -> None:
+    """A resumed TLS session brings back its certificate unchecked: the connection checks its
+    dates on the cloud's clock, whatever OpenSSL did."""
+    cloud = Cloud()
+    cloud.clock.advance(moment.timestamp() - cloud.clock.seconds())
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    ((code, detail),) = edge.errors()
+    assert code == ErrorCode.UNAUTHORIZED and detail.startswith(why)
+    assert edge.wire.closed
+    assert cloud.log.matching(f"refused edge edge-1 ({PEER}): {why}")
+    edge.connection.data_received(EdgeSession().send(hello()))
+    assert cloud.store.admissions == []
