@@ -361,7 +361,12 @@ class EdgeConnection:
         )
 
     def _admitted(self, last_seq: int, version: int) -> None:
-        if self._closing:
+        if self._closing:  # gone, revoked or timed out while the database answered
+            self.log.info(
+                "edge {edge} ({peer}) admitted after its connection closed: no Welcome",
+                edge=self.edge_id,
+                peer=self.peer,
+            )
             return
         assert self.edge_id is not None
         self._live = True
