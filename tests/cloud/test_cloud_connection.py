@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,10 +48,11 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from gridwire._codec import encode_message
 from gridwire._varint import uvarint
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
+
+from support.wire_flood import Inflation, count_inflation, flood
 
 PEER = "192.0.2.7:40112"
 #: The cloud's clock when a test starts (2026-11-17); the certificates are valid then.
@@ -580,55 +580,9 @@ def test_the_connection_logic_imports_no_twisted() -> None:
 # -- point 10: no work for a peer that is not admitted ----------------------------------------
 
 
-@dataclass
-class Inflation:
-    """What zlib inflated in this process: the cost of decoding compressed batches."""
-
-    calls: int = 0
-    bytes: int = 0
-
-
 @pytest.fixture
 def inflation(monkeypatch: pytest.MonkeyPatch) -> Inflation:
-    """Counts every zlib inflation (gridwire inflates each compressed batch it decodes)."""
-    counter = Inflation()
-    real = zlib.decompressobj
-
-    class Counting:
-        def __init__(self, *args: Any) -> None:
-            self._inflater = real(*args)
-
-        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-            out = self._inflater.decompress(data, max_length)
-            counter.calls += 1
-            counter.bytes += len(out)
-            return out
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inflater, name)
-
-    monkeypatch.setattr(zlib, "decompressobj", Counting)
-    return counter
-
-
-def noisy_records(first_meter: int, count: int) -> list[IntervalRecord]:
-    """Records whose columns do not collapse to constants: their batch has planes to inflate."""
-    return [
-        IntervalRecord(
-            first_meter + i, 1_795_000_000, (i * 2_654_435_761) % 2**32, i % 977, 2300, 1500, 950, 0
-        )
-        for i in range(count)
-    ]
-
-
-def flood(count: int, per_batch: int = 400) -> bytes:
-    """``count`` ReadingBatch frames from seq 1, deflated (what costs a receiver most to decode)."""
-    return b"".join(
-        encode_message(
-            ReadingBatch(first_seq=s, records=noisy_records(s, per_batch)), compress=True
-        )
-        for s in range(1, count * per_batch, per_batch)
-    )
+    return count_inflation(monkeypatch)
 
 
 FLOOD = flood(50)

@@ -21,6 +21,7 @@ from gridwire import ErrorCode
 from twisted.internet import defer
 
 from support.cloud_harness import CloudPKI, LogCapture, endpoint_of, hello, start_cloud, within
+from support.wire_flood import Inflation, count_inflation, flood
 
 # The fixtures cloud_pki, cloud and logs come from tests/support/cloud_fixtures.py; every test
 # here watches the log, so an unhandled error logged on either side fails it.
@@ -190,3 +191,27 @@ async def test_point11_a_revoked_certificate_is_refused_through_tls_resumption(
     again = await attempt(cloud, tls)
     assert [e.code for e in again.errors] == [ErrorCode.UNAUTHORIZED]
     await logs.wait_for(reactor(), "refused edge edge-rr", f"serial {serial} revoked")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point10_a_revoked_edge_flooding_batches_costs_no_decoding(
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str, monkeypatch: Any
+) -> None:
+    """A CA-signed but revoked edge says Hello and floods batches at once over real TLS: it is
+    refused, and not one batch is inflated on the server (which runs in this process)."""
+    edge_dir = cloud_pki.edge("edge-flood")
+    revocation.revoke_edge(pg_dsn, "edge-flood", "stolen")
+    inflation = count_inflation(monkeypatch)
+    client, _ = await loadgen.connect(
+        reactor(), endpoint_of(cloud), cloud_pki.client_tls(edge_dir), hello()
+    )
+    client.send_raw(flood(200))
+    welcomed: list[object] = []
+    client.welcome.addCallbacks(welcomed.append, lambda _: None)
+    await within(reactor(), client.lost, 10)
+    assert welcomed == []
+    assert [e.code for e in client.errors] in (
+        [ErrorCode.UNEXPECTED_MESSAGE],
+        [ErrorCode.UNAUTHORIZED],
+    )
+    assert inflation == Inflation(0, 0)
