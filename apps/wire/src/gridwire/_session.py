@@ -49,14 +49,14 @@ from ._messages import (
     Welcome,
 )
 from ._records import RecordColumns
-from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State
+from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State, receivable_types
 from ._varint import uvarint
 
 __all__ = ["CloudSession", "EdgeSession", "negotiate_version"]
 
 
-#: What an edge uploads; the in-flight window counts them.
-_UPLOADS: tuple[type[Message], ...] = (ReadingBatch, EventReport)
+#: The type codes of what an edge uploads; the in-flight window counts them.
+_UPLOAD_TYPES = frozenset({int(ReadingBatch.TYPE), int(EventReport.TYPE)})
 
 #: A session reuses the last batch's column modes and tries every mode on every Nth batch.
 RETRY_MODES_EVERY = 8
@@ -100,6 +100,8 @@ class _Session:
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
         self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
         self._batches_sent = 0
+        self._receivable_in: State | None = None  # the state _receivable was made for
+        self._receivable: frozenset[int] = frozenset()
 
     # -- public read-only views -------------------------------------------------------
 
@@ -204,7 +206,8 @@ class _Session:
         (no inflating a batch the session would refuse anyway), and before
         the handshake a peer may send only a few small frames.
         """
-        if self._state is not State.READY:
+        state = self._state
+        if state is not State.READY:
             if length > MAX_HANDSHAKE_FRAME:
                 raise self._fail(
                     ErrorCode.FRAME_TOO_LARGE,
@@ -218,12 +221,15 @@ class _Session:
                     f"more than {MAX_HANDSHAKE_FRAMES} frames before the handshake completed",
                     Side.REMOTE,
                 )
-        cls = MESSAGE_CLASSES.get(message_type)
-        if cls is None:  # an unknown optional message: skipped, never decoded
-            return
-        if (Direction.RECEIVE, cls) not in TRANSITIONS[self.role][self._state]:
+        if state is not self._receivable_in:  # the set of the current state, cached
+            self._receivable_in = state
+            self._receivable = receivable_types(self.role, state)
+        if message_type not in self._receivable:
+            cls = MESSAGE_CLASSES.get(message_type)
+            if cls is None:  # an unknown optional message: skipped, never decoded
+                return
             raise self._unexpected(Direction.RECEIVE, cls, Side.REMOTE)
-        if cls in _UPLOADS:
+        if message_type in _UPLOAD_TYPES:
             self._check_window(Side.REMOTE)
 
     def _unexpected(self, direction: Direction, cls: type[Message], side: Side) -> ProtocolError:

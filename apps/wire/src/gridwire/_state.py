@@ -70,7 +70,7 @@ from ._messages import (
     Welcome,
 )
 
-__all__ = ["TRANSITIONS", "Direction", "Role", "State", "describe"]
+__all__ = ["TRANSITIONS", "Direction", "Role", "State", "describe", "receivable_types"]
 
 
 class Role(enum.Enum):
@@ -150,6 +150,13 @@ TRANSITIONS: dict[Role, Transitions] = {
 }
 
 INITIAL_STATE = {Role.EDGE: State.START, Role.CLOUD: State.AWAIT_HELLO}
+
+
+def receivable_types(role: Role, state: State) -> frozenset[int]:
+    """The message type codes ``role`` may receive in ``state`` (to vet a frame by its header)."""
+    return frozenset(
+        int(cls.TYPE) for direction, cls in TRANSITIONS[role][state] if direction is RECEIVE
+    )
 
 
 def describe(role: Role) -> str:
