@@ -324,7 +324,9 @@ async def test_point12_a_revocation_while_listen_is_down_still_closes_the_sessio
     )
     assert terminated == (True,)
     revocation.revoke_edge(pg_dsn, "edge-1", "stolen")
-    await within(reactor(), client.lost, 15)
+    await wait_until(reactor(), lambda: cloud.revocations.rechecks == 1, "LISTEN again", 15)
+    await within(reactor(), client.lost, 10)
+    assert cloud.revocations.handled == 0  # the NOTIFY never arrived: the re-check closed it
     assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
     await logs.wait_for(reactor(), "edge edge-1", "revoked while connected")
 

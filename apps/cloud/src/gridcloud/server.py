@@ -113,7 +113,14 @@ class RevocationListener(_Part):
                     connection.revoked()
             self.rechecks += 1
 
-        return self._store.revoked_among(list(identities)).addCallback(close)
+        def failed(failure: Failure) -> None:
+            # Not fatal: every new connection is still checked at admission.
+            log.warn(
+                "re-checking connections for revocations failed: {why}",
+                why=failure.getErrorMessage(),
+            )
+
+        return self._store.revoked_among(list(identities)).addCallbacks(close, failed)
 
 
 class PartitionMaintenance(_Part):

@@ -195,7 +195,7 @@ class _Session:
     # -- machinery -----------------------------------------------------------------------
 
     def _fail(self, code: ErrorCode, text: str, side: Side) -> ProtocolError:
-        if self.state is not State.CLOSED:  # CLOSED stays closed: nothing more to send
+        if self._state is not State.CLOSED:  # CLOSED stays closed: nothing more to send
             self._state = State.ERROR
         return ProtocolError(code, text, side)
 
