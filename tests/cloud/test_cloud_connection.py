@@ -8,6 +8,7 @@ real twisted.logger.Logger.  No sockets, no PostgreSQL, no sleeps.
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,17 +43,31 @@ from gridwire import (
     Hello,
     IntervalRecord,
     Message,
+    MessageType,
     Ping,
     Pong,
     ReadingBatch,
     Welcome,
 )
+from gridwire._varint import uvarint
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
+from support.wire_flood import Inflation, count_inflation, flood
+
 PEER = "192.0.2.7:40112"
-CA = pki.make_ca("test CA")
-EDGE_CERT = pki.issue_edge(CA, "edge-1").certificate
+#: The cloud's clock when a test starts (2026-11-17); the certificates are valid then.
+START = 1_795_000_000
+CA = pki.make_ca("test CA", now=datetime.datetime.fromtimestamp(START, datetime.UTC))
+EDGE_CERT = pki.issue_edge(
+    CA, "edge-1", now=datetime.datetime.fromtimestamp(START, datetime.UTC)
+).certificate
+
+
+def clock_at_start() -> Clock:
+    clock = Clock()
+    clock.advance(START)
+    return clock
 
 
 def records(first_meter: int, count: int) -> list[IntervalRecord]:
@@ -206,7 +221,7 @@ class Edge:
 
 @dataclass
 class Cloud:
-    clock: Clock = field(default_factory=Clock)
+    clock: Clock = field(default_factory=clock_at_start)
     store: Store = field(default_factory=Store)
     sessions: SessionRegistry[EdgeConnection] = field(default_factory=SessionRegistry)
     log: Lines = field(default_factory=Lines)
@@ -227,7 +242,7 @@ def test_admission_welcomes_the_edge_after_its_high_water_mark(cloud: Cloud) -> 
     """Hello is admitted by the store with what the edge said; reading pauses meanwhile;
     Welcome carries the stored high-water mark and the limits, and the connection is the
     edge's live session."""
-    cloud.clock.advance(1_795_000_123)
+    cloud.clock.advance(123)
     edge = cloud.edge()
     admission = edge.connect()
     serial = EDGE_CERT.serial_number
@@ -589,3 +604,120 @@ def test_the_connection_logic_imports_no_twisted() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- point 10: no work for a peer that is not admitted ----------------------------------------
+
+
+@pytest.fixture
+def inflation(monkeypatch: pytest.MonkeyPatch) -> Inflation:
+    return count_inflation(monkeypatch)
+
+
+FLOOD = flood(50)
+
+
+def test_point10_batches_before_hello_are_refused_without_inflating_them(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """A CA-signed peer that never says Hello and floods batches costs no decoding at all."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed and cloud.store.admissions == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_batches_pipelined_behind_hello_are_refused_without_inflating_them(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """Hello and a flood in one chunk: nothing after Hello is decoded before admission (and the
+    connection is refused before the database is asked)."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(EdgeSession().send(hello()) + FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed and cloud.store.admissions == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_a_flood_during_admission_and_after_refusal_is_not_decoded(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """Reading is paused during admission, but TLS may still hand over what it has decrypted:
+    that is refused from the frame header; after the refusal nothing more is even looked at."""
+    edge = cloud.edge()
+    admission = edge.connect()
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    admission.failed(EdgeRefused("certificate serial 1 revoked"))
+    edge.connection.data_received(FLOOD)
+    assert edge.wire.closed and edge.received() == []
+    assert inflation == Inflation(0, 0)
+
+
+def test_point10_a_large_frame_before_hello_is_refused_from_its_header(cloud: Cloud) -> None:
+    """Before the handshake a frame may be at most MAX_HANDSHAKE_FRAME long: a peer announcing a
+    bigger one is refused at once, not buffered up to max_frame_size."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    edge.connection.data_received(uvarint(200_000) + bytes([MessageType.HELLO]) + bytes(1000))
+    assert [c for c, _ in edge.errors()] == [ErrorCode.FRAME_TOO_LARGE]
+    assert edge.wire.closed
+
+
+def test_point10_frames_before_hello_are_bounded_in_number(cloud: Cloud) -> None:
+    """Unknown optional frames are skipped, but only MAX_HANDSHAKE_FRAMES of them before Hello."""
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    skipped = bytes([2, 0x93, 0])  # an optional message unknown to v1, 1 byte of body
+    edge.connection.data_received(skipped * 10_000)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.UNEXPECTED_MESSAGE]
+    assert edge.wire.closed
+
+
+def test_point10_uploads_beyond_the_window_are_refused_before_decoding(
+    cloud: Cloud, inflation: Inflation
+) -> None:
+    """In READY the in-flight window is checked from the frame header: the edge was offered 8
+    uploads in flight, so a 9th is refused without being inflated."""
+    edge = cloud.edge()
+    assert edge.admit().max_in_flight == 8
+    edge.connection.data_received(FLOOD)
+    assert [c for c, _ in edge.errors()] == [ErrorCode.FLOW_CONTROL]
+    assert edge.wire.closed and cloud.store.writes == []
+    assert inflation.calls == 8
+
+
+# -- point 11: the certificate's dates, at every connection -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("moment", "why"),
+    [
+        (EDGE_CERT.not_valid_after_utc + datetime.timedelta(seconds=1), "certificate expired at"),
+        (EDGE_CERT.not_valid_before_utc - datetime.timedelta(seconds=1), "certificate not valid"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_point11_a_certificate_outside_its_dates_is_refused(
+    moment: datetime.datetime, why: str
+) -> None:
+    """A resumed TLS session brings back its certificate unchecked: the connection checks its
+    dates on the cloud's clock, whatever OpenSSL did."""
+    cloud = Cloud()
+    cloud.clock.advance(moment.timestamp() - cloud.clock.seconds())
+    edge = cloud.edge()
+    edge.connection.connected()
+    edge.connection.handshake_completed(EDGE_CERT)
+    ((code, detail),) = edge.errors()
+    assert code == ErrorCode.UNAUTHORIZED and detail.startswith(why)
+    assert edge.wire.closed
+    assert cloud.log.matching(f"refused edge edge-1 ({PEER}): {why}")
+    edge.connection.data_received(EdgeSession().send(hello()))
+    assert cloud.store.admissions == []

@@ -20,7 +20,9 @@ def reactor() -> Any:
 
 
 class Session:
-    def __init__(self) -> None:
+    def __init__(self, edge_id: str) -> None:
+        self.edge_id = edge_id
+        self.serial = 1
         self.replaced_by: str | None = None
 
     def replaced(self, by: str) -> None:
@@ -37,15 +39,15 @@ async def test_a_late_release_of_a_replaced_session_keeps_the_edge_online(pg_dsn
     query(pg_dsn, "INSERT INTO edges (edge_id) VALUES ('e1'), ('e2')")
     node_a: PresenceRegistry[Session] = PresenceRegistry(reactor(), pg_dsn)
     node_b: PresenceRegistry[Session] = PresenceRegistry(reactor(), pg_dsn)
-    old, new, other = Session(), Session(), Session()
+    old, new, other = Session("e1"), Session("e1"), Session("e2")
     node_a.claim("e1", old, "old")
     node_a.claim("e2", other, "other")
     await wait_until(reactor(), lambda: all(held(pg_dsn).values()), "both edges held")
     node_b.claim("e1", new, "new")  # the edge reconnected to node b
     await wait_until(reactor(), lambda: str(held(pg_dsn)["e1"]).startswith(node_b.node),
                      "e1 held by node b")
-    node_a.release("e1", old)  # node a notices its ghost connection only now
-    node_a.release("e2", other)
+    node_a.forget(old)  # node a notices its ghost connection only now
+    node_a.forget(other)
     await wait_until(reactor(), lambda: held(pg_dsn)["e2"] is None, "e2 released")
     assert str(held(pg_dsn)["e1"]).startswith(node_b.node)
     await node_b.stopService()  # a node that stops clears what it holds

@@ -7,11 +7,13 @@ observable (a Deferred, a log line, the reactor's readers, a Ping answered), wit
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest_twisted
-from gridcloud import revocation
+from cryptography import x509
+from gridcloud import pki, revocation
 from gridcloud.connection import EdgeConnection
 from gridcloud.server import CloudService
 from gridedge import loadgen
@@ -38,9 +40,7 @@ def reactor() -> Any:
     return r
 
 
-async def connect(
-    service: CloudService, tls: ResumingCreator, **kw: Any
-) -> loadgen.EdgeClient:
+async def connect(service: CloudService, tls: ResumingCreator, **kw: Any) -> loadgen.EdgeClient:
     client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello(**kw))
     return client
 
@@ -231,6 +231,7 @@ async def test_edge_silent_for_three_heartbeats_is_dropped(
 ) -> None:
     """Traffic keeps a session open; 3 heartbeat intervals of silence close it (a NAT ghost)."""
     clock = task.Clock()
+    clock.advance(reactor().seconds())  # certificate dates are checked on this clock; t=0 here
     service = await start_cloud(reactor(), cloud_pki, pg_dsn, clock=clock, heartbeat_interval=60)
     try:
         client = await connect(service, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
@@ -312,3 +313,92 @@ async def test_point1_poison_records_are_acked_and_the_session_goes_on(
     ]
     client.transport.loseConnection()
     await within(reactor(), client.lost, 10)
+
+
+def certificate_serial(edge_dir: Path) -> int:
+    return x509.load_pem_x509_certificate((edge_dir / pki.EDGE_CERT).read_bytes()).serial_number
+
+
+@pytest_twisted.ensureDeferred
+async def test_point9_revoking_a_certificate_by_serial_alone_closes_its_session(
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """``gridcloud pki revoke --serial N`` names no edge: the NOTIFY still goes out and the
+    live session using that certificate is found by its serial and closed at once."""
+    edge_dir = cloud_pki.edge("edge-1")
+    client = await connect(cloud, cloud_pki.client_tls(edge_dir))
+    await within(reactor(), client.welcome, 10)
+    revocation.revoke_certificate(pg_dsn, certificate_serial(edge_dir), reason="key leaked")
+    await within(reactor(), client.lost, 10)
+    assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
+    await logs.wait_for(reactor(), "edge edge-1", "revoked while connected")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point12_a_revocation_while_listen_is_down_still_closes_the_session(
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """The LISTEN connection dies (as in a PostgreSQL restart) and the edge is revoked before it
+    is back: that NOTIFY reached nobody, so once LISTEN is re-established the server checks its
+    sessions against the revocation tables and closes the revoked one.
+
+    Both statements run while the reactor is blocked, so the listener cannot reconnect between
+    its death and the revocation's commit."""
+    client = await connect(cloud, cloud_pki.client_tls(cloud_pki.edge("edge-1")))
+    await within(reactor(), client.welcome, 10)
+    (terminated,) = query(
+        pg_dsn,
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
+    )
+    assert terminated == (True,)
+    revocation.revoke_edge(pg_dsn, "edge-1", "stolen")
+    await wait_until(reactor(), lambda: cloud.revocations.rechecks == 1, "LISTEN again", 15)
+    await within(reactor(), client.lost, 10)
+    assert cloud.revocations.handled == 0  # the NOTIFY never arrived: the re-check closed it
+    assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
+    await logs.wait_for(reactor(), "edge edge-1", "revoked while connected")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point12_a_revocation_between_admission_and_welcome_refuses_the_edge(
+    cloud: CloudService, cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """The admission query has read "not revoked" and waits (on the edge's row lock) when the
+    certificate is revoked: its NOTIFY arrives before the connection is a live session, and must
+    still close it instead of being lost and letting a Welcome through."""
+    edge_dir = cloud_pki.edge("edge-1")
+    tls = cloud_pki.client_tls(edge_dir)
+    first = await connect(cloud, tls)  # the edge's row exists from now on
+    await within(reactor(), first.welcome, 10)
+    first.transport.loseConnection()
+    await within(reactor(), first.lost, 10)
+
+    lock = EdgeRowLock(pg_dsn, "edge-1")
+    try:
+        client = await connect(cloud, tls)
+        peer = f"127.0.0.1:{client.transport.getHost().port}"  # as the server names it
+        welcomed: list[object] = []
+        client.welcome.addCallbacks(welcomed.append, lambda _: None)
+        await wait_until(
+            reactor(),
+            lambda: (
+                query(
+                    pg_dsn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%INSERT INTO edges%%'",
+                )
+                == [(1,)]
+            ),
+            "the admission waiting on the row lock",
+        )
+        revocation.revoke_certificate(pg_dsn, certificate_serial(edge_dir), "edge-1", "leaked")
+        await wait_until(reactor(), lambda: cloud.revocations.handled == 1, "the NOTIFY")
+    finally:
+        lock.release()
+    await within(reactor(), client.lost, 10)
+    assert welcomed == []
+    assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
+    # the admission itself went through in the database; its answer came too late to matter
+    await logs.wait_for(reactor(), f"edge edge-1 ({peer}) admitted after its connection closed")
+    assert query(pg_dsn, "SELECT last_peer FROM edges WHERE edge_id = 'edge-1'") == [(peer,)]

@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
 from gridcloud import pki, revocation
 from gridcloud.server import CloudService
 from gridedge import loadgen
-from gridedge.uplink.tls import ResumingCreator
+from gridedge.uplink.tls import ResumingCreator, session_reused
 from gridwire import ErrorCode
 from twisted.internet import defer
 
-from support.cloud_harness import CloudPKI, LogCapture, endpoint_of, hello, within
+from support.cloud_harness import CloudPKI, LogCapture, endpoint_of, hello, start_cloud, within
+from support.wire_flood import Inflation, count_inflation, flood
 
 # The fixtures cloud_pki, cloud and logs come from tests/support/cloud_fixtures.py; every test
 # here watches the log, so an unhandled error logged on either side fails it.
@@ -133,3 +135,83 @@ async def test_server_certificate_with_the_wrong_name_is_refused_by_the_edge(
     line = await logs.wait_for(reactor(), "no session with the cloud")
     assert "other.example.org" in line or "VerificationError" in line or "mismatch" in line.lower()
     await logs.wait_for(reactor(), "refused TLS client", "handshake failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point11_an_expired_certificate_is_refused_through_tls_resumption(
+    cloud_pki: CloudPKI, pg_dsn: str, logs: LogCapture
+) -> None:
+    """A resumed TLS session skips OpenSSL's certificate check: the certificate that came with
+    the session is checked at admission all the same.  The server's clock (a task.Clock) moves
+    past the certificate's not-after date between two connections; the second one resumes the
+    first one's session and is refused."""
+    from twisted.internet import task
+
+    clock = task.Clock()
+    clock.advance(reactor().seconds())
+    # no partition check while the clock jumps: a query in flight at stop would outlive the test
+    year = 365 * 86400.0
+    service = await start_cloud(
+        reactor(), cloud_pki, pg_dsn, clock=clock, partition_check_interval=year
+    )
+    try:
+        edge_dir = cloud_pki.edge("edge-exp", days=30)
+        tls = cloud_pki.client_tls(edge_dir)
+        client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello())
+        await within(reactor(), client.welcome, 10)
+        assert client.resumed is False
+        client.transport.loseConnection()
+        await within(reactor(), client.lost, 10)
+
+        cert = x509.load_pem_x509_certificate((edge_dir / pki.EDGE_CERT).read_bytes())
+        clock.advance(cert.not_valid_after_utc.timestamp() - clock.seconds() + 60)
+        again = await attempt(service, tls)
+        assert session_reused(again.transport.getHandle())  # OpenSSL checked no certificate
+        assert [(e.code, e.detail) for e in again.errors] == [
+            (
+                ErrorCode.UNAUTHORIZED,
+                "certificate expired at " + cert.not_valid_after_utc.isoformat(),
+            )
+        ]
+        await logs.wait_for(reactor(), "refused edge edge-exp", "certificate expired")
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_point11_a_revoked_certificate_is_refused_through_tls_resumption(
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str
+) -> None:
+    """Revocation is checked at every admission, resumed or not."""
+    edge_dir = cloud_pki.edge("edge-rr")
+    tls = cloud_pki.client_tls(edge_dir)
+    await assert_accepted(cloud, tls)
+    serial = x509.load_pem_x509_certificate((edge_dir / pki.EDGE_CERT).read_bytes()).serial_number
+    revocation.revoke_certificate(pg_dsn, serial, reason="key leaked")
+    again = await attempt(cloud, tls)
+    assert [e.code for e in again.errors] == [ErrorCode.UNAUTHORIZED]
+    await logs.wait_for(reactor(), "refused edge edge-rr", f"serial {serial} revoked")
+
+
+@pytest_twisted.ensureDeferred
+async def test_point10_a_revoked_edge_flooding_batches_costs_no_decoding(
+    cloud: CloudService, cloud_pki: CloudPKI, logs: LogCapture, pg_dsn: str, monkeypatch: Any
+) -> None:
+    """A CA-signed but revoked edge says Hello and floods batches at once over real TLS: it is
+    refused, and not one batch is inflated on the server (which runs in this process)."""
+    edge_dir = cloud_pki.edge("edge-flood")
+    revocation.revoke_edge(pg_dsn, "edge-flood", "stolen")
+    inflation = count_inflation(monkeypatch)
+    client, _ = await loadgen.connect(
+        reactor(), endpoint_of(cloud), cloud_pki.client_tls(edge_dir), hello()
+    )
+    client.send_raw(flood(200))
+    welcomed: list[object] = []
+    client.welcome.addCallbacks(welcomed.append, lambda _: None)
+    await within(reactor(), client.lost, 10)
+    assert welcomed == []
+    assert [e.code for e in client.errors] in (
+        [ErrorCode.UNEXPECTED_MESSAGE],
+        [ErrorCode.UNAUTHORIZED],
+    )
+    assert inflation == Inflation(0, 0)

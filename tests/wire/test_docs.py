@@ -78,4 +78,8 @@ def test_error_codes_and_limits_are_documented() -> None:
         assert f"| {code.value} | {code.name} |" in DOC
     limits = Limits()
     assert f"| max_frame_size | {limits.max_frame_size} bytes |" in DOC
+    assert (
+        f"| frames before the handshake | at most {gridwire.MAX_HANDSHAKE_FRAMES} frames "
+        f"(skipped ones included) of at most {gridwire.MAX_HANDSHAKE_FRAME} bytes each"
+    ) in DOC
     assert f"| max_batch_records | {limits.max_batch_records} |" in DOC

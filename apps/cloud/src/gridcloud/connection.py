@@ -26,7 +26,11 @@ The life of a connection:
    within ``hello_timeout``.
 2. ``handshake_completed(certificate)``: the edge id comes from the client
    certificate (:func:`gridcloud.pki.edge_id_from_certificate`), else the
-   connection is refused.
+   connection is refused; so is a certificate outside its validity dates
+   (:func:`gridcloud.pki.check_validity`: OpenSSL checks them only in a full
+   handshake, and a resumed TLS session brings back its certificate unchecked).
+   From then on the :class:`~gridcloud.sessions.SessionRegistry` knows the
+   connection, so a revocation that arrives during admission closes it.
 3. Hello -> ``Store.admit`` (reading pauses meanwhile).  Refused: Error and
    close.  Admitted: the connection claims the edge's live session in the
    :class:`~gridcloud.sessions.SessionRegistry` (an older one is closed, see
@@ -75,7 +79,7 @@ from gridwire import (
 )
 
 from .config import ServerConfig
-from .pki import PKIError, edge_id_from_certificate
+from .pki import PKIError, check_validity, edge_id_from_certificate
 from .sessions import SessionRegistry
 
 #: What an edge uploads: both share the journal's sequence space.
@@ -266,6 +270,14 @@ class EdgeConnection:
             self.serial = certificate.serial_number
         except PKIError as exc:
             self._refuse(f"refused TLS client {self.peer}: {exc}")
+            return
+        try:
+            check_validity(certificate, self.clock.seconds())  # a resumed session skipped it
+        except PKIError as exc:
+            self._refuse(f"refused edge {self.edge_id} ({self.peer}): {exc}")
+            return
+        # From here on a revocation reaches this connection, even while it is being admitted.
+        self._sessions.identified(self)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the edge: feed the session, handle each message in order."""
@@ -294,8 +306,8 @@ class EdgeConnection:
         self._closing = True
         self._uploads.clear()
         self._disarm()
+        self._sessions.forget(self)
         if self.edge_id is not None and self._live:
-            self._sessions.release(self.edge_id, self)
             self.log.info(
                 "edge {edge} ({peer}) disconnected: {why}",
                 edge=self.edge_id,
@@ -309,7 +321,9 @@ class EdgeConnection:
             )
 
     def revoked(self) -> None:
-        """The edge or its certificate was revoked while connected: close the session."""
+        """The edge or its certificate was revoked while connected (admitted or not): close."""
+        if self._closing:
+            return
         self.log.warn(
             "edge {edge} ({peer}) revoked while connected: closing its session",
             edge=self.edge_id,
@@ -357,7 +371,12 @@ class EdgeConnection:
         )
 
     def _admitted(self, last_seq: int, version: int) -> None:
-        if self._closing:
+        if self._closing:  # gone, revoked or timed out while the database answered
+            self.log.info(
+                "edge {edge} ({peer}) admitted after its connection closed: no Welcome",
+                edge=self.edge_id,
+                peer=self.peer,
+            )
             return
         assert self.edge_id is not None
         self._live = True

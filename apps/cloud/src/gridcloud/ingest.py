@@ -46,6 +46,8 @@ from txpostgres.reconnection import DeadConnectionDetector
 from .connection import EdgeInfo, EdgeRefused
 from .pool import DatabasePool, QuietConnection
 
+log = Logger(namespace="gridcloud.ingest")
+
 #: Field order of the arrays passed to ingest_batch(): the wire's column order.
 COLUMNS: tuple[str, ...] = IntervalRecord._fields
 
@@ -81,6 +83,14 @@ SELECT coalesce(
             || coalesce(': ' || reason, '')
        FROM revoked_certificates WHERE serial = %(serial)s),
     'refused')
+"""
+
+
+_REVOKED_AMONG_SQL = """
+SELECT i.edge_id, i.serial
+  FROM unnest(%s::text[], %s::numeric[]) AS i(edge_id, serial)
+ WHERE EXISTS (SELECT 1 FROM edges e WHERE e.edge_id = i.edge_id AND e.revoked_at IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = i.serial)
 """
 
 
@@ -133,10 +143,17 @@ class IngestStore:
             self._listener = None
 
     @defer.inlineCallbacks
-    def listen(self, channel: str, observer: Callable[[str], object]) -> Any:
+    def listen(
+        self,
+        channel: str,
+        observer: Callable[[str], object],
+        recovered: Callable[[], defer.Deferred[None]] | None = None,
+    ) -> Any:
         """Call ``observer(payload)`` for each NOTIFY on ``channel``, on a connection of its own.
 
-        The connection re-opens after PostgreSQL restarts and LISTENs again.
+        The connection re-opens after PostgreSQL restarts and LISTENs again,
+        then calls ``recovered()``: whatever was notified while it was down is
+        lost, and the caller must look at the tables instead.
         """
         detector = DeadConnectionDetector(reactor=self._reactor)
         conn = QuietConnection(self._reactor, detector=detector)
@@ -150,9 +167,31 @@ class IngestStore:
         def subscribe() -> Any:
             return conn.runOperation(f'LISTEN "{channel}"')
 
+        @defer.inlineCallbacks
+        def resubscribe() -> Any:
+            log.info("LISTEN {channel}: connection to PostgreSQL back", channel=channel)
+            yield subscribe()
+            if recovered is not None:
+                yield recovered()
+
         conn.addNotifyObserver(deliver)
-        detector.addRecoveryHandler(subscribe)
+        detector.addRecoveryHandler(resubscribe)
         yield subscribe()
+
+    def revoked_among(
+        self, identities: Sequence[tuple[str, int]]
+    ) -> defer.Deferred[set[tuple[str, int]]]:
+        """The (edge id, serial) pairs of ``identities`` whose edge or certificate is revoked."""
+        if not identities:
+            return defer.succeed(set())
+        d = self._pool.runQuery(
+            _REVOKED_AMONG_SQL,
+            ([edge for edge, _ in identities], [str(serial) for _, serial in identities]),
+        )
+        result: defer.Deferred[set[tuple[str, int]]] = d.addCallback(
+            lambda rows: {(edge, int(serial)) for edge, serial in rows}
+        )
+        return result
 
     @defer.inlineCallbacks
     def admit(self, info: EdgeInfo) -> Any:

@@ -255,6 +255,20 @@ def edge_id_from_certificate(cert: x509.Certificate) -> str:
     return check_edge_id(value if isinstance(value, str) else value.decode())
 
 
+def check_validity(cert: x509.Certificate, now: float) -> None:
+    """Raise PKIError unless ``cert`` is valid at ``now`` (unix seconds).
+
+    OpenSSL checks the dates only in a full handshake: a resumed TLS session
+    brings back the certificate of the handshake that made it, unchecked, so
+    the server checks it again itself on every connection.
+    """
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    if moment > cert.not_valid_after_utc:
+        raise PKIError(f"certificate expired at {cert.not_valid_after_utc.isoformat()}")
+    if moment < cert.not_valid_before_utc:
+        raise PKIError(f"certificate not valid before {cert.not_valid_before_utc.isoformat()}")
+
+
 # -- files --------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 Why: the HTTP API (another process, maybe another machine) answers "is this edge
 online now?", and PostgreSQL is the only state the processes share.  The
 registry of live sessions already knows the two moments that matter (a session
-claims its edge once admitted, and releases it when it ends), so this is that
+claims its edge once admitted, and is forgotten when its connection ends), so this is that
 registry writing them down: ``edges.session_token`` (migration 0005) is set to
 a token unique to the session at claim, and cleared at release only if it still
 holds that session's token.  A newer session of the same edge on another node
@@ -65,11 +65,11 @@ class PresenceRegistry(SessionRegistry[S], service.Service):
         self._write(_CLAIM, (token, edge_id))
         return super().claim(edge_id, session, description)
 
-    def release(self, edge_id: str, session: S) -> None:
+    def forget(self, session: S) -> None:
         token = self._tokens.pop(id(session), None)
-        if token is not None:
-            self._write(_RELEASE, (edge_id, token))
-        super().release(edge_id, session)
+        if token is not None and session.edge_id is not None:
+            self._write(_RELEASE, (session.edge_id, token))
+        super().forget(session)
 
     def stopService(self) -> defer.Deferred[Any]:
         service.Service.stopService(self)  # type: ignore[no-untyped-call]

@@ -25,10 +25,37 @@ from collections.abc import Iterator
 import psycopg2
 import psycopg2.extensions
 
-from .pki import check_edge_id
+from .pki import PKIError, check_edge_id
 
 #: The NOTIFY channel that tells every cloud node to drop a revoked edge's session.
 CHANNEL = "gridcloud_revoked"
+#: Stands for "any edge" in a certificate notice that names no edge.
+ANY_EDGE = "*"
+
+
+def notice(edge_id: str | None, serial: int | None = None) -> str:
+    """The NOTIFY payload for revoking ``edge_id`` (no serial) or certificate ``serial``."""
+    if serial is None:
+        if edge_id is None:
+            raise ValueError("a revocation names an edge, a certificate serial, or both")
+        return edge_id
+    return f"{edge_id or ANY_EDGE} {serial}"
+
+
+def parse_notice(payload: str) -> tuple[str | None, int | None]:
+    """``(edge_id, None)`` for a revoked edge, ``(None, serial)`` for a revoked certificate.
+
+    The edge id in a certificate notice is only for people reading it: the
+    certificate is found by its serial, whoever it belongs to.  Raises
+    ValueError for a payload that is neither.
+    """
+    edge_id, _, serial = payload.partition(" ")
+    if serial:
+        return None, int(serial)
+    try:
+        return check_edge_id(edge_id), None
+    except PKIError as exc:
+        raise ValueError(f"revocation notice {payload!r}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -52,7 +79,7 @@ def revoke_edge(dsn: str, edge_id: str, reason: str = "") -> None:
                       revoked_reason = excluded.revoked_reason""",
             (edge_id, reason or None),
         )
-        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, edge_id))
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice(edge_id)))
 
 
 def reinstate_edge(dsn: str, edge_id: str) -> bool:
@@ -74,5 +101,4 @@ def revoke_certificate(dsn: str, serial: int, edge_id: str | None = None, reason
                ON CONFLICT (serial) DO NOTHING""",
             (serial, edge_id, reason or None),
         )
-        if edge_id is not None:
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{edge_id} {serial}"))
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice(edge_id, serial)))

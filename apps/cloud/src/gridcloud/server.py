@@ -7,7 +7,8 @@ tree) opens the txpostgres pool, then starts its parts in order, each once the
 previous one is ready:
 
 1. :class:`RevocationListener` LISTENs for ``NOTIFY gridcloud_revoked``: a
-   revocation committed on any node closes the edge's live session here.
+   revocation committed on any node closes the edge's sessions here (live or
+   being admitted); when LISTEN comes back after an outage it re-checks them all.
 2. :class:`PartitionMaintenance` makes sure the readings partitions exist
    (before any edge is accepted), then checks again every
    ``partition_check_interval``.
@@ -69,24 +70,63 @@ class _Part(service.Service):
 
 
 class RevocationListener(_Part):
-    """Closes the live session of an edge revoked on any cloud node (LISTEN/NOTIFY)."""
+    """Closes the sessions of an edge or certificate revoked on any cloud node (LISTEN/NOTIFY).
+
+    A NOTIFY sent while the LISTEN connection is down (a PostgreSQL restart)
+    never arrives, so each time LISTEN is re-established every identified
+    connection is checked against the revocation tables (:meth:`recheck`).
+    """
 
     def __init__(self, store: IngestStore, sessions: SessionRegistry[EdgeConnection]) -> None:
         self._store = store
         self._sessions = sessions
         #: revocation notices handled so far
         self.handled = 0
+        #: re-checks done after LISTEN was re-established
+        self.rechecks = 0
 
     async def start(self) -> None:
-        await self._store.listen(revocation.CHANNEL, self.notice)
+        await self._store.listen(revocation.CHANNEL, self.notice, self.recheck)
 
     def notice(self, payload: str) -> None:
-        """``payload`` is "<edge id>" or "<edge id> <serial>" (see gridcloud.revocation)."""
-        edge_id, _, serial = payload.partition(" ")
-        session = self._sessions.get(edge_id)
-        if session is not None and (not serial or serial == str(session.serial)):
-            session.revoked()
+        """Close what ``payload`` revokes (see gridcloud.revocation.notice)."""
+        try:
+            edge_id, serial = revocation.parse_notice(payload)
+        except ValueError as exc:
+            log.warn("ignoring a revocation notice: {why}", why=str(exc))
+        else:
+            for session in self._sessions.revocable(edge_id, serial):
+                session.revoked()
         self.handled += 1
+
+    def recheck(self) -> defer.Deferred[None]:
+        """Close every connection whose edge or certificate is revoked now (notices were lost)."""
+        identities: dict[tuple[str, int], list[EdgeConnection]] = {}
+        for connection in self._sessions.connections():
+            if connection.edge_id is not None:
+                identities.setdefault((connection.edge_id, connection.serial), []).append(
+                    connection
+                )
+        log.info(
+            "LISTEN {channel} re-established: checking {count} connections for revocations",
+            channel=revocation.CHANNEL,
+            count=len(identities),
+        )
+
+        def close(revoked: set[tuple[str, int]]) -> None:
+            for identity in revoked:
+                for connection in identities.get(identity, []):
+                    connection.revoked()
+            self.rechecks += 1
+
+        def failed(failure: Failure) -> None:
+            # Not fatal: every new connection is still checked at admission.
+            log.warn(
+                "re-checking connections for revocations failed: {why}",
+                why=failure.getErrorMessage(),
+            )
+
+        return self._store.revoked_among(list(identities)).addCallbacks(close, failed)
 
 
 class PartitionMaintenance(_Part):

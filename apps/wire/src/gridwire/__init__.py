@@ -15,6 +15,8 @@ from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import (
     MAX_BOOT_SLOT,
     MAX_FIRMWARE_VERSION,
+    MAX_HANDSHAKE_FRAME,
+    MAX_HANDSHAKE_FRAMES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Limits,
@@ -50,6 +52,8 @@ __all__ = [
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
+    "MAX_HANDSHAKE_FRAME",
+    "MAX_HANDSHAKE_FRAMES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "VALUE_RANGES",

@@ -11,12 +11,16 @@ Frame (docs/protocol.md, "Frames"):
 Codec contract (``FrameDecoder.feed``): returns the complete messages found so
 far (possibly none: "need more data") or raises ProtocolError.  Nothing else
 escapes, for any input whatsoever.  The declared length is checked against the
-limit as soon as the length prefix is complete, before the body is buffered.
+limit as soon as the length prefix is complete, before the body is buffered,
+and the type as soon as its byte arrives; ``next_message`` lets the caller
+refuse a frame from that header before its body is awaited or decoded.
 
 Tests: tests/wire/test_codec.py, tests/wire/test_fuzz.py, tests/wire/test_corpus.py.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ._batch import decode_batch, encode_batch
 from ._errors import ErrorCode, ProtocolError, Side
@@ -25,12 +29,15 @@ from ._messages import MESSAGE_CLASSES, Message, ReadingBatch
 from ._records import RecordColumns
 from ._varint import Reader, uvarint
 
-__all__ = ["OPTIONAL_TYPE_BIT", "FrameDecoder", "decode_body", "encode_message"]
+__all__ = ["OPTIONAL_TYPE_BIT", "FrameCheck", "FrameDecoder", "decode_body", "encode_message"]
 
 #: A message type with this bit set may be skipped by a peer that does not know it.
 OPTIONAL_TYPE_BIT = 0x80
 #: The length prefix has at most this many bytes (2**21 - 1 is the largest frame).
 MAX_LENGTH_BYTES = 3
+
+#: ``check(message_type, length)``: vets a frame from its header; raises ProtocolError to refuse.
+FrameCheck = Callable[[int, int], None]
 
 
 def encode_body(
@@ -142,9 +149,15 @@ def _read_extensions(reader: Reader, cls: type[Message]) -> dict[str, object]:
 
 
 class FrameDecoder:
-    """Turns a byte stream into messages; keeps only the incomplete tail of it."""
+    """Turns a byte stream into messages; keeps only the incomplete tail of it.
 
-    __slots__ = ("_buffer", "limits", "previous_batch", "skipped")
+    Two ways to use it: ``feed(data)`` decodes every complete frame at once;
+    ``append(data)`` then ``next_message(check)`` one frame at a time, each
+    vetted from its header by ``check`` before its body is awaited or decoded
+    (what a session does, so that a frame the state forbids costs no decoding).
+    """
+
+    __slots__ = ("_buffer", "frames", "limits", "previous_batch", "skipped")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -153,6 +166,8 @@ class FrameDecoder:
         self.previous_batch: RecordColumns | None = None
         #: unknown optional messages skipped so far (for logs and metrics)
         self.skipped = 0
+        #: complete frames taken from the stream so far, skipped ones included
+        self.frames = 0
 
     @property
     def buffered(self) -> int:
@@ -161,58 +176,87 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages completed by ``data`` (see the codec contract above)."""
-        buffer = self._buffer
-        buffer += data
+        self.append(data)
         messages: list[Message] = []
-        pos = 0
+        while (message := self.next_message()) is not None:
+            messages.append(message)
+        return messages
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer ``data``; nothing is decoded until ``next_message``."""
+        self._buffer += data
+
+    def next_message(self, check: FrameCheck | None = None) -> Message | None:
+        """The next message buffered, or None until a complete frame is (skipping optional ones).
+
+        ``check(message_type, length)`` is called with each frame's header as
+        soon as it is buffered, before the body is awaited or decoded, and
+        raises ProtocolError to refuse the frame.  It may be called more than
+        once for a frame whose body arrives in pieces, so it must not change
+        anything.
+        """
+        buffer = self._buffer
+        while True:
+            header = self._header()
+            if header is None:
+                return None
+            message_type, length, start = header
+            if check is not None:
+                check(message_type, length)
+            end = start + length - 1
+            if len(buffer) < end:
+                return None
+            # a copy of the body (slicing a bytearray copies): no buffer export can outlive
+            # this call and block trimming the buffer
+            body = bytes(buffer[start:end])
+            del buffer[:end]
+            self.frames += 1
+            message = decode_body(message_type, body, self.limits, self.previous_batch)
+            if message is None:
+                self.skipped += 1
+                continue
+            if isinstance(message, ReadingBatch):
+                self.previous_batch = message.columns
+            return message
+
+    def _header(self) -> tuple[int, int, int] | None:
+        """(type, length, offset of the body) of the frame at the buffer's start, once buffered.
+
+        The length prefix is checked as soon as it is complete, and the type
+        as soon as it arrives: neither waits for the body.
+        """
+        buffer = self._buffer
         end = len(buffer)
-        max_frame = self.limits.max_frame_size
-        try:
-            while pos < end:
-                # length prefix: at most MAX_LENGTH_BYTES, checked before the body is awaited
-                length = 0
-                shift = 0
-                cursor = pos
-                while True:
-                    if cursor >= end:
-                        return messages
-                    byte = buffer[cursor]
-                    cursor += 1
-                    length |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        if byte == 0 and shift:
-                            raise ProtocolError(
-                                ErrorCode.MALFORMED_FRAME, "non-minimal frame length"
-                            )
-                        break
-                    shift += 7
-                    if cursor - pos >= MAX_LENGTH_BYTES:
-                        raise ProtocolError(
-                            ErrorCode.FRAME_TOO_LARGE, "frame length prefix longer than 3 bytes"
-                        )
-                if length == 0:
-                    raise ProtocolError(ErrorCode.MALFORMED_FRAME, "empty frame")
-                if length > max_frame:
-                    raise ProtocolError(
-                        ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {max_frame}"
-                    )
-                if end - cursor < length:
-                    return messages
-                # a copy of the body (slicing a bytearray copies): no buffer export can outlive
-                # this call and block trimming the buffer
-                message = decode_body(
-                    buffer[cursor],
-                    bytes(buffer[cursor + 1 : cursor + length]),
-                    self.limits,
-                    self.previous_batch,
+        length = 0
+        shift = 0
+        cursor = 0
+        while True:
+            if cursor >= end:
+                return None
+            byte = buffer[cursor]
+            cursor += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise ProtocolError(ErrorCode.MALFORMED_FRAME, "non-minimal frame length")
+                break
+            shift += 7
+            if cursor >= MAX_LENGTH_BYTES:
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE, "frame length prefix longer than 3 bytes"
                 )
-                pos = cursor + length
-                if message is None:
-                    self.skipped += 1
-                else:
-                    if isinstance(message, ReadingBatch):
-                        self.previous_batch = message.columns
-                    messages.append(message)
-            return messages
-        finally:
-            del buffer[:pos]
+        if length == 0:
+            raise ProtocolError(ErrorCode.MALFORMED_FRAME, "empty frame")
+        max_frame = self.limits.max_frame_size
+        if length > max_frame:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {max_frame}"
+            )
+        if cursor >= end:
+            return None
+        message_type = buffer[cursor]
+        if message_type not in MESSAGE_CLASSES and not message_type & OPTIONAL_TYPE_BIT:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE, f"unknown message type 0x{message_type:02x}"
+            )
+        return message_type, length, cursor + 1

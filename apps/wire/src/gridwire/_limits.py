@@ -17,6 +17,8 @@ from ._errors import ErrorCode, local_error
 __all__ = [
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
+    "MAX_HANDSHAKE_FRAME",
+    "MAX_HANDSHAKE_FRAMES",
     "MAX_TEXT",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
@@ -41,6 +43,11 @@ MAX_CHUNK = 65536
 MAX_FRAME_CEILING = (1 << 21) - 1
 #: Absolute upper bound for Limits.max_batch_records.
 MAX_BATCH_CEILING = 65535
+#: Longest frame a session accepts before its handshake is complete (Hello, Welcome, Error,
+#: an unknown optional message): a peer not admitted yet cannot make it buffer max_frame_size.
+MAX_HANDSHAKE_FRAME = 4096
+#: Frames (skipped ones included) a session accepts before its handshake is complete.
+MAX_HANDSHAKE_FRAMES = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,8 +7,14 @@ Use (the adapter owns the socket, the session owns the rules):
     for message in session.receive_data(chunk): ...
 
 ``send`` checks the message against the state table and the guards, then
-returns the frame to write.  ``receive_data`` decodes whatever complete frames
-``chunk`` finishes and checks each; it returns them in order.  Either raises
+returns the frame to write.  ``receive_data`` takes the frames ``chunk``
+completes one at a time: each is first vetted from its header alone (its type
+against the state table, an upload against the in-flight window, and before
+the handshake its size and count: at most MAX_HANDSHAKE_FRAMES frames of at
+most MAX_HANDSHAKE_FRAME bytes), and only then decoded and checked against the
+guards.  So a frame the session would refuse costs no decoding: a peer that
+has not been welcomed cannot make the receiver inflate a single batch.  It
+returns the messages in order.  Either raises
 ProtocolError and leaves the session in ERROR (see _state's theory of
 operation for what is still allowed).  When one chunk holds several frames and
 one of them is bad, the ones before it are not returned: that is safe because
@@ -29,8 +35,9 @@ from collections import deque
 from ._batch import encode_batch_modes, records_per_frame
 from ._codec import FrameDecoder, encode_message, frame
 from ._errors import ErrorCode, ProtocolError, Side
-from ._limits import SUPPORTED_VERSIONS, Limits
+from ._limits import MAX_HANDSHAKE_FRAME, MAX_HANDSHAKE_FRAMES, SUPPORTED_VERSIONS, Limits
 from ._messages import (
+    MESSAGE_CLASSES,
     Ack,
     ChunkRequest,
     EventReport,
@@ -42,11 +49,14 @@ from ._messages import (
     Welcome,
 )
 from ._records import RecordColumns
-from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State
+from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State, receivable_types
 from ._varint import uvarint
 
 __all__ = ["CloudSession", "EdgeSession", "negotiate_version"]
 
+
+#: The type codes of what an edge uploads; the in-flight window counts them.
+_UPLOAD_TYPES = frozenset({int(ReadingBatch.TYPE), int(EventReport.TYPE)})
 
 #: A session reuses the last batch's column modes and tries every mode on every Nth batch.
 RETRY_MODES_EVERY = 8
@@ -90,6 +100,8 @@ class _Session:
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
         self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
         self._batches_sent = 0
+        self._receivable_in: State | None = None  # the state _receivable was made for
+        self._receivable: frozenset[int] = frozenset()
 
     # -- public read-only views -------------------------------------------------------
 
@@ -177,15 +189,20 @@ class _Session:
                 f"{self.role.value} session cannot receive in state {self._state.value}",
                 Side.LOCAL,
             )
+        decoder = self._decoder
+        decoder.append(data)
+        messages: list[Message] = []
         try:
-            messages = self._decoder.feed(data)
+            # one frame at a time: each is vetted against the state its predecessors left
+            while (message := decoder.next_message(self._vet)) is not None:
+                self._transition(Direction.RECEIVE, message, Side.REMOTE)
+                messages.append(message)
+                if self.state is State.CLOSED:
+                    break
         except ProtocolError:
-            self._state = State.ERROR
+            if self.state is not State.CLOSED:
+                self._state = State.ERROR
             raise
-        for index, message in enumerate(messages):
-            self._transition(Direction.RECEIVE, message, Side.REMOTE)
-            if self.state is State.CLOSED:
-                return messages[: index + 1]
         return messages
 
     # -- machinery -----------------------------------------------------------------------
@@ -195,16 +212,52 @@ class _Session:
             self._state = State.ERROR
         return ProtocolError(code, text, side)
 
+    def _vet(self, message_type: int, length: int) -> None:
+        """Refuse a received frame from its header, before its body is awaited or decoded.
+
+        What the state table and the upload window forbid costs no decoding
+        (no inflating a batch the session would refuse anyway), and before
+        the handshake a peer may send only a few small frames.
+        """
+        state = self._state
+        if state is not State.READY:
+            if length > MAX_HANDSHAKE_FRAME:
+                raise self._fail(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes before the handshake completed "
+                    f"(at most {MAX_HANDSHAKE_FRAME})",
+                    Side.REMOTE,
+                )
+            if self._decoder.frames >= MAX_HANDSHAKE_FRAMES:
+                raise self._fail(
+                    ErrorCode.UNEXPECTED_MESSAGE,
+                    f"more than {MAX_HANDSHAKE_FRAMES} frames before the handshake completed",
+                    Side.REMOTE,
+                )
+        if state is not self._receivable_in:  # the set of the current state, cached
+            self._receivable_in = state
+            self._receivable = receivable_types(self.role, state)
+        if message_type not in self._receivable:
+            cls = MESSAGE_CLASSES.get(message_type)
+            if cls is None:  # an unknown optional message: skipped, never decoded
+                return
+            raise self._unexpected(Direction.RECEIVE, cls, Side.REMOTE)
+        if message_type in _UPLOAD_TYPES:
+            self._check_window(Side.REMOTE)
+
+    def _unexpected(self, direction: Direction, cls: type[Message], side: Side) -> ProtocolError:
+        return self._fail(
+            ErrorCode.UNEXPECTED_MESSAGE,
+            f"{self.role.value} may not {direction.value} {cls.__name__} "
+            f"in state {self._state.value}",
+            side,
+        )
+
     def _transition(self, direction: Direction, message: Message, side: Side) -> None:
         table = TRANSITIONS[self.role][self._state]
         new_state = table.get((direction, type(message)))
         if new_state is None:
-            raise self._fail(
-                ErrorCode.UNEXPECTED_MESSAGE,
-                f"{self.role.value} may not {direction.value} {type(message).__name__} "
-                f"in state {self._state.value}",
-                side,
-            )
+            raise self._unexpected(direction, type(message), side)
         self._guard(direction, message, side)
         self._state = new_state
 
@@ -244,12 +297,15 @@ class _Session:
                 f"upload starting at seq {first} does not follow seq {self._highest}",
                 side,
             )
+        self._check_window(side)
+        self._highest = last
+        self._in_flight.append(last)
+
+    def _check_window(self, side: Side) -> None:
         if len(self._in_flight) >= self._window:
             raise self._fail(
                 ErrorCode.FLOW_CONTROL, f"more than {self._window} uploads in flight", side
             )
-        self._highest = last
-        self._in_flight.append(last)
 
     def _check_ack(self, ack: Ack, side: Side) -> None:
         if not self._acked <= ack.up_to_seq <= self._highest:

@@ -24,13 +24,20 @@ its side is LOCAL for a send (our bug) and REMOTE for a receive (the peer's).
    is allowed (then CLOSED): tell the peer ``Error(code=exc.code)``, then
    close the transport.  Receiving in ERROR or CLOSED raises again.
 
+A received frame is checked against the table from its header (its type), before its
+body is awaited or decoded, and the frames of a chunk are taken one at a time, each
+against the state its predecessors left: a message the state does not allow costs
+no decoding.  Before READY, frames are also bounded in size and number
+(``_limits.MAX_HANDSHAKE_FRAME``, ``MAX_HANDSHAKE_FRAMES``).
+
 Besides the table, READY has guards on values (enforced by ``_session``):
 - upload sequence numbers strictly increase, starting above the
   Welcome's last_acked_seq (SEQUENCE_ERROR);
 - Ack.up_to_seq never decreases and never exceeds the highest sequence number
   uploaded in this session, so an edge can never drop unsent journal
   entries because of a wrong ack (SEQUENCE_ERROR);
-- at most max_in_flight uploads are unacknowledged (FLOW_CONTROL);
+- at most max_in_flight uploads are unacknowledged (FLOW_CONTROL; checked from
+  the frame header, before the upload is decoded);
 - ChunkRequest names an offer of this session and a chunk inside it, and
   FirmwareChunk answers an outstanding request with exactly the chunk's
   length (UNEXPECTED_MESSAGE / INVALID_FIELD).
@@ -63,7 +70,7 @@ from ._messages import (
     Welcome,
 )
 
-__all__ = ["TRANSITIONS", "Direction", "Role", "State", "describe"]
+__all__ = ["TRANSITIONS", "Direction", "Role", "State", "describe", "receivable_types"]
 
 
 class Role(enum.Enum):
@@ -143,6 +150,13 @@ TRANSITIONS: dict[Role, Transitions] = {
 }
 
 INITIAL_STATE = {Role.EDGE: State.START, Role.CLOUD: State.AWAIT_HELLO}
+
+
+def receivable_types(role: Role, state: State) -> frozenset[int]:
+    """The message type codes ``role`` may receive in ``state`` (to vet a frame by its header)."""
+    return frozenset(
+        int(cls.TYPE) for direction, cls in TRANSITIONS[role][state] if direction is RECEIVE
+    )
 
 
 def describe(role: Role) -> str:
