@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.test.proto_helpers import StringTransport
+from twisted.internet.testing import StringTransport
 
 LOW: Callable[[], float] = lambda: 0.0  # noqa: E731
 HIGH: Callable[[], float] = lambda: 0.999999  # noqa: E731
