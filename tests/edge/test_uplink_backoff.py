@@ -19,8 +19,8 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 LOW: Callable[[], float] = lambda: 0.0  # noqa: E731
 HIGH: Callable[[], float] = lambda: 0.999999  # noqa: E731
