@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 
 import pytest
 from gridcloud import cli
 from gridcloud.api import keys
+from gridcloud.api.auth import KEY_CACHE_SECONDS, KeyCache, KeyRecord
 from gridcloud.api.ratelimit import RateLimiter
+from twisted.internet import task
 
 from support.api_harness import ApiProcess, World, query, running_api
+from support.waiting import wait_until
 
 PROBLEM = "application/problem+json"
 TYPES = "https://gridedge.example/problems/"
@@ -35,14 +39,45 @@ def test_a_wrong_key_is_401(api: ApiProcess, world: World) -> None:
     assert api.get("/v1/edges", world.reader[:-1]).status_code == 401
 
 
-def test_a_revoked_key_stops_working_at_once(api: ApiProcess, world: World,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_revoked_key_stops_working_within_the_key_cache_ttl(
+    api: ApiProcess, world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["apikey", "create", "short-lived", "--dsn", world.dsn]) == 0
     key = capsys.readouterr().out.strip()
     assert api.get("/v1/edges", key).status_code == 200
     assert cli.main(["apikey", "revoke", "short-lived", "--dsn", world.dsn]) == 0
+    revoked = time.monotonic()
+    wait_until(lambda: api.get("/v1/edges", key).status_code == 401,
+               KEY_CACHE_SECONDS + 5, "the revoked key to be refused")
+    assert time.monotonic() - revoked < KEY_CACHE_SECONDS + 1
     r = api.get("/v1/edges", key)
     assert r.status_code == 401 and r.json()["detail"] == "this key was revoked"
+
+
+def test_a_cached_key_is_trusted_for_at_most_the_ttl() -> None:
+    clock = task.Clock()
+    cache = KeyCache(ttl=KEY_CACHE_SECONDS)
+    record = KeyRecord("k", ("read",), None, False, None, clock.seconds())
+    cache.put(b"digest", record)
+    clock.advance(KEY_CACHE_SECONDS * 0.99)
+    assert cache.get(b"digest", clock.seconds()) is record
+    clock.advance(KEY_CACHE_SECONDS * 0.01)
+    assert cache.get(b"digest", clock.seconds()) is None  # read again: a revocation shows
+
+
+def test_a_key_revoked_through_the_process_is_forgotten_at_once() -> None:
+    clock = task.Clock()
+    cache = KeyCache(ttl=KEY_CACHE_SECONDS)
+    cache.put(b"a", KeyRecord("billing", ("read",), None, False, None, clock.seconds()))
+    cache.put(b"b", KeyRecord("ops", ("read",), None, False, None, clock.seconds()))
+    cache.forget("billing")
+    assert cache.get(b"a", clock.seconds()) is None
+    assert cache.get(b"b", clock.seconds()) is not None
+
+
+def test_a_cached_key_expires_on_time() -> None:
+    record = KeyRecord("k", ("read",), None, False, expires_at=10.0, read_at=9.5)
+    assert not record.expired(9.99) and record.expired(10.0)
 
 
 def test_an_expired_key_is_401(api: ApiProcess, world: World) -> None:

@@ -34,6 +34,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..connection import StoreUnavailable
 from . import keys, problems
+from .auth import Authenticator
 from .config import ApiConfig
 from .database import Database
 from .params import Param, parse_query, parse_time
@@ -74,6 +75,8 @@ class Call:
     db: Database
     config: ApiConfig
     clock: Any
+    #: the key lookups (revoking a key through the API forgets it here)
+    auth: Authenticator
 
     def accepts_csv(self) -> bool:
         accept = (self.request.getHeader("accept") or "").lower()
@@ -128,9 +131,6 @@ class Operation:
 class Api:
     """The Klein application of ``gridcloud api`` over ``operations``."""
 
-    #: how often a key's last_used_at is written at most (seconds)
-    LAST_USED_EVERY = 60.0
-
     def __init__(
         self,
         operations: Sequence[Operation],
@@ -143,6 +143,7 @@ class Api:
         self.config = config
         self.clock = clock
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        self.auth = Authenticator(db, clock)
         self.app = Klein()
         for op in self.operations:
             self._register(op)
@@ -178,7 +179,8 @@ class Api:
                         raise Problem("not-found", exc.detail) from None
             query = parse_query(request.args or {}, op.params)
             body = self._body(op, request)
-            call = Call(request, caller, query, path, body, self.db, self.config, self.clock)
+            call = Call(request, caller, query, path, body, self.db, self.config, self.clock,
+                        self.auth)
             result = await op.handler(call)
         except Problem as exc:
             if request.startedWriting:  # cannot happen: handlers refuse before streaming
@@ -218,32 +220,21 @@ class Api:
         if scheme.lower() != "bearer" or not token.strip():
             raise Problem("unauthorized", "send Authorization: Bearer <key>", headers=challenge)
         digest = keys.digest(token.strip())
-        rows = await self.db.rows(
-            "SELECT name, scopes, edges, revoked_at IS NOT NULL,"
-            " expires_at IS NOT NULL AND expires_at <= now(),"
-            " last_used_at IS NULL OR last_used_at < now() - make_interval(secs => %s)"
-            " FROM api_keys WHERE key_sha256 = %s",
-            (self.LAST_USED_EVERY, digest),
-        )
-        if not rows:
+        key = await self.auth.lookup(digest)
+        if key is None:
             raise Problem("unauthorized", "unknown key", headers=challenge)
-        name, scopes, edges, revoked, expired, stale = rows[0]
-        if revoked:
+        if key.revoked:
             raise Problem("unauthorized", "this key was revoked", headers=challenge)
-        if expired:
+        now = self.clock.seconds()
+        if key.expired(now):
             raise Problem("unauthorized", "this key has expired", headers=challenge)
-        wait = self.limiter.take(digest, self.clock.seconds())
+        wait = self.limiter.take(digest, now)
         if wait:
             raise Problem("rate-limited", f"at most {self.config.rate_limit:g} requests/s",
                           headers={"Retry-After": retry_after(wait)})
-        if op.scope not in scopes:
+        if op.scope not in key.scopes:
             raise Problem("forbidden", f"this needs a key with scope {op.scope!r}")
-        if stale:
-            self.db.run(
-                "UPDATE api_keys SET last_used_at = now() WHERE key_sha256 = %s", (digest,)
-            ).addErrback(lambda f: log.info("last_used_at not recorded: {why}",
-                                            why=f.getErrorMessage()))
-        return Caller(name, tuple(scopes), tuple(edges) if edges is not None else None)
+        return Caller(key.name, key.scopes, key.edges)
 
     def _body(self, op: Operation, request: Any) -> Any:
         # twisted.web has already received the body: into memory up to 100 kB, else into a

@@ -92,6 +92,7 @@ async def list_all(call: Call) -> Any:
 
 async def revoke(call: Call) -> Any:
     await call.db.run(keys.REVOKE_SQL, (call.path["name"],))
+    call.auth.forget(call.path["name"])  # at once here; other processes within their cache TTL
     return None
 
 
