@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 
 from . import migrations, revocation
 from .config import ServerConfig
-from .connection import EdgeConnection, Transport
+from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
 from .presence import PresenceRegistry
@@ -75,15 +75,36 @@ class RevocationListener(_Part):
     A NOTIFY sent while the LISTEN connection is down (a PostgreSQL restart)
     never arrives, so each time LISTEN is re-established every identified
     connection is checked against the revocation tables (:meth:`recheck`).
+    The LISTEN connection may be back before the pool is: a re-check that
+    cannot run yet is tried again after the pool's retry hint (or, for any
+    other failure, after a delay doubling up to 5 minutes), never dropped.
     """
 
-    def __init__(self, store: IngestStore, sessions: SessionRegistry[EdgeConnection]) -> None:
+    #: first and largest delay before re-checking again after a failure other than an outage
+    RETRY_FIRST = 2.0
+    RETRY_MAX = 300.0
+
+    def __init__(
+        self, store: IngestStore, sessions: SessionRegistry[EdgeConnection], clock: Any
+    ) -> None:
         self._store = store
         self._sessions = sessions
+        self._clock = clock
+        self._retry: Any = None  # the pending re-check after a failed one
+        self._delay = self.RETRY_FIRST
         #: revocation notices handled so far
         self.handled = 0
         #: re-checks done after LISTEN was re-established
         self.rechecks = 0
+
+    def stopService(self) -> None:
+        self._cancel_retry()
+        super().stopService()  # type: ignore[no-untyped-call]
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     async def start(self) -> None:
         await self._store.listen(revocation.CHANNEL, self.notice, self.recheck)
@@ -101,6 +122,7 @@ class RevocationListener(_Part):
 
     def recheck(self) -> defer.Deferred[None]:
         """Close every connection whose edge or certificate is revoked now (notices were lost)."""
+        self._cancel_retry()
         identities: dict[tuple[str, int], list[EdgeConnection]] = {}
         for connection in self._sessions.connections():
             if connection.edge_id is not None:
@@ -118,13 +140,24 @@ class RevocationListener(_Part):
                 for connection in identities.get(identity, []):
                     connection.revoked()
             self.rechecks += 1
+            self._delay = self.RETRY_FIRST
 
         def failed(failure: Failure) -> None:
-            # Not fatal: every new connection is still checked at admission.
-            log.warn(
-                "re-checking connections for revocations failed: {why}",
-                why=failure.getErrorMessage(),
-            )
+            # New connections are checked at admission meanwhile; the live ones wait for this.
+            if isinstance(failure.value, StoreUnavailable):
+                wait = float(failure.value.retry_after)
+                log.info(
+                    "re-checking connections for revocations in {wait:.0f} s: {why}",
+                    wait=wait, why=failure.getErrorMessage(),
+                )
+            else:
+                wait, self._delay = self._delay, min(self._delay * 2, self.RETRY_MAX)
+                log.warn(
+                    "re-checking connections for revocations failed: {why}; again in {wait:.0f} s",
+                    why=failure.getErrorMessage(), wait=wait,
+                )
+            if self.running:
+                self._retry = self._clock.callLater(wait, self.recheck)
 
         return self._store.revoked_among(list(identities)).addCallbacks(close, failed)
 
@@ -227,7 +260,7 @@ class CloudService(service.MultiService):
         self.handlers = default_handlers()
         self.ready: defer.Deferred[Any] = defer.Deferred()
         self._database = DeferredStore(self.store)
-        self.revocations = RevocationListener(self.store, self.sessions)
+        self.revocations = RevocationListener(self.store, self.sessions, self.clock)
         self.partitions = PartitionMaintenance(
             self.store, config.partition_days_ahead, config.partition_check_interval, self.clock
         )
