@@ -77,37 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_schema(config.dsn, apply=config.migrate)
     raise_fd_limit()
 
-    from twisted.internet import task
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from .server import CloudService
 
-    observer: Any = textFileLogObserver(sys.stderr)
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-    def run(reactor: Any) -> Any:
-        from twisted.internet import defer
-
-        from .server import CloudService
-
-        svc = CloudService(reactor, config)
-        svc.startService()
-        finished: defer.Deferred[None] = defer.Deferred()
-
-        def stop() -> Any:
-            d = svc.stopService()
-            d.addBoth(lambda _: finished.callback(None) if not finished.called else None)
-            return d
-
-        reactor.addSystemEventTrigger("before", "shutdown", stop)
-
-        def failed(failure: Any) -> None:
-            print(f"gridcloud serve: {failure.getErrorMessage()}", file=sys.stderr)
-            reactor.stop()
-
-        svc.ready.addErrback(failed)
-        return finished
-
-    task.react(run)
-    return 0
+    return _serve_until_stopped("gridcloud serve", lambda reactor: CloudService(reactor, config))
 
 
 # -- api ----------------------------------------------------------------------------------
@@ -131,18 +103,25 @@ def cmd_api(args: argparse.Namespace) -> int:
     assert config.dsn
     check_schema(config.dsn, apply=config.migrate)
 
-    from twisted.internet import task
+    from .api.service import ApiService
+
+    return _serve_until_stopped("gridcloud api", lambda reactor: ApiService(reactor, config))
+
+
+def _serve_until_stopped(name: str, make: Any) -> int:
+    """Log to stderr, start the service ``make(reactor)`` builds, run until SIGTERM/SIGINT.
+
+    The service's ``ready`` Deferred failing (PostgreSQL unreachable, port taken) is one line
+    on stderr and a stop, not a traceback; stopping waits for the service's own stop.
+    """
+    from twisted.internet import defer, task
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     observer: Any = textFileLogObserver(sys.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def run(reactor: Any) -> Any:
-        from twisted.internet import defer
-
-        from .api.service import ApiService
-
-        svc = ApiService(reactor, config)
+        svc = make(reactor)
         svc.startService()
         finished: defer.Deferred[None] = defer.Deferred()
 
@@ -154,7 +133,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", stop)
 
         def failed(failure: Any) -> None:
-            print(f"gridcloud api: {failure.getErrorMessage()}", file=sys.stderr)
+            print(f"{name}: {failure.getErrorMessage()}", file=sys.stderr)
             reactor.stop()
 
         svc.ready.addErrback(failed)
