@@ -42,6 +42,21 @@ def test_edges_list_their_counters_and_page_by_cursor(api: ApiProcess, world: Wo
     assert api.get("/v1/edges/e2", world.reader).json()["firmware_version"] == "1.1.0"
 
 
+def test_edge_traffic_history_pages_newest_first_within_a_range(
+    api: ApiProcess, world: World
+) -> None:
+    days = walk(api, "/v1/edges/e1/traffic", world.reader, limit=1)
+    assert [(d["day"], d["bytes_up"], d["bytes_down"]) for d in days] == [
+        ("2026-11-17", 300, 30), ("2026-11-16", 205, 21), ("2026-11-15", 100, 10)]
+    some = walk(api, "/v1/edges/e1/traffic", world.reader, limit=1,
+                **{"from": "2026-11-15T12:00:00Z", "to": "2026-11-17T00:00:00Z"})
+    assert [d["day"] for d in some] == ["2026-11-16"]  # a day counts from its 00:00 UTC
+    assert walk(api, "/v1/edges/e2/traffic", world.reader) == []
+    assert api.get("/v1/edges/e1/traffic", world.e2_only).status_code == 404
+    e1 = api.get("/v1/edges/e1", world.reader).json()
+    assert (e1["bytes_up_today"], e1["bytes_down_today"]) == (0, 0)  # nothing counted today
+
+
 def test_meters_show_their_latest_interval_in_units(api: ApiProcess, world: World) -> None:
     meters = walk(api, "/v1/edges/e1/meters", world.reader, limit=1)
     assert [m["meter_id"] for m in meters] == [1, 2]

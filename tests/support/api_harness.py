@@ -80,6 +80,13 @@ def ingest_event(dsn: str, edge_id: str, seq: int, meter_id: int, time: int, kin
     conn.close()
 
 
+def add_traffic(dsn: str, rows: Sequence[tuple[str, str, int, int]]) -> None:
+    """Add (edge, day, up, down) byte counts with the statement a serve node flushes with."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(ingest.TRAFFIC_SQL, [list(c) for c in zip(*rows, strict=True)])
+    conn.close()
+
+
 def query(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     conn = psycopg2.connect(dsn)
     try:
@@ -178,6 +185,10 @@ def seed_world(dsn: str, intervals: int = 96) -> World:
     ingest_event(dsn, "e1", nxt, 1, T0 + 100, 1, "magnet")  # tamper
     ingest_event(dsn, "e1", nxt + 1, 2, T0 + 200, 2, "")  # outage
     ingest_records(dsn, "e2", 1, readings([3], T0, intervals))
+    # e1's link: three days, the middle one from two serve nodes' flushes
+    add_traffic(dsn, [("e1", "2026-11-15", 100, 10), ("e1", "2026-11-16", 200, 20),
+                      ("e1", "2026-11-17", 300, 30)])
+    add_traffic(dsn, [("e1", "2026-11-16", 5, 1)])
     return World(
         dsn,
         admin=keys.create_key(dsn, "admin", ["read", "write", "admin"]),

@@ -38,6 +38,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "tls_resumption",
             "tls_session_lifetime",
             "tls_groups",
+            "traffic_flush_interval",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -81,6 +82,9 @@ class ServerConfig:
     max_pending_uploads: int = 4
     partition_days_ahead: int = 7
     partition_check_interval: float = 3600.0
+    #: Seconds between writes of the per-edge byte counts (gridcloud.traffic); a node that is
+    #: killed loses at most this much of its connections' counts.
+    traffic_flush_interval: float = 60.0
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -97,6 +101,7 @@ class ServerConfig:
             "max_pending_uploads",
             "partition_check_interval",
             "tls_session_lifetime",
+            "traffic_flush_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -93,6 +93,14 @@ SELECT i.edge_id, i.serial
     OR EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = i.serial)
 """
 
+#: Adds a flush of gridcloud.traffic's counts: additive, so nodes and reconnects sum up.
+TRAFFIC_SQL = """
+INSERT INTO edge_traffic AS t (edge_id, day, bytes_up, bytes_down)
+SELECT * FROM unnest(%s::text[], %s::date[], %s::bigint[], %s::bigint[])
+ON CONFLICT (edge_id, day) DO UPDATE
+   SET bytes_up = t.bytes_up + excluded.bytes_up, bytes_down = t.bytes_down + excluded.bytes_down
+"""
+
 
 def array_literal(values: Sequence[int]) -> str:
     """A PostgreSQL array literal of integers: ``{1,2,3}``."""
@@ -332,6 +340,13 @@ class IngestStore:
 
         result: defer.Deferred[int] = d.addErrback(refused)
         return result
+
+    def add_traffic(self, rows: Sequence[tuple[str, str, int, int]]) -> defer.Deferred[Any]:
+        """Add (edge id, UTC day, bytes up, bytes down) rows to ``edge_traffic`` in one statement;
+        each (edge, day) at most once (gridcloud.traffic sums per key first)."""
+        edges, days, up, down = (list(column) for column in zip(*rows, strict=True))
+        d: defer.Deferred[Any] = self._pool.runOperation(TRAFFIC_SQL, (edges, days, up, down))
+        return d
 
     def ensure_partitions(self, days_ahead: int) -> defer.Deferred[int]:
         """Create missing daily readings partitions; fires with how many were made."""

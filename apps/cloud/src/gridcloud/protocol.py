@@ -2,18 +2,22 @@
 
 Stack of one accepted connection (bottom to top)::
 
-    TCP  ->  TLSMemoryBIOProtocol (mutual TLS, gridcloud.tls.ServerTLS)
+    TCP  ->  TrafficCounter (gridcloud.traffic: bytes per edge per day)
+         ->  TLSMemoryBIOProtocol (mutual TLS, gridcloud.tls.ServerTLS)
          ->  EdgeProtocol (this module: bytes in, bytes out, pause, close)
          ->  EdgeConnection (gridcloud.connection: every decision)
 
 The adapter feeds the connection what Twisted reports (accepted, TLS
-handshake done, bytes, lost) and is its :class:`~gridcloud.connection.Transport`.
+handshake done, bytes, lost) and is its :class:`~gridcloud.connection.Transport`;
+once the connection has named its edge, it tells the byte counter whose bytes
+they are.
 :class:`DeferredStore` offers the connection the database
 (:class:`~gridcloud.ingest.IngestStore`, Deferreds) as the callbacks it
 expects.  No rule lives here: a change of behaviour belongs in
 gridcloud.connection and its unit tests.
 
-Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
+tests/cloud/test_api_traffic.py.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from zope.interface import implementer
 from .connection import EdgeConnection, EdgeInfo, Transport, Upload
 from .ingest import IngestStore
 from .tls import ServerTLS, keep_session_resumable, ssl_error_text
+from .traffic import counter_under
 
 
 class _TLSTransport(Protocol):
@@ -88,6 +93,9 @@ class EdgeProtocol(TwistedProtocol):
         assert self.connection is not None
         cert = self._tls.getPeerCertificate()
         self.connection.handshake_completed(cert.to_cryptography() if cert is not None else None)
+        counter = counter_under(self.transport)
+        if counter is not None and self.connection.edge_id is not None:
+            counter.attribute(self.connection.edge_id)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.connection is not None

@@ -15,8 +15,12 @@ previous one is ready:
 3. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
+Under TLS every connection's bytes are counted (:mod:`gridcloud.traffic`)
+and added to ``edge_traffic`` per edge and UTC day every
+``traffic_flush_interval`` and soon after each connection closes.
+
 Stopping runs the other way: stop listening and drop every connection, stop
-the partition check, then close the pool.
+the partition check, write the last traffic counts, then close the pool.
 
 The registry of live sessions is a :class:`gridcloud.presence.PresenceRegistry`:
 it also records in ``edges.session_token`` which edges this node holds, for the
@@ -30,7 +34,7 @@ parts: the clock, the store, the registry of live sessions, the log, and the
 table of message handlers (:mod:`gridcloud.handlers`).
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
-tests/cloud/test_cloud_presence.py.
+tests/cloud/test_cloud_presence.py, tests/cloud/test_api_traffic.py.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .sessions import SessionRegistry
 from .tls import ServerTLS
+from .traffic import CountingFactory, EdgeTraffic
 
 log = Logger(namespace="gridcloud.server")
 
@@ -199,12 +204,18 @@ class EdgeListener(_Part):
     """Accepts edges on a Twisted endpoint, each connection wrapped in mutual TLS."""
 
     def __init__(
-        self, reactor: Any, description: str, tls: ServerTLS, factory: EdgeFactory
+        self,
+        reactor: Any,
+        description: str,
+        tls: ServerTLS,
+        factory: EdgeFactory,
+        traffic: EdgeTraffic,
     ) -> None:
         self._reactor = reactor
         self._description = description
         self._tls = tls
         self.factory = factory
+        self._traffic = traffic
         #: the IListeningPort, once listening
         self.port: Any = None
 
@@ -212,7 +223,9 @@ class EdgeListener(_Part):
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
             self._reactor, self._description
         )
-        self.port = await endpoint.listen(TLSMemoryBIOFactory(self._tls, False, self.factory))
+        self.port = await endpoint.listen(
+            CountingFactory(TLSMemoryBIOFactory(self._tls, False, self.factory), self._traffic)
+        )
         log.info("gridcloud listening on {address} (mutual TLS)", address=self.port.getHost())
         return self.port
 
@@ -264,8 +277,12 @@ class CloudService(service.MultiService):
         self.partitions = PartitionMaintenance(
             self.store, config.partition_days_ahead, config.partition_check_interval, self.clock
         )
+        #: bytes per edge and UTC day (gridcloud.traffic), written to edge_traffic
+        self.traffic = EdgeTraffic(self.store.add_traffic, self.clock,
+                                   config.traffic_flush_interval)
         self.listener = EdgeListener(
-            reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls)
+            reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls),
+            self.traffic,
         )
         for part in (self.revocations, self.partitions, self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -284,6 +301,7 @@ class CloudService(service.MultiService):
 
     async def _start(self) -> Any:
         await self.store.start()
+        self.traffic.start()
         for part in (self.revocations, self.partitions, self.listener):
             part.startService()
             await part.ready
@@ -292,6 +310,7 @@ class CloudService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         yield super().stopService()  # type: ignore[no-untyped-call]
+        yield self.traffic.stop()
         self.store.close()
 
     def _connection(self, transport: Transport, peer: str) -> EdgeConnection:
