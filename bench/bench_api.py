@@ -8,14 +8,24 @@ Run under ``tools/pgcluster.py run`` (GRIDEDGE_PG_DSN names a throwaway cluster)
    daily partitions, with the edges' and meters' rows as ingest leaves them; ANALYZE.
 2. ``gridcloud api`` runs as its own process (pool of 4).  Each scenario is driven open
    loop at ``--rate`` requests/s for ``--duration`` seconds by a Twisted client with
-   persistent connections, after 20 unmeasured requests; latency is from sending to
-   the last body byte.
+   persistent (keep-alive) connections, after 20 unmeasured requests; latency is from
+   sending to the last body byte.
    - meter-day: ``GET /v1/meters/{m}/readings?from=D&to=D+1`` (random meter and day; 96 rows)
    - edge-list: ``GET /v1/edges``
-3. The same statements (the API's own SQL, from gridcloud.api.resources) run directly
-   over psycopg2 at the same rate: the ratio API/SQL compares p50 and p99.
+3. The same statements (the API's own SQL, from gridcloud.api.resources) run directly,
+   from the same client process, reactor and open-loop driver as the HTTP requests, over
+   a txpostgres connection as the API makes them: both sides pay the same client costs
+   (a reactor turn, an asynchronous psycopg2 round trip, fetching the rows), so the ratio
+   API/SQL is what the HTTP layer adds.  The same statements over blocking psycopg2 (no
+   reactor) are shown beside them for reference.
 4. CSV: a one-day export of one edge (``Accept: text/csv``, 96,000 rows) against the
    same statement read directly through a server-side cursor; rows per second.
+5. ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add
+   /tmp/base main``) runs that revision's ``gridcloud api`` in the same run, beside this
+   one: the scenarios alternate between the two (and the direct SQL) in ``--rounds``
+   short rounds, so a busy machine slows both alike.  A baseline that does not know a
+   migration of this tree is started while that migration's row is hidden from
+   ``schema_migrations`` (its check runs only at start; the extra tables do not matter).
 
 Targets: p99 < 50 ms for meter-day and edge-list; API p50 at most 2x the SQL p50;
 CSV export at least 100,000 rows/s.  Prints a table and, as the very last line, one
@@ -109,9 +119,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "p99_ms": 1000 * s[min(len(s) - 1, int(len(s) * 0.99))]}
 
 
-def direct_sql(dsn: str, statements: list[tuple[str, dict[str, Any]]], rate: float,
-               duration: float) -> dict[str, float]:
-    """Latency of running ``statements`` (cycled) directly at ``rate`` per second."""
+def blocking_sql(dsn: str, statements: list[tuple[str, dict[str, Any]]], rate: float,
+                 duration: float) -> dict[str, float]:
+    """Latency of running ``statements`` (cycled) over blocking psycopg2 at ``rate`` per s."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     samples = []
@@ -147,13 +157,21 @@ def direct_csv(dsn: str, sql: str, args: dict[str, Any]) -> dict[str, float]:
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
-def start_api(dsn: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(
+    dsn: str, log: Path, source: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``gridcloud api`` (of ``source``, a checkout, if given; else this tree's)."""
     config = log.with_suffix(".toml")
     config.write_text('[api]\nlisten = "tcp:0:interface=127.0.0.1"\n'
                       "rate_limit = 100000.0\nrate_burst = 100000\n")
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            str(p) for p in sorted((source / "apps").glob("*/src")))
     out = log.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "gridcloud.cli", "api", "--config",
-                             str(config), "--dsn", dsn], stdout=out, stderr=subprocess.STDOUT)
+                             str(config), "--dsn", dsn], stdout=out, stderr=subprocess.STDOUT,
+                            env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.findall(r"listening on .*port=(\d+)", log.read_text())
@@ -165,14 +183,37 @@ def start_api(dsn: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     sys.exit("bench-api: gridcloud api did not start:\n" + log.read_text())
 
 
-def http_phases(url: str, key: str, paths: dict[str, list[str]], csv_path: str, rate: float,
-                duration: float) -> dict[str, Any]:
-    """Run the HTTP scenarios in a Twisted reactor; their latencies and the CSV rate."""
+def start_baseline(dsn: str, log: Path, source: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the baseline's API, hiding the migrations it does not know while it checks."""
+    known = {int(p.name[:4]) for p in
+             (source / "apps/cloud/src/gridcloud/migrations").glob("[0-9][0-9][0-9][0-9]_*.sql")}
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT version, name, sha256, applied_at FROM schema_migrations"
+                    " WHERE NOT version = ANY(%s)", (sorted(known),))
+        hidden = cur.fetchall()
+        cur.execute("DELETE FROM schema_migrations WHERE NOT version = ANY(%s)", (sorted(known),))
+    try:
+        return start_api(dsn, log, source)
+    finally:
+        with conn.cursor() as cur:
+            for row in hidden:
+                cur.execute("INSERT INTO schema_migrations (version, name, sha256, applied_at)"
+                            " VALUES (%s, %s, %s, %s)", row)
+        conn.close()
+
+
+def client_phases(dsn: str, key: str, apis: dict[str, str], scenarios: dict[str, Any],
+                  csv_path: str, rate: float, duration: float, rounds: int) -> dict[str, Any]:
+    """In one Twisted reactor: every scenario against every API and direct SQL, alternating
+    in ``rounds`` rounds; then the CSV export of each API.  Latencies and CSV rates."""
     import warnings
 
     from twisted.internet import defer, task
     from twisted.web.client import Agent, HTTPConnectionPool, readBody
     from twisted.web.http_headers import Headers
+    from txpostgres import txpostgres
 
     results: dict[str, Any] = {}
     # our Agent's transports are plain TCP; readBody's warning about them does not apply
@@ -183,40 +224,68 @@ def http_phases(url: str, key: str, paths: dict[str, list[str]], csv_path: str, 
         pool.maxPersistentPerHost = 64
         agent = Agent(reactor, pool=pool)
         auth = {b"authorization": [f"Bearer {key}".encode()]}
+        sql = txpostgres.ConnectionPool(None, dsn, min=4)
+        await sql.start()
 
-        async def one(path: str, samples: list[float], errors: list[int]) -> None:
-            t = time.monotonic()
-            response = await agent.request(b"GET", (url + path).encode(), Headers(auth))
-            await readBody(response)
-            samples.append(time.monotonic() - t)
-            if response.code != 200:
-                errors.append(response.code)
+        def http(url: str) -> Any:
+            async def one(path: str) -> bool:
+                response = await agent.request(b"GET", (url + path).encode(), Headers(auth))
+                await readBody(response)
+                return bool(response.code == 200)
+            return one
 
-        for name, urls in paths.items():
-            for path in urls[:20]:  # warm-up, not measured: connections, caches
-                await one(path, [], [])
-            samples: list[float] = []
-            errors: list[int] = []
+        async def direct(statement: tuple[str, dict[str, Any]]) -> bool:
+            await sql.runQuery(*statement)
+            return True
+
+        async def drive(call: Any, items: list[Any], seconds: float,
+                        samples: list[float], errors: list[int]) -> None:
+            async def timed(item: Any) -> None:
+                t = time.monotonic()
+                ok = await call(item)
+                samples.append(time.monotonic() - t)
+                if not ok:
+                    errors.append(1)
+
             pending = []
-            count = int(rate * duration)
+            count = int(rate * seconds)
             start = time.monotonic()
             for n in range(count):
                 delay = start + n / rate - time.monotonic()
                 if delay > 0:
                     await task.deferLater(reactor, delay, lambda: None)
-                pending.append(defer.ensureDeferred(one(urls[n % len(urls)], samples, errors)))
+                pending.append(defer.ensureDeferred(timed(items[n % len(items)])))
             await defer.gatherResults(pending)
-            elapsed = time.monotonic() - start
-            results[name] = {**percentiles(samples), "rps": count / elapsed,
-                             "errors": len(errors)}
-        t = time.monotonic()
-        response = await agent.request(b"GET", (url + csv_path).encode(),
-                                       Headers({**auth, b"accept": [b"text/csv"]}))
-        body = await readBody(response)
-        seconds = time.monotonic() - t
-        rows = body.count(b"\n") - 1
-        results["csv"] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+        sides: dict[str, Any] = {"sql": direct, **{name: http(url) for name, url in apis.items()}}
+        collected: dict[tuple[str, str], tuple[list[float], list[int], float]] = {}
+        for paths, statements in scenarios.values():
+            for side, call in sides.items():  # warm-up, not measured: connections, caches
+                items = statements if side == "sql" else paths
+                for item in items[:20]:
+                    await call(item)
+        for _ in range(rounds):
+            for scenario, (paths, statements) in scenarios.items():
+                for side, call in sides.items():
+                    items = statements if side == "sql" else paths
+                    samples, errors, spent = collected.get((scenario, side), ([], [], 0.0))
+                    t = time.monotonic()
+                    await drive(call, items, duration / rounds, samples, errors)
+                    collected[(scenario, side)] = (samples, errors, spent + time.monotonic() - t)
+        for (scenario, side), (samples, errors, spent) in collected.items():
+            results.setdefault(side, {})[scenario] = {
+                **percentiles(samples), "rps": len(samples) / spent, "errors": len(errors)}
+        for side, url in apis.items():
+            t = time.monotonic()
+            response = await agent.request(b"GET", (url + csv_path).encode(),
+                                           Headers({**auth, b"accept": [b"text/csv"]}))
+            body = await readBody(response)
+            seconds = time.monotonic() - t
+            rows = body.count(b"\n") - 1
+            results[side]["csv"] = {"rows": rows, "seconds": seconds,
+                                    "rows_per_s": rows / seconds}
         await pool.closeCachedConnections()
+        sql.close()
 
     from twisted.internet import reactor
 
@@ -230,24 +299,58 @@ def http_phases(url: str, key: str, paths: dict[str, list[str]], csv_path: str, 
     return results
 
 
+def existing(dsn: str, meters: int, days: int) -> datetime.date | None:
+    """The first day of data already generated in ``dsn`` at this size (``--reuse``)."""
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.OperationalError:
+        return None
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM meters")
+            if cur.fetchone()[0] != meters:
+                return None
+            cur.execute("SELECT min(interval_end)::date, count(*) FROM readings")
+            first, count = cur.fetchone()
+            today = datetime.datetime.now(datetime.UTC).date()
+            if count != meters * days * INTERVALS_PER_DAY \
+                    or first != today - datetime.timedelta(days=days):
+                return None
+            return first  # type: ignore[no-any-return]
+    except psycopg2.Error:
+        return None
+    finally:
+        conn.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gridcloud import migrations
     from gridcloud.api import keys
     from gridcloud.api.resources import edges, readings
 
     admin = os.environ.get("GRIDEDGE_PG_DSN")
     if not admin:
         sys.exit("bench-api: run me under tools/pgcluster.py run (GRIDEDGE_PG_DSN)")
-    dsn = fresh_database(admin, "bench_api")
-    print(f"generating {args.meters} meters x {args.days} days of readings ...", file=sys.stderr)
+    name = "bench_api"
+    dsn = " ".join([p for p in admin.split() if not p.startswith("dbname=")]
+                   + [f"dbname={name}"])
     t = time.monotonic()
-    first = generate(dsn, args.meters, args.days)
+    first = existing(dsn, args.meters, args.days) if args.reuse else None
+    if first is None:
+        dsn = fresh_database(admin, name)
+        print(f"generating {args.meters} meters x {args.days} days of readings ...",
+              file=sys.stderr)
+        first = generate(dsn, args.meters, args.days)
+    else:
+        migrations.migrate(dsn)
+        print("reusing the readings generated before (--reuse)", file=sys.stderr)
     generated = time.monotonic() - t
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM readings")
         total = int(cur.fetchone()[0])
     conn.close()
-    key = keys.create_key(dsn, "bench", ["read"])
+    key = keys.create_key(dsn, f"bench-{os.getpid()}-{int(time.time())}", ["read"])
 
     rng = random.Random(7)
     meter_days = []
@@ -270,49 +373,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"&to={hi:%Y-%m-%dT%H:%M:%SZ}")
     csv_args = {"edge_id": "bench-e0", "edges": None, "from": lo, "to": hi}
 
-    sql = {
-        "meter-day": direct_sql(dsn, meter_sql, args.rate, args.duration),
-        "edge-list": direct_sql(dsn, edge_sql, args.rate, args.duration),
+    blocking = {
+        "meter-day": blocking_sql(dsn, meter_sql, args.rate, args.duration / 2),
+        "edge-list": blocking_sql(dsn, edge_sql, args.rate, args.duration / 2),
         "csv": direct_csv(dsn, readings.EDGE_CSV_SQL, csv_args),
     }
+    scenarios = {"meter-day": (meter_days, meter_sql), "edge-list": (["/v1/edges"], edge_sql)}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_api(dsn, Path(tmp) / "api.log")
+        procs = []
         try:
-            api = http_phases(url, key, {"meter-day": meter_days, "edge-list": ["/v1/edges"]},
-                              csv_path, args.rate, args.duration)
+            apis = {}
+            if args.baseline is not None:
+                proc, apis["before"] = start_baseline(dsn, Path(tmp) / "before.log",
+                                                      args.baseline)
+                procs.append(proc)
+            proc, apis["api"] = start_api(dsn, Path(tmp) / "api.log")
+            procs.append(proc)
+            measured = client_phases(dsn, key, apis, scenarios, csv_path, args.rate,
+                                     args.duration, args.rounds)
         finally:
-            proc.terminate()
-            proc.wait(30)
-    return {"rows": total, "generate_s": generated, "sql": sql, "api": api}
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+    return {"rows": total, "generate_s": generated, "blocking": blocking, **measured}
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
-    api, sql = r["api"], r["sql"]
+    sql, blocking = r["sql"], r["blocking"]
+    sides = [s for s in ("before", "api") if s in r]
     print(f"\nbench-api: {r['rows']:,} readings ({args.meters} meters, {args.days} days; "
           f"generated in {r['generate_s']:.0f} s), {args.rate:g} requests/s for "
-          f"{args.duration:g} s\n")
-    print(f"{'scenario':<12} {'API p50':>9} {'API p99':>9} {'SQL p50':>9} {'SQL p99':>9} "
-          f"{'ratio p50':>9} {'API req/s':>9} {'errors':>6}")
+          f"{args.duration:g} s per scenario and side in {args.rounds} alternating rounds"
+          + (f"; before = {args.baseline}" if "before" in r else "") + "\n")
+    head = f"{'scenario':<10} {'side':<7} {'p50':>8} {'p99':>8} {'req/s':>6} {'errors':>6} " \
+           f"{'p50/SQL':>8}"
+    print(head)
     out: dict[str, Any] = {"bench": "api", "rows": r["rows"], "rate": args.rate}
     ok = True
     for name in ("meter-day", "edge-list"):
-        a, s = api[name], sql[name]
-        ratio = a["p50_ms"] / s["p50_ms"]
-        print(f"{name:<12} {a['p50_ms']:>7.1f}ms {a['p99_ms']:>7.1f}ms {s['p50_ms']:>7.2f}ms "
-              f"{s['p99_ms']:>7.2f}ms {ratio:>9.1f} {a['rps']:>9.1f} {a['errors']:>6}")
+        s, b = sql[name], blocking[name]
+        print(f"{name:<10} {'SQL':<7} {s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms "
+              f"{s['rps']:>6.1f} {'':>6} {1:>8.1f}")
+        print(f"{'':<10} {'SQL*':<7} {b['p50_ms']:>6.2f}ms {b['p99_ms']:>6.2f}ms "
+              f"{b['rps']:>6.1f} {'':>6} {b['p50_ms'] / s['p50_ms']:>8.1f}")
         key = name.replace("-", "_")
-        out[key] = {"api_p50_ms": round(a["p50_ms"], 2), "api_p99_ms": round(a["p99_ms"], 2),
-                    "sql_p50_ms": round(s["p50_ms"], 3), "sql_p99_ms": round(s["p99_ms"], 3),
-                    "ratio_p50": round(ratio, 2), "rps": round(a["rps"], 1),
-                    "errors": a["errors"]}
-        ok = ok and a["p99_ms"] < P99_TARGET_MS and ratio <= RATIO_TARGET and not a["errors"]
-    c, d = api["csv"], sql["csv"]
-    print(f"\ncsv export of one edge-day: API {c['rows']:,} rows in {c['seconds']:.2f} s = "
-          f"{c['rows_per_s']:,.0f} rows/s; direct SQL {d['rows_per_s']:,.0f} rows/s "
-          f"(ratio {d['rows_per_s'] / c['rows_per_s']:.1f}x)")
-    out["csv"] = {"rows": c["rows"], "api_rows_per_s": round(c["rows_per_s"]),
-                  "sql_rows_per_s": round(d["rows_per_s"])}
-    ok = ok and c["rows_per_s"] >= CSV_TARGET
+        out[key] = {"sql_p50_ms": round(s["p50_ms"], 3), "sql_p99_ms": round(s["p99_ms"], 3),
+                    "sql_blocking_p50_ms": round(b["p50_ms"], 3)}
+        for side in sides:
+            a = r[side][name]
+            ratio = a["p50_ms"] / s["p50_ms"]
+            print(f"{'':<10} {side:<7} {a['p50_ms']:>6.2f}ms {a['p99_ms']:>6.2f}ms "
+                  f"{a['rps']:>6.1f} {a['errors']:>6} {ratio:>8.1f}")
+            prefix = "" if side == "api" else "before_"
+            out[key].update({f"{prefix}api_p50_ms": round(a["p50_ms"], 2),
+                             f"{prefix}api_p99_ms": round(a["p99_ms"], 2),
+                             f"{prefix}ratio_p50": round(ratio, 2),
+                             f"{prefix}errors": a["errors"]})
+        a = r["api"][name]
+        ok = ok and a["p99_ms"] < P99_TARGET_MS and out[key]["ratio_p50"] <= RATIO_TARGET \
+            and not a["errors"]
+    print("SQL: the API's statement from the same client and reactor over txpostgres; "
+          "SQL*: over blocking psycopg2")
+    d = blocking["csv"]
+    out["csv"] = {"sql_rows_per_s": round(d["rows_per_s"])}
+    for side in sides:
+        c = r[side]["csv"]
+        print(f"\ncsv export of one edge-day ({side}): {c['rows']:,} rows in "
+              f"{c['seconds']:.2f} s = {c['rows_per_s']:,.0f} rows/s; direct SQL "
+              f"{d['rows_per_s']:,.0f} rows/s (ratio {d['rows_per_s'] / c['rows_per_s']:.1f}x)",
+              end="")
+        prefix = "" if side == "api" else "before_"
+        out["csv"].update({f"{prefix}rows": c["rows"],
+                           f"{prefix}api_rows_per_s": round(c["rows_per_s"])})
+    print()
+    ok = ok and r["api"]["csv"]["rows_per_s"] >= CSV_TARGET
     out["targets"] = {"p99_ms": P99_TARGET_MS, "ratio_p50": RATIO_TARGET,
                       "csv_rows_per_s": CSV_TARGET, "met": ok}
     print(f"\ntargets: p99 < {P99_TARGET_MS:g} ms, API p50 <= {RATIO_TARGET:g}x SQL, "
@@ -325,7 +459,14 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=5000)
     parser.add_argument("--days", type=int, default=21)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per scenario and side")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternate the sides in this many rounds")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of another revision whose API runs beside this one")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the readings of an earlier run of this size if present")
     args = parser.parse_args()
     report(run(args), args)
 

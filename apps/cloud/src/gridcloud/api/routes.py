@@ -7,7 +7,8 @@ and a test compares the two, so a route cannot go undocumented.
 Every request goes through the same steps (:meth:`Api.handle`): the key
 (401), the per-key rate limit (429), the scope (403), the parameters and body
 (400/413/415), then the operation's handler.  A handler returns a JSON value,
-or :data:`STREAMED` when it wrote the body itself (CSV, the feed).  Errors are
+an :class:`Encoded` body (JSON written by PostgreSQL), or :data:`STREAMED` when it
+wrote the body itself (CSV, the feed).  Errors are
 problem details (gridcloud.api.problems); an exception that is not a
 :class:`Problem` is logged and answered with a bare 500.
 
@@ -51,6 +52,13 @@ class _Streamed:
 
 
 STREAMED = _Streamed()
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A handler's result already encoded as JSON (e.g. written by PostgreSQL): sent as is."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,8 @@ class Api:
         if result is None:
             return b""
         request.setHeader("content-type", JSON)
+        if isinstance(result, Encoded):
+            return result.data
         return json.dumps(result).encode()
 
     async def _authenticate(self, op: Operation, request: Any) -> Caller:

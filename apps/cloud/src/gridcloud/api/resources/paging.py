@@ -5,10 +5,12 @@ Tests: tests/cloud/test_api_resources.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import pagination
+from ..routes import Encoded
 
 #: The cursor types of a position: what pagination.decode checks
 Kinds = Sequence[type]
@@ -37,6 +39,16 @@ def page(
         "items": [item(r) for r in rows],
         "next": pagination.encode(query, position(rows[-1])) if more else None,
     }
+
+
+def encoded_page(rows: Sequence[tuple[Any, ...]], limit: int, query: str) -> Encoded:
+    """The page of up to ``limit + 1`` rows of (item's JSON text, *position), as JSON bytes:
+    the items are joined as PostgreSQL wrote them, never parsed."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = json.dumps(pagination.encode(query, rows[-1][1:])) if more else "null"
+    body = '{"items":[' + ",".join(r[0] for r in rows) + '],"next":' + cursor + "}"
+    return Encoded(body.encode())
 
 
 def schema(item: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,13 @@ time order (index ``readings_meter_time``), an edge's in journal order (index
 ``readings_edge_seq`` of migration 0005); each query prunes the daily
 partitions to the time range.
 
+Why PostgreSQL writes the JSON of a page's items (``_JSON_ITEM``): turning 100
+rows into Python objects (datetimes, floats) and then into JSON cost the API
+more than the query itself (bench/bench_api.py, profiled); each row now comes
+as its JSON text, with the position of the next page's cursor beside it, and
+the page is joined from those texts.  The numbers carry the precision stored
+(``230.1``, ``1.500``, ``0.950``), as in the CSV export.
+
 Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_csv.py.
 """
 
@@ -43,12 +50,19 @@ _CSV_LINE = """concat_ws(',', edge_id, seq, meter_id,
   energy_wh, max_demand_w, (voltage_dv / 10.0)::numeric(8, 1),
   (current_ma / 1000.0)::numeric(22, 3), (power_factor / 1000.0)::numeric(6, 3), flags)"""
 
+#: One reading as a JSON object, written by PostgreSQL (the fields of SCHEMA).
+_JSON_ITEM = """json_build_object('edge_id', edge_id, 'seq', seq, 'meter_id', meter_id,
+  'interval_end', to_char(interval_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+  'energy_wh', energy_wh, 'max_demand_w', max_demand_w,
+  'voltage_v', (voltage_dv / 10.0)::numeric(8, 1), 'current_a', (current_ma / 1000.0)::numeric(22, 3),
+  'power_factor', (power_factor / 1000.0)::numeric(6, 3), 'flags', flags)::text"""
+
 _RANGE = "interval_end >= %(from)s AND interval_end < %(to)s"
 _VISIBLE = "(%(edges)s::text[] IS NULL OR edge_id = ANY(%(edges)s::text[]))"
 
 _METER_WHERE = f"meter_id = %(meter_id)s AND {_RANGE} AND {_VISIBLE}"
 METER_PAGE_SQL = f"""
-SELECT {_COLUMNS} FROM readings
+SELECT {_JSON_ITEM}, interval_end, edge_id, seq FROM readings
  WHERE {_METER_WHERE}
    AND (%(t)s::timestamptz IS NULL OR (interval_end, edge_id, seq) > (%(t)s, %(e)s, %(s)s))
  ORDER BY interval_end, edge_id, seq LIMIT %(limit)s
@@ -59,7 +73,7 @@ SELECT {_CSV_LINE} FROM readings WHERE {_METER_WHERE} ORDER BY interval_end, edg
 
 _EDGE_WHERE = f"edge_id = %(edge_id)s AND {_RANGE} AND {_VISIBLE}"
 EDGE_PAGE_SQL = f"""
-SELECT {_COLUMNS} FROM readings
+SELECT {_JSON_ITEM}, seq FROM readings
  WHERE {_EDGE_WHERE} AND seq > %(s)s
  ORDER BY seq LIMIT %(limit)s
 """
@@ -86,6 +100,7 @@ SCHEMA: dict[str, Any] = {
 
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of ``_COLUMNS`` as the JSON value of SCHEMA (the feed's readings)."""
     edge_id, seq, meter_id, end, energy, demand, dv, ma, pf, flags = row
     return {
         "edge_id": edge_id,
@@ -121,7 +136,7 @@ async def meter_readings(call: Call) -> Any:
                                                "limit": limit + 1})
     if not rows:  # only now (one round trip less in the usual case): 404 or an empty page?
         await meters.visible_meter(call, meter_id)
-    return paging.page(rows, limit, query, lambda r: [r[3], r[0], r[1]], item)
+    return paging.encoded_page(rows, limit, query)
 
 
 async def edge_readings(call: Call) -> Any:
@@ -137,7 +152,7 @@ async def edge_readings(call: Call) -> Any:
                                               "limit": limit + 1})
     if not rows:
         await edges.visible_edge(call, edge_id)
-    return paging.page(rows, limit, query, lambda r: [r[1]], item)
+    return paging.encoded_page(rows, limit, query)
 
 
 _CSV_NOTE = ("With `Accept: text/csv` the whole range is streamed as CSV instead "
