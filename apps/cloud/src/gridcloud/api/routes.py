@@ -217,9 +217,11 @@ class Api:
         if result is None:
             return b""
         request.setHeader("content-type", JSON)
-        if isinstance(result, Encoded):
-            return result.data
-        return json.dumps(result).encode()
+        body = result.data if isinstance(result, Encoded) else json.dumps(result).encode()
+        # Klein writes the body through request.write(): without a length it would be sent
+        # chunked, which costs both sides a framing layer for nothing.
+        request.setHeader("content-length", b"%d" % len(body))
+        return body
 
     async def _authenticate(self, op: Operation, request: Any) -> Caller:
         if op.scope is None:
@@ -322,4 +324,6 @@ def _problem(request: Any, problem: Problem) -> bytes:
     request.setHeader("content-type", problems.MEDIA_TYPE)
     for name, value in problem.headers.items():
         request.setHeader(name, value)
-    return problem.body(request.path.decode("utf-8", "replace"))
+    body = problem.body(request.path.decode("utf-8", "replace"))
+    request.setHeader("content-length", b"%d" % len(body))
+    return body

@@ -54,7 +54,8 @@ _CSV_LINE = """concat_ws(',', edge_id, seq, meter_id,
 _JSON_ITEM = """json_build_object('edge_id', edge_id, 'seq', seq, 'meter_id', meter_id,
   'interval_end', to_char(interval_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
   'energy_wh', energy_wh, 'max_demand_w', max_demand_w,
-  'voltage_v', (voltage_dv / 10.0)::numeric(8, 1), 'current_a', (current_ma / 1000.0)::numeric(22, 3),
+  'voltage_v', (voltage_dv / 10.0)::numeric(8, 1),
+  'current_a', (current_ma / 1000.0)::numeric(22, 3),
   'power_factor', (power_factor / 1000.0)::numeric(6, 3), 'flags', flags)::text"""
 
 _RANGE = "interval_end >= %(from)s AND interval_end < %(to)s"
