@@ -20,7 +20,11 @@ Run under ``tools/pgcluster.py run`` (GRIDEDGE_PG_DSN names a throwaway cluster)
    reactor) are shown beside them for reference.
 4. CSV: a one-day export of one edge (``Accept: text/csv``, 96,000 rows) against the
    same statement read directly through a server-side cursor; rows per second.
-5. ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add
+5. "floor": a Klein app that answers every GET at once with a constant body of the
+   size of the real answer (no key, no parameters, no database), in its own process
+   like the API: what any Twisted/Klein HTTP round trip costs this client and server.
+   API minus floor minus SQL is what the API's own code adds.
+6. ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add
    /tmp/base main``) runs that revision's ``gridcloud api`` in the same run, beside this
    one: the scenarios alternate between the two (and the direct SQL) in ``--rounds``
    short rounds, so a busy machine slows both alike.  A baseline that does not know a
@@ -183,6 +187,47 @@ def start_api(
     sys.exit("bench-api: gridcloud api did not start:\n" + log.read_text())
 
 
+def floor_server() -> None:
+    """``--floor-server``: the floor's Klein app (see the module docstring), until killed."""
+    from klein import Klein
+    from twisted.internet import endpoints, reactor
+    from twisted.web.server import Site
+
+    app = Klein()
+    bodies = {"meters": b" " * 20_000, "edges": b" " * 2_000}
+
+    @app.route("/v1/<path:rest>", methods=["GET"])  # type: ignore[misc]
+    def answer(request: Any, rest: str) -> bytes:
+        body = bodies["meters" if rest.startswith("meters") else "edges"]
+        request.setHeader("content-type", "application/json")
+        request.setHeader("content-length", b"%d" % len(body))
+        return body
+
+    site = Site(app.resource())  # type: ignore[no-untyped-call]
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+
+    def listening(port: Any) -> None:
+        print(f"floor listening on port={port.getHost().port}", flush=True)
+
+    endpoint.listen(site).addCallback(listening)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def start_floor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    out = log.open("wb")
+    proc = subprocess.Popen([sys.executable, __file__, "--floor-server"], stdout=out,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.findall(r"floor listening on port=(\d+)", log.read_text())
+        if found:
+            return proc, f"http://127.0.0.1:{found[-1]}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)  # polling the log for the port
+    sys.exit("bench-api: the floor server did not start:\n" + log.read_text())
+
+
 def start_baseline(dsn: str, log: Path, source: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start the baseline's API, hiding the migrations it does not know while it checks."""
     known = {int(p.name[:4]) for p in
@@ -276,6 +321,8 @@ def client_phases(dsn: str, key: str, apis: dict[str, str], scenarios: dict[str,
             results.setdefault(side, {})[scenario] = {
                 **percentiles(samples), "rps": len(samples) / spent, "errors": len(errors)}
         for side, url in apis.items():
+            if side == "floor":
+                continue
             t = time.monotonic()
             response = await agent.request(b"GET", (url + csv_path).encode(),
                                            Headers({**auth, b"accept": [b"text/csv"]}))
@@ -383,6 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = []
         try:
             apis = {}
+            proc, apis["floor"] = start_floor(Path(tmp) / "floor.log")
+            procs.append(proc)
             if args.baseline is not None:
                 proc, apis["before"] = start_baseline(dsn, Path(tmp) / "before.log",
                                                       args.baseline)
@@ -400,7 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     sql, blocking = r["sql"], r["blocking"]
-    sides = [s for s in ("before", "api") if s in r]
+    sides = [s for s in ("floor", "before", "api") if s in r]
     print(f"\nbench-api: {r['rows']:,} readings ({args.meters} meters, {args.days} days; "
           f"generated in {r['generate_s']:.0f} s), {args.rate:g} requests/s for "
           f"{args.duration:g} s per scenario and side in {args.rounds} alternating rounds"
@@ -424,7 +473,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ratio = a["p50_ms"] / s["p50_ms"]
             print(f"{'':<10} {side:<7} {a['p50_ms']:>6.2f}ms {a['p99_ms']:>6.2f}ms "
                   f"{a['rps']:>6.1f} {a['errors']:>6} {ratio:>8.1f}")
-            prefix = "" if side == "api" else "before_"
+            prefix = "" if side == "api" else f"{side}_"
             out[key].update({f"{prefix}api_p50_ms": round(a["p50_ms"], 2),
                              f"{prefix}api_p99_ms": round(a["p99_ms"], 2),
                              f"{prefix}ratio_p50": round(ratio, 2),
@@ -433,16 +482,19 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         ok = ok and a["p99_ms"] < P99_TARGET_MS and out[key]["ratio_p50"] <= RATIO_TARGET \
             and not a["errors"]
     print("SQL: the API's statement from the same client and reactor over txpostgres; "
-          "SQL*: over blocking psycopg2")
+          "SQL*: over blocking psycopg2;\nfloor: a constant answer of the same size from a "
+          "bare Klein app (the HTTP round trip alone)")
     d = blocking["csv"]
     out["csv"] = {"sql_rows_per_s": round(d["rows_per_s"])}
     for side in sides:
+        if side == "floor":
+            continue
         c = r[side]["csv"]
         print(f"\ncsv export of one edge-day ({side}): {c['rows']:,} rows in "
               f"{c['seconds']:.2f} s = {c['rows_per_s']:,.0f} rows/s; direct SQL "
               f"{d['rows_per_s']:,.0f} rows/s (ratio {d['rows_per_s'] / c['rows_per_s']:.1f}x)",
               end="")
-        prefix = "" if side == "api" else "before_"
+        prefix = "" if side == "api" else f"{side}_"
         out["csv"].update({f"{prefix}rows": c["rows"],
                            f"{prefix}api_rows_per_s": round(c["rows_per_s"])})
     print()
@@ -455,6 +507,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--floor-server"]:
+        floor_server()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=5000)
     parser.add_argument("--days", type=int, default=21)

@@ -4,8 +4,18 @@ edges, meters, readings (pages, ranges, cursors stable under inserts) and events
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
-from support.api_harness import INTERVAL, T0, ApiProcess, World, ingest_records, readings
+from support.api_harness import (
+    INTERVAL,
+    T0,
+    ApiProcess,
+    World,
+    ingest_records,
+    readings,
+    running_api,
+)
+from support.waiting import wait_until
 
 
 def iso(t: int) -> str:
@@ -105,3 +115,16 @@ def test_a_key_limited_to_an_edge_sees_nothing_else(api: ApiProcess, world: Worl
     assert api.get("/v1/meters/1/readings", world.e2_only).status_code == 404
     assert api.get("/v1/events", world.e2_only).json()["items"] == []
     assert api.get("/v1/meters/3", world.e2_only).status_code == 200
+
+
+def test_access_log_false_writes_no_line_per_request(world: World, tmp_path: Path) -> None:
+    """Behind a load balancer that logs requests, the API's own line per request can go."""
+    for quiet in running_api(world.dsn, tmp_path / "quiet.log", access_log=False):
+        assert quiet.get("/v1/edges", world.reader).status_code == 200
+        assert quiet.get("/v1/openapi.json").status_code == 200
+    text = (tmp_path / "quiet.log").read_text()
+    assert "listened on" in text and '"GET /v1/' not in text
+    for loud in running_api(world.dsn, tmp_path / "loud.log"):
+        assert loud.get("/v1/edges", world.reader).status_code == 200
+        wait_until(lambda: '"GET /v1/edges' in (tmp_path / "loud.log").read_text(), 5,
+                   "the access log line")

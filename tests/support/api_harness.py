@@ -110,7 +110,8 @@ class ApiProcess:
     def start(self) -> ApiProcess:
         config = self.log.with_suffix(".toml")
         lines = ["[api]", 'listen = "tcp:0:interface=127.0.0.1"']
-        lines += [f"{k} = {v!r}" for k, v in self.settings.items()]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
+                  for k, v in self.settings.items()]
         config.write_text("\n".join(lines) + "\n")
         out = self.log.open("ab")
         self.proc = subprocess.Popen(

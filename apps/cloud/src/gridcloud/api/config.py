@@ -17,7 +17,8 @@ from ..config import ConfigError, read_sections
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "api": frozenset(
-        {"listen", "max_body_bytes", "max_page", "rate_limit", "rate_burst", "public_url"}
+        {"listen", "max_body_bytes", "max_page", "rate_limit", "rate_burst", "public_url",
+         "access_log"}
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
 }
@@ -43,6 +44,10 @@ class ApiConfig:
     rate_limit: float = 50.0
     #: Requests a key may make at once before the rate applies.
     rate_burst: int = 100
+    #: One log line per request (twisted.web's combined log format); can be off behind a load
+    #: balancer that logs requests already (formatting and writing it was 3-6% of the API
+    #: process's busy time in bench/bench_api.py's profile).
+    access_log: bool = True
 
     def validate(self) -> ApiConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""

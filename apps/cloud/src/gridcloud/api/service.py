@@ -54,6 +54,8 @@ class ApiService(service.MultiService):
         await self.feed.start()
         site = Site(self.api.resource())  # type: ignore[no-untyped-call]
         site.displayTracebacks = False
+        if not self.config.access_log:
+            site.log = _no_access_log  # type: ignore[method-assign]
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
             self._reactor, self.config.listen
         )
@@ -68,3 +70,7 @@ class ApiService(service.MultiService):
             yield self.port.stopListening()
         self.feed.stop()
         self.db.close()
+
+
+def _no_access_log(request: Any) -> None:
+    """Site.log when ``access_log = false``: no line per request."""
