@@ -127,8 +127,8 @@ def counted(factory: CountingFactory, edge_id: str | None, up: int, down: int
 @pytest_twisted.ensureDeferred
 async def test_flushes_add_up_across_nodes_days_and_failures(pg_dsn: str) -> None:
     """Two nodes' ledgers add to the same rows; a day boundary splits counts; a failed flush
-    keeps its counts for the next; a tick writes live connections; the unnamed are not
-    written; nothing is written twice."""
+    keeps its counts for the next; a tick writes live connections; a stop during a flush
+    writes what came meanwhile; the unnamed are not written; nothing is written twice."""
     migrations.migrate(pg_dsn)
     store = IngestStore(reactor, pg_dsn, 1)
     await store.start()
@@ -155,11 +155,16 @@ async def test_flushes_add_up_across_nodes_days_and_failures(pg_dsn: str) -> Non
         assert nodes[0].unwritten() == {("e1", "2024-10-05"): [7, 0]}
         query(pg_dsn, "ALTER TABLE edge_traffic_away RENAME TO edge_traffic")
         b.write(b"y" * 3)
+        running = nodes[1].flush()
+        b.write(b"z" * 2)  # counted while that flush runs: the stop's flush writes it after
         await nodes[0].stop()
         await nodes[1].stop()
-        assert stored(pg_dsn, "e1") == {"2024-10-04": (1100, 30), "2024-10-05": (7, 3)}
+        await running
+        assert stored(pg_dsn, "e1") == {"2024-10-04": (1100, 30), "2024-10-05": (7, 5)}
         assert nodes[0].unattributed == 10 and nodes[0].unwritten() == {}
-        b.connectionLost(None)  # after the node stopped: nothing more is written
-        assert stored(pg_dsn, "e1")["2024-10-05"] == (7, 3)
+        assert nodes[1].unwritten() == {}
+        b.connectionLost(None)  # after the node stopped: nothing schedules another flush
+        clock.advance(120)
+        assert stored(pg_dsn, "e1")["2024-10-05"] == (7, 5)
     finally:
         store.close()

@@ -132,7 +132,6 @@ class EdgeTraffic:
         self._soon: Any = None
         self._flushing: defer.Deferred[None] | None = None
         self._again = False
-        self._stopped = False
         #: bytes of connections that never named an edge (no certificate, failed handshake)
         self.unattributed = 0
         #: flushes written / failed so far
@@ -167,24 +166,21 @@ class EdgeTraffic:
 
     def start(self) -> None:
         """Flush every ``interval`` seconds from now on."""
-        self._stopped = False
         self._loop = task.LoopingCall(self.flush)
         self._loop.clock = self._clock
         self._loop.start(self.interval, now=False).addErrback(
             lambda f: log.failure("traffic flush loop failed", f))
 
     def stop(self) -> defer.Deferred[None]:
-        """Write everything counted so far (the connections are closed or closing); no more
-        flushes after this one: a byte counted later is not written."""
+        """Write everything counted so far (the connections are closed or closing); nothing
+        schedules a flush after this: a byte counted later is not written."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._soon = None
-        d = self.flush()
-        self._stopped = True
-        return d
+        return self.flush()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -200,8 +196,6 @@ class EdgeTraffic:
     def flush(self) -> defer.Deferred[None]:
         """Write what is counted, in one statement; a failure keeps it for the next flush.
         While a flush runs, another one waits for it and then writes what came meanwhile."""
-        if self._stopped:
-            return defer.succeed(None)
         if self._flushing is not None:
             self._again = True
             waiting: defer.Deferred[None] = defer.Deferred()
