@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg2
 
-from . import migrations, pki, revocation
+from . import logformat, migrations, pki, revocation
 from .api import keys
 from .api.config import ApiConfig, load_api_config
 from .config import ConfigError, ServerConfig, load_config
@@ -70,6 +70,7 @@ def raise_fd_limit() -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    log_format = _log_format(args)
     config = _serve_config(args)
     from .server import check_schema
 
@@ -79,7 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import CloudService
 
-    return _serve_until_stopped("gridcloud serve", lambda reactor: CloudService(reactor, config))
+    return _serve_until_stopped("gridcloud serve", lambda reactor: CloudService(reactor, config),
+                                log_format)
 
 
 # -- api ----------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ def _api_config(args: argparse.Namespace) -> ApiConfig:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    log_format = _log_format(args)
     config = _api_config(args)
     from .server import check_schema
 
@@ -105,19 +108,27 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from .api.service import ApiService
 
-    return _serve_until_stopped("gridcloud api", lambda reactor: ApiService(reactor, config))
+    return _serve_until_stopped("gridcloud api", lambda reactor: ApiService(reactor, config),
+                                log_format)
 
 
-def _serve_until_stopped(name: str, make: Any) -> int:
-    """Log to stderr, start the service ``make(reactor)`` builds, run until SIGTERM/SIGINT.
+def _log_format(args: argparse.Namespace) -> str:
+    fmt = args.log_format or os.environ.get(logformat.ENV) or "text"
+    if fmt not in logformat.FORMATS:
+        raise UsageError(f"{logformat.ENV}={fmt!r}: must be one of {', '.join(logformat.FORMATS)}")
+    return str(fmt)
+
+
+def _serve_until_stopped(name: str, make: Any, log_format: str = "text") -> int:
+    """Log to stderr (text or JSON lines), start ``make(reactor)``, run until SIGTERM/SIGINT.
 
     The service's ``ready`` Deferred failing (PostgreSQL unreachable, port taken) is one line
     on stderr and a stop, not a traceback; stopping waits for the service's own stop.
     """
     from twisted.internet import defer, task
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    observer: Any = textFileLogObserver(sys.stderr)
+    observer: Any = logformat.observer(sys.stderr, log_format)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def run(reactor: Any) -> Any:
@@ -259,6 +270,11 @@ def _db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="take the DSN from this serve config file")
 
 
+def _log_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=logformat.FORMATS,
+                   help=f"text (default) or json: one object a line (default: ${logformat.ENV})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridcloud", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--migrate", action="store_true", help="apply pending schema migrations before serving"
     )
+    _log_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     api = sub.add_parser("api", help="serve the HTTP API for internal systems (docs/api.md)")
@@ -285,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--migrate", action="store_true", help="apply pending schema migrations before serving"
     )
+    _log_option(api)
     api.set_defaults(func=cmd_api)
 
     ak = sub.add_parser("apikey", help="create, list and revoke API keys")

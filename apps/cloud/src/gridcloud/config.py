@@ -38,6 +38,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "tls_resumption",
             "tls_session_lifetime",
             "tls_groups",
+            "metrics_listen",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -81,6 +82,9 @@ class ServerConfig:
     max_pending_uploads: int = 4
     partition_days_ahead: int = 7
     partition_check_interval: float = 3600.0
+    #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
+    #: interface); empty: none.
+    metrics_listen: str = ""
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""

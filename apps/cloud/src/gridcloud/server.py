@@ -48,6 +48,7 @@ from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
+from .metrics import MetricsListener, ServeMetrics, pool_gauges
 from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .sessions import SessionRegistry
@@ -259,13 +260,22 @@ class CloudService(service.MultiService):
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
         self.ready: defer.Deferred[Any] = defer.Deferred()
-        self._database = DeferredStore(self.store)
+        #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
+        self.metrics = ServeMetrics()
+        self.metrics.sessions(lambda: len(self.sessions))
+        pool_gauges(self.metrics.registry, "gridcloud", self.store.pool)
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics_listen:
+            self.metrics_listener = MetricsListener(
+                reactor, config.metrics_listen, self.metrics.registry, self.health)
+            self.metrics_listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self._database = DeferredStore(self.store, self.metrics)
         self.revocations = RevocationListener(self.store, self.sessions, self.clock)
         self.partitions = PartitionMaintenance(
             self.store, config.partition_days_ahead, config.partition_check_interval, self.clock
         )
         self.listener = EdgeListener(
-            reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls)
+            reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls, self.metrics)
         )
         for part in (self.revocations, self.partitions, self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -282,7 +292,19 @@ class CloudService(service.MultiService):
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/healthz``: listening for edges and PostgreSQL reachable."""
+        if not self.running:
+            return False, "stopping"
+        if self.port is None:
+            return False, "starting"
+        if not self.store.pool.available:
+            return False, "PostgreSQL unreachable"
+        return True, "ok"
+
     async def _start(self) -> Any:
+        if self.metrics_listener is not None:
+            await self.metrics_listener.listen()
         await self.store.start()
         for part in (self.revocations, self.partitions, self.listener):
             part.startService()

@@ -17,7 +17,8 @@ from ..config import ConfigError, read_sections
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "api": frozenset(
-        {"listen", "max_body_bytes", "max_page", "rate_limit", "rate_burst", "public_url"}
+        {"listen", "max_body_bytes", "max_page", "rate_limit", "rate_burst", "public_url",
+         "metrics_listen"}
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
 }
@@ -43,6 +44,8 @@ class ApiConfig:
     rate_limit: float = 50.0
     #: Requests a key may make at once before the rate applies.
     rate_burst: int = 100
+    #: Twisted endpoint serving /metrics and /healthz (keep it private); empty: none.
+    metrics_listen: str = ""
 
     def validate(self) -> ApiConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
