@@ -35,6 +35,7 @@ from support.edge_harness import (
     Sim,
     assert_exactly_once,
     edge_config,
+    free_port,
     make_pki,
     running,
     stored_rows,
@@ -80,6 +81,17 @@ def metrics(backend: Backend) -> dict[str, float]:
     text = requests.get(f"http://127.0.0.1:{backend.health}/metrics", timeout=5).text
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
             if not s.labels}
+
+
+def unit(port: int) -> dict[str, float]:
+    """The unit's /metrics, ``name{labels}`` -> value."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
 
 
 def live(backend: Backend) -> int:
@@ -133,8 +145,10 @@ def test_two_nodes_behind_haproxy_survive_kill_9_of_one(tmp_path: Path, pg_dsn: 
         wait_until(lb.all_up, 60, "HAProxy to see both nodes and both API processes up", logs)
         fleet.start()
         sim = Sim(root, root / "radio", meters=12, speed=2400, duration="12h").start()
-        edge = Edge(root, data, edge_config(data, uplink_port=lb.edge_port,
-                                            radio=sim.port)).start()
+        unit_metrics = free_port()
+        edge = Edge(root, data, edge_config(
+            data, uplink_port=lb.edge_port, radio=sim.port,
+            extra=f'metrics_listen = "tcp:{unit_metrics}:interface=127.0.0.1"\n')).start()
         logs = (*logs, edge.log)
         with running(edge, sim):
             wait_until(lambda: fleet_status(status).get("welcomed") == FLEET, 90,
@@ -162,6 +176,16 @@ def test_two_nodes_behind_haproxy_survive_kill_9_of_one(tmp_path: Path, pg_dsn: 
             assert units_in_log(nodes[survivor].log, "edge-system-1") >= 1
             wait_until(lambda: fleet_status(status).get("connected") == FLEET, 30,
                        "the fleet to be connected again", logs)
+
+            # The unit's own /metrics (loopback) saw it: frames, meters, the reconnection.
+            wait_until(lambda: unit(unit_metrics).get("gridedge_uplink_connected") == 1, 30,
+                       "the unit's metrics to show the uplink back", logs)
+            seen = unit(unit_metrics)
+            assert seen["gridedge_radio_frames_ok_total"] > 0
+            assert seen["gridedge_radio_meters"] == 12
+            assert seen['gridedge_uplink_handshakes_total{kind="full"}'] >= 2  # before and after
+            assert seen['gridedge_uplink_bytes_today{direction="up"}'] > 0
+            assert seen['gridedge_part_restarts_total{part="uplink"}'] == 0
 
             # The API answers through HAProxy (its processes never stopped).
             answer = requests.get(f"http://127.0.0.1:{lb.api_port}/v1/edges?limit=5",

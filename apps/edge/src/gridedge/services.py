@@ -11,9 +11,10 @@ The tree (docs/edge.md, "Supervision tree")::
     │   ├── journal   JournalService   (opens the SQLite journal)
     │   ├── radio     RadioService     (serial port -> records -> journal)
     │   └── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
-    └── health        HealthService    (Unix socket for `gridedge health`)
+    ├── health        HealthService    (Unix socket for `gridedge health`)
+    └── metrics       MetricsService   (/metrics on loopback, when [health] metrics_listen is set)
 
-Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py.
+Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py, tests/edge/test_edge_metrics.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from gridedge.config import Config
 from gridedge.health import HealthService, Snapshot
 from gridedge.journal import Journal
+from gridedge.metrics import MetricsService
 from gridedge.radio import RadioService
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
@@ -85,6 +87,9 @@ class Unit(service.MultiService):
             radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
         )
         self.health.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if config.health.metrics_listen:
+            MetricsService(reactor, config.health.metrics_listen, self.health.report
+                           ).setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def _uplink(self, crashed: Crashed) -> UplinkService:
         """A new uplink, made at each (re)start of the supervised child."""
