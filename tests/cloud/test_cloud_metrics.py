@@ -140,3 +140,33 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_grafana_dashboard_asks_only_for_metrics_the_processes_export() -> None:
+    """Every metric name in deploy/grafana/gridcloud.json is one ``serve`` or ``api`` exports
+    (a renamed metric would leave a panel silently empty)."""
+    import json
+    import re
+
+    from gridcloud.metrics import ApiMetrics, ServeMetrics
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+                            / "gridcloud.json").read_text())
+    exported = {"up"}
+    pool = type("Pool", (), {"min": 1, "connections": [], "available": True})()
+    from gridcloud.metrics import pool_gauges
+
+    for metrics, prefix in ((ServeMetrics(), "gridcloud"), (ApiMetrics(), "gridcloud_api")):
+        pool_gauges(metrics.registry, prefix, pool)
+        if isinstance(metrics, ServeMetrics):
+            metrics.sessions(lambda: 0)
+        for family in metrics.registry.collect():
+            # a labelled metric has no sample before its first use: names come from the family
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                        "gauge": ("",)}[family.type]
+            exported |= {family.name + suffix for suffix in suffixes}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs
+    for expr in exprs:
+        for name in re.findall(r"\b((?:gridcloud|gridedge)_[a-z_]+)\b", expr):
+            assert name in exported, f"{name} (in {expr!r}) is not exported"
