@@ -32,6 +32,8 @@ NAMES = {
     "gridcloud-serve.service": "gridcloud-serve.service",
     "gridcloud-api@.service": "gridcloud-api@8081.service",
     "gridcloud-pipeline.service": "gridcloud-pipeline.service",
+    "gridcloud-maintenance.service": "gridcloud-maintenance.service",
+    "gridcloud-maintenance.timer": "gridcloud-maintenance.timer",
 }
 
 HARDENING = {
@@ -62,14 +64,14 @@ def local_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("units")
     for source, name in NAMES.items():
         text = (UNITS / source).read_text()
-        assert INSTALLED in text
+        assert INSTALLED in text or source.endswith(".timer")
         (folder / name).write_text(text.replace(INSTALLED, str(GRIDCLOUD)))
     return folder
 
 
 def test_every_unit_file_is_tested() -> None:
     """No unit in deploy/systemd escapes these checks."""
-    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(NAMES)
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted(NAMES)
 
 
 def test_systemd_analyze_verify_is_clean(local_units: Path) -> None:
@@ -80,7 +82,7 @@ def test_systemd_analyze_verify_is_clean(local_units: Path) -> None:
     assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("source", sorted(NAMES))
+@pytest.mark.parametrize("source", sorted(n for n in NAMES if n.endswith(".service")))
 def test_units_are_hardened(source: str, local_units: Path) -> None:
     """The sandbox settings are there, LimitNOFILE is raised, and systemd's own exposure score
     calls the result OK (below 2.0 of 10)."""
@@ -113,6 +115,17 @@ def test_execstart_parses_and_its_config_loads(source: str) -> None:
         assert config.metrics_listen
     else:
         assert load_api_config(config_file).metrics_listen
+
+
+def test_maintenance_unit_runs_backup_then_retention() -> None:
+    """The nightly unit's two commands are ones the CLI accepts, backup before retention (the
+    archive is written before a partition is dropped)."""
+    starts = settings((UNITS / "gridcloud-maintenance.service").read_text())["ExecStart"]
+    parsed = [build_parser().parse_args(shlex.split(line.replace("${GRIDCLOUD_KEEP_DAYS}",
+                                                                 "1095"))[1:])
+              for line in starts]
+    assert [a.command for a in parsed] == ["backup", "retention"]
+    assert parsed[1].archive is not None and parsed[1].keep_days == 1095
 
 
 def test_pipeline_unit_runs_the_pipeline_command() -> None:
