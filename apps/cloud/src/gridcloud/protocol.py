@@ -13,7 +13,12 @@ handshake done, bytes, lost) and is its :class:`~gridcloud.connection.Transport`
 expects.  No rule lives here: a change of behaviour belongs in
 gridcloud.connection and its unit tests.
 
-Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py.
+The metrics (gridcloud.metrics.ServeMetrics: connections, handshakes full or
+resumed, commits and their latency, back-pressure pauses) are counted here, where
+Twisted reports those moments, so the rules in gridcloud.connection stay free of them.
+
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
+tests/cloud/test_cloud_metrics.py.
 """
 
 from __future__ import annotations

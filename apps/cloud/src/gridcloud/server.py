@@ -15,6 +15,11 @@ previous one is ready:
 3. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
+Before all of them, when ``metrics_listen`` is set, the
+:class:`gridcloud.metrics.MetricsListener` opens ``/metrics`` and ``/healthz``
+(503 until the edge port listens, and while PostgreSQL is unreachable: what
+HAProxy's health checks ask).
+
 Stopping runs the other way: stop listening and drop every connection, stop
 the partition check, then close the pool.
 
@@ -30,7 +35,8 @@ parts: the clock, the store, the registry of live sessions, the log, and the
 table of message handlers (:mod:`gridcloud.handlers`).
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
-tests/cloud/test_cloud_presence.py.
+tests/cloud/test_cloud_presence.py, tests/cloud/test_cloud_metrics.py,
+tests/system/test_scale_out.py.
 """
 
 from __future__ import annotations
