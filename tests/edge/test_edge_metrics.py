@@ -31,6 +31,7 @@ REPORT: dict[str, Any] = {
         "radio_last_frame_at": 1_796_000_090.0,
         "details": {
             "firmware_version": "2026.11.1", "boot_slot": "A",
+            "journal_oldest_pending_at": 1_796_000_100 - 3600,
             "journal": {"pending": 17, "size_bytes": 4096, "max_bytes": 1 << 25,
                         "evicted_total": 0, "disk_full": False},
             "uplink": {"connected": True, "last_connected_at": 1_796_000_040.0,
@@ -51,6 +52,7 @@ def test_render_gives_every_unit_metric() -> None:
         'gridedge_part_restarts_total{part="uplink"} 5',
         'gridedge_part_running{part="uplink"} 0',
         "gridedge_journal_pending 17",
+        "gridedge_journal_oldest_pending_age_seconds 3600",
         "gridedge_uplink_connected 1",
         "gridedge_uplink_last_connected_seconds 60",
         'gridedge_uplink_handshakes_total{kind="resumed"} 9',

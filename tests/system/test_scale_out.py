@@ -191,6 +191,7 @@ def test_two_nodes_behind_haproxy_survive_kill_9_of_one(tmp_path: Path, pg_dsn: 
             assert seen['gridedge_uplink_handshakes_total{kind="full"}'] >= 2  # before and after
             assert seen['gridedge_uplink_bytes_today{direction="up"}'] > 0
             assert seen['gridedge_part_restarts_total{part="uplink"}'] == 0
+            assert seen["gridedge_journal_oldest_pending_age_seconds"] >= 0
 
             # The API answers through HAProxy (its processes never stopped).
             answer = requests.get(f"http://127.0.0.1:{lb.api_port}/v1/edges?limit=5",

@@ -2,7 +2,7 @@
 
 What it shows, read at each scrape from the same report `gridedge health` prints
 (gridedge.health): radio frames good and dropped (and by reason), meters heard,
-the radio backlog, the journal backlog and size, the uplink state, handshakes,
+the radio backlog, the journal backlog, its age and size, the uplink state, handshakes,
 bytes up and down today, the supervised parts' restarts, uptime.
 
 Why local only: the unit sits on a cellular link that is metered and reachable
@@ -102,6 +102,10 @@ def render(report: dict[str, Any], today: str | None = None) -> str:
             journal["evicted_total"])
         one("gridedge_journal_disk_full", "gauge", "1 while the data partition is full",
             1 if journal["disk_full"] else 0)
+        oldest = details.get("journal_oldest_pending_at")
+        one("gridedge_journal_oldest_pending_age_seconds", "gauge",
+            "age of the oldest entry not yet acknowledged (its interval end), 0 when none",
+            max(0.0, snap["now"] - oldest) if oldest is not None else 0)
 
     uplink = details.get("uplink")
     if uplink is not None:

@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 
 from gridedge.config import Config
 from gridedge.health import HealthService, Snapshot
-from gridedge.journal import Journal
+from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
 from gridedge.radio import RadioService
 from gridedge.supervisor import Crashed, Supervisor
@@ -121,6 +121,7 @@ class Unit(service.MultiService):
         }
         if stats is not None:
             details["journal"] = asdict(stats)
+            details["journal_oldest_pending_at"] = self._oldest_pending_at(stats.first_pending_seq)
             details["traffic_per_day"] = self.traffic.per_day()
         if up is not None:
             details["uplink"] = asdict(up)
@@ -140,6 +141,20 @@ class Unit(service.MultiService):
             uplink_last_connected_at=up.last_connected_at if up is not None else None,
             details=details,
         )
+
+    def _oldest_pending_at(self, seq: int | None) -> int | None:
+        """When the oldest entry not yet acknowledged happened (its interval end or event
+        time): the age of the backlog, for the unit's metrics. One primary-key read."""
+        if seq is None:
+            return None
+        try:
+            entries = self.journal.read(seq, 1)
+        except JournalError:  # a journal fault is reported by its own checks, not here
+            return None
+        if not entries:
+            return None
+        entry = entries[0][1]
+        return int(entry.time if isinstance(entry, Event) else entry.interval_end)
 
     def radio_frames(self) -> int | None:
         radio = self.supervisor.child("radio") if self.config.radio.port else None
