@@ -21,6 +21,9 @@ APPS := wire radio edge cloud sim
 
 # Debian packages the Python side needs; firmware and QEMU targets add theirs in mk/*.mk.
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql-15 postgresql-client-15
+# Operations (tests/deploy, tests/system/test_scale_out.py, bench-ingest): the load balancer and
+# systemd-analyze, as on a cloud server.
+APT_PACKAGES += haproxy systemd
 
 include mk/*.mk
 

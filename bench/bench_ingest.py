@@ -13,7 +13,9 @@ Phases, all in one run so the numbers are comparable:
 2. End to end: ``gridcloud serve`` runs as its own process; load-generator
    processes run many edges that speak gridwire over mutual TLS, each keeping a
    window of batches in flight.  Only readings committed *and* acknowledged
-   inside the measuring window count.
+   inside the measuring window count.  Each round is measured twice, against
+   one node and against two nodes behind HAProxy (deploy/haproxy/haproxy.cfg,
+   PROXY v2, half the pool each), with the same edges and load.
 3. Idle edges: a fresh ``gridcloud serve``; 10,000 edges (each with its own
    certificate, Hello/Welcome done) connect from two client processes and stay
    idle; the server's RSS growth divided by the edges is the memory per idle
@@ -203,13 +205,19 @@ class Server:
     """``gridcloud serve`` in its own process, on a free loopback port."""
 
     def __init__(
-        self, work: Path, pki_dir: Path, dsn: str, pool_size: int, resumption: str = "cache"
+        self, work: Path, pki_dir: Path, dsn: str, pool_size: int, resumption: str = "cache",
+        proxied: bool = False,
     ) -> None:
         self.port = free_port()
+        #: /healthz and /metrics (HAProxy's health checks ask it)
+        self.health = free_port()
         config = work / f"cloud-{self.port}.toml"
+        # behind HAProxy: the PROXY v2 header first, as deploy/haproxy/haproxy.cfg sends it
+        listen = ("haproxy:" if proxied else "") + f"tcp:{self.port}:interface=127.0.0.1"
         config.write_text(
             "[server]\n"
-            f'listen = "tcp:{self.port}:interface=127.0.0.1:backlog=4096"\n'
+            f'listen = "{listen}:backlog=4096"\n'
+            f'metrics_listen = "tcp:{self.health}:interface=127.0.0.1"\n'
             f'cert = "{pki_dir / "server.pem"}"\nkey = "{pki_dir / "server.key"}"\n'
             f'ca = "{pki_dir / "ca.pem"}"\n'
             "heartbeat_interval = 3600\nhello_timeout = 120\nmax_in_flight = 8\n"
@@ -245,6 +253,59 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
+
+
+class Balancer:
+    """Debian's HAProxy with the shipped deploy/haproxy/haproxy.cfg in front of two servers."""
+
+    def __init__(self, work: Path, servers: list[Server]) -> None:
+        self.port = free_port()
+        unused = [str(free_port()) for _ in range(4)]  # no API processes in this benchmark
+        env = {
+            **os.environ,
+            "EDGE_BIND": f"127.0.0.1:{self.port}",
+            "API_BIND": f"127.0.0.1:{free_port()}",
+            "HAPROXY_SOCKET": str(work / f"haproxy-{self.port}.sock"),
+            "HAPROXY_MAXCONN": "4000",
+            "API1": f"127.0.0.1:{unused[0]}", "API2": f"127.0.0.1:{unused[1]}",
+            "API1_HEALTH": unused[2], "API2_HEALTH": unused[3],
+        }
+        for i, server in enumerate(servers, 1):
+            env[f"SERVE{i}"] = f"127.0.0.1:{server.port}"
+            env[f"SERVE{i}_HEALTH"] = str(server.health)
+        self.log = (work / f"haproxy-{self.port}.log").open("w")
+        self.proc = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # both nodes marked UP (two health checks 1 s apart) before any edge connects
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited: see {self.log.name}")
+            if self._servers_up() == len(servers):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("haproxy did not see both servers up")
+
+    def _servers_up(self) -> int:
+        sock = Path(self.log.name.replace(".log", ".sock"))
+        if not sock.exists():
+            return 0
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall(b"show stat\n")
+            text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+        return sum(1 for line in text.splitlines()
+                   if line.startswith("serve,serve") and ",UP," in line)
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
         self.log.close()
 
 
@@ -445,42 +506,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     e2e_rounds: list[float] = []
     cpu_rounds: list[float] = []
     total = 0
+    two_db = fresh_database(admin, "bench_e2e2")
+    two_rounds: list[float] = []
+    two_cpu: list[float] = []
+    two_total = 0
     server = Server(work, pki_dir, e2e_db, pool_size=args.pool, resumption="tickets")
+    # the two-node setting: half the pool each, so both settings hold as many connections
+    pair = [Server(work, pki_dir, two_db, pool_size=max(1, args.pool // 2), proxied=True)
+            for _ in range(2)]
+    balancer = Balancer(work, pair)
     try:
         hs_tickets = last_json(
             spawn("handshake", pki=pki_dir, endpoint=server.endpoint, edge="hs-t"), 60
         )
         for round_no in range(args.rounds):
             raw_rounds.append(raw_ceiling(raw_db, best_n, args.duration))
-            # 2. end to end: fresh edges each round, measured after a warm-up
-            start = time.time() + args.warmup + 3
-            loads = [
-                spawn(
-                    "load",
-                    pki=pki_dir,
-                    endpoint=server.endpoint,
-                    edge=f"tp{round_no}-{i}",
-                    index=round_no * args.procs + i,
-                    edges=args.edges // args.procs,
-                    window=args.window,
-                    start=start,
-                    duration=args.duration,
-                )
-                for i in range(args.procs)
-            ]
-            while time.time() < start:
-                time.sleep(0.01)
-            cpu0 = cpu_seconds(server.proc.pid)
-            time.sleep(args.duration)
-            cpu_rounds.append((cpu_seconds(server.proc.pid) - cpu0) / args.duration)
-            outs = [last_json(p, args.duration + 180) for p in loads]
-            e2e_rounds.append(sum(o["acked_in_window"] for o in outs) / args.duration)
-            total += sum(o["acked_total"] for o in outs)
+            # 2. end to end: fresh edges each round, measured after a warm-up; one node,
+            # then two nodes behind HAProxy, with the same edges and load
+            rate, cpu, acked = e2e_round(args, pki_dir, server.endpoint, [server],
+                                         f"tp{round_no}", round_no * 2)
+            e2e_rounds.append(rate)
+            cpu_rounds.append(cpu)
+            total += acked
+            rate, cpu, acked = e2e_round(args, pki_dir, balancer.endpoint, pair,
+                                         f"tq{round_no}", round_no * 2 + 1)
+            two_rounds.append(rate)
+            two_cpu.append(cpu)
+            two_total += acked
     finally:
         server.stop()
+        balancer.stop()
+        for node in pair:
+            node.stop()
     stored = _count(e2e_db)
+    two_stored = _count(two_db)
     drop_database(admin, "bench_raw")
     drop_database(admin, "bench_e2e")
+    drop_database(admin, "bench_e2e2")
     results["raw_scan"] = scan
     results["raw"] = raw_rounds
     results["e2e"] = {
@@ -488,6 +550,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu": sum(cpu_rounds) / len(cpu_rounds),
         "acked_total": total,
         "stored": stored,
+    }
+    results["two_nodes"] = {
+        "rounds": two_rounds,
+        "server_cpu": sum(two_cpu) / len(two_cpu),
+        "acked_total": two_total,
+        "stored": two_stored,
     }
 
     # 3 and 4: idle edges and handshake bytes, on a fresh server
@@ -537,6 +605,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def e2e_round(args: argparse.Namespace, pki_dir: Path, endpoint: str, servers: list[Server],
+              edge: str, index: int) -> tuple[float, float, int]:
+    """One measured end-to-end round against ``endpoint``: (acked readings/s inside the
+    window, CPU cores the servers used together, readings acked in all)."""
+    start = time.time() + args.warmup + 3
+    loads = [
+        spawn(
+            "load",
+            pki=pki_dir,
+            endpoint=endpoint,
+            edge=f"{edge}-{i}",
+            index=index * args.procs + i,
+            edges=args.edges // args.procs,
+            window=args.window,
+            start=start,
+            duration=args.duration,
+        )
+        for i in range(args.procs)
+    ]
+    while time.time() < start:
+        time.sleep(0.01)
+    cpu0 = sum(cpu_seconds(s.proc.pid) for s in servers)
+    time.sleep(args.duration)
+    cpu = (sum(cpu_seconds(s.proc.pid) for s in servers) - cpu0) / args.duration
+    outs = [last_json(p, args.duration + 180) for p in loads]
+    rate = sum(o["acked_in_window"] for o in outs) / args.duration
+    return rate, cpu, sum(o["acked_total"] for o in outs)
+
+
 def _count(dsn: str) -> int:
     import psycopg2
 
@@ -563,7 +660,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         for mode, v in hs.items()
     }
     idle = r["idle"]
-    exactly_once = r["e2e"]["stored"] == r["e2e"]["acked_total"]
+    two = r["two_nodes"]
+    two_e2e = mean(two["rounds"])
+    exactly_once = (r["e2e"]["stored"] == r["e2e"]["acked_total"]
+                    and two["stored"] == two["acked_total"])
     rounds = " ".join(f"{x / 1000:.0f}k" for x in r["raw"])
     e2e_rounds = " ".join(f"{x / 1000:.0f}k" for x in r["e2e"]["rounds"])
     w = 60
@@ -585,6 +685,12 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  {f'end to end, mutual TLS, acked (rounds: {e2e_rounds})':<{w}} {e2e:>12,.0f} r/s")
     print(f"  {'ratio end-to-end / raw ceiling (target >= 0.6)':<{w}} {ratio:>16.2f}")
     print(f"  {'gridcloud serve CPU during e2e (cores)':<{w}} {r['e2e']['server_cpu']:>16.2f}")
+    two_rounds = " ".join(f"{x / 1000:.0f}k" for x in two["rounds"])
+    label = f"two nodes behind HAProxy, acked (rounds: {two_rounds})"
+    print(f"  {label:<{w}} {two_e2e:>12,.0f} r/s")
+    print(f"  {'two nodes / one node':<{w}} {two_e2e / e2e if e2e else 0.0:>16.2f}")
+    print(f"  {'both gridcloud serve nodes CPU during e2e (cores)':<{w}} "
+          f"{two['server_cpu']:>16.2f}")
     print(f"  {'readings stored == readings acked (exactly once)':<{w}} {exactly_once!s:>16}")
     print(f"  {'idle TLS edges held by one process (target 10,000)':<{w}} {idle['connected']:>16,}")
     rss = f"{idle['rss0_kib'] / 1024:.0f} / {idle['rss1_kib'] / 1024:.0f}"
@@ -603,6 +709,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
                 "raw_ceiling_rows_per_s": round(ceiling),
                 "raw_connections": best_n,
                 "e2e_rows_per_s": round(e2e),
+                "two_nodes_rows_per_s": round(two_e2e),
+                "two_nodes_ratio": round(two_e2e / e2e, 3) if e2e else 0.0,
                 "ratio": round(ratio, 3),
                 "ratio_target": RATIO_TARGET,
                 "ratio_ok": ratio >= RATIO_TARGET,

@@ -12,7 +12,7 @@ bench-wire: setup ## bytes per reading on the wire vs MQTT, Sparkplug B, CoAP, H
 bench-radio: setup ## radio frames parsed per second, edge CPU per record and peak RSS with 5,000 meters
 	$(PY) bench/bench_radio.py
 
-bench-ingest: setup ## end-to-end ingest rate vs raw PostgreSQL ceiling; memory per idle TLS edge
+bench-ingest: setup ## ingest rate, one node and two behind HAProxy, vs raw PostgreSQL ceiling; memory per idle TLS edge
 	$(PGCLUSTER) run -- $(PY) bench/bench_ingest.py
 
 bench-refusals: setup ## bytes an edge spends in an hour of refusals (revoked, database down), old rule vs new

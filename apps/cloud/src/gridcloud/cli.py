@@ -1,11 +1,13 @@
-"""The ``gridcloud`` command: ``serve``, ``api``, ``apikey``, ``migrate`` and ``pki``.
+"""The ``gridcloud`` command: ``serve``, ``api``, ``apikey``, ``migrate``, ``pki``, ``backup``,
+``restore`` and ``retention``.
 
 Each subcommand is a thin layer over a library module (server, migrations,
 pki, revocation) so that tests call the same code without a subprocess.
 Errors the operator can fix are one line on stderr and exit status 2; keys
 are never printed.  Reference: docs/cloud.md.
 
-Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py.
+Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py,
+tests/cloud/test_cloud_backup.py.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 import psycopg2
 
-from . import migrations, pki, revocation
+from . import logformat, migrations, pki, revocation
 from .api import keys
 from .api.config import ApiConfig, load_api_config
+from .backup import BackupError
 from .config import ConfigError, ServerConfig, load_config
 
 DSN_ENV = "GRIDCLOUD_DSN"
@@ -70,6 +73,7 @@ def raise_fd_limit() -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    log_format = _log_format(args)
     config = _serve_config(args)
     from .server import check_schema
 
@@ -79,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import CloudService
 
-    return _serve_until_stopped("gridcloud serve", lambda reactor: CloudService(reactor, config))
+    return _serve_until_stopped("gridcloud serve", lambda reactor: CloudService(reactor, config),
+                                log_format)
 
 
 # -- api ----------------------------------------------------------------------------------
@@ -97,6 +102,7 @@ def _api_config(args: argparse.Namespace) -> ApiConfig:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    log_format = _log_format(args)
     config = _api_config(args)
     from .server import check_schema
 
@@ -105,19 +111,27 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from .api.service import ApiService
 
-    return _serve_until_stopped("gridcloud api", lambda reactor: ApiService(reactor, config))
+    return _serve_until_stopped("gridcloud api", lambda reactor: ApiService(reactor, config),
+                                log_format)
 
 
-def _serve_until_stopped(name: str, make: Any) -> int:
-    """Log to stderr, start the service ``make(reactor)`` builds, run until SIGTERM/SIGINT.
+def _log_format(args: argparse.Namespace) -> str:
+    fmt = args.log_format or os.environ.get(logformat.ENV) or "text"
+    if fmt not in logformat.FORMATS:
+        raise UsageError(f"{logformat.ENV}={fmt!r}: must be one of {', '.join(logformat.FORMATS)}")
+    return str(fmt)
+
+
+def _serve_until_stopped(name: str, make: Any, log_format: str = "text") -> int:
+    """Log to stderr (text or JSON lines), start ``make(reactor)``, run until SIGTERM/SIGINT.
 
     The service's ``ready`` Deferred failing (PostgreSQL unreachable, port taken) is one line
     on stderr and a stop, not a traceback; stopping waits for the service's own stop.
     """
     from twisted.internet import defer, task
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    observer: Any = textFileLogObserver(sys.stderr)
+    observer: Any = logformat.observer(sys.stderr, log_format)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def run(reactor: Any) -> Any:
@@ -199,6 +213,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- backup, restore, retention --------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from . import backup
+
+    written = backup.backup(_dsn(args), args.out, refresh_days=args.refresh_days)
+    for name in written:
+        print(f"wrote {args.out / name}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from . import backup
+
+    count = backup.restore(_dsn(args), args.source, args.archive or [])
+    print(f"restored {args.source} ({count} readings partition files)")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from . import backup
+
+    dsn = _dsn(args)
+    made = backup.create_ahead(dsn, args.days_ahead)
+    if made:
+        print(f"created {made} readings partitions ahead")
+    for name in backup.apply_retention(dsn, args.keep_days, args.archive):
+        where = f" (archived in {args.archive})" if args.archive else ""
+        print(f"dropped {name}{where}")
+    return 0
+
+
 # -- pki ----------------------------------------------------------------------------------
 
 
@@ -259,6 +306,11 @@ def _db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="take the DSN from this serve config file")
 
 
+def _log_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=logformat.FORMATS,
+                   help=f"text (default) or json: one object a line (default: ${logformat.ENV})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridcloud", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--migrate", action="store_true", help="apply pending schema migrations before serving"
     )
+    _log_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     api = sub.add_parser("api", help="serve the HTTP API for internal systems (docs/api.md)")
@@ -285,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--migrate", action="store_true", help="apply pending schema migrations before serving"
     )
+    _log_option(api)
     api.set_defaults(func=cmd_api)
 
     ak = sub.add_parser("apikey", help="create, list and revoke API keys")
@@ -311,6 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="list migrations and whether each is applied; exit 1 if any is pending",
     )
     mig.set_defaults(func=cmd_migrate)
+
+    bk = sub.add_parser("backup", help="pg_dump of everything but readings, readings by partition")
+    _db_options(bk)
+    bk.add_argument("--out", type=Path, required=True, help="backup folder (kept between runs)")
+    bk.add_argument("--refresh-days", type=int, default=2,
+                    help="dump again the partitions of the last N days even if present")
+    bk.set_defaults(func=cmd_backup)
+    rs = sub.add_parser("restore", help="load a backup folder into an empty database")
+    _db_options(rs)
+    rs.add_argument("source", type=Path, help="the folder gridcloud backup wrote")
+    rs.add_argument("--archive", type=Path, action="append",
+                    help="also load partitions archived by retention from this folder (repeat)")
+    rs.set_defaults(func=cmd_restore)
+    rt = sub.add_parser("retention", help="create partitions ahead; archive and drop old days")
+    _db_options(rt)
+    rt.add_argument("--keep-days", type=int, required=True,
+                    help="keep the readings of the last N full days")
+    rt.add_argument("--archive", type=Path,
+                    help="dump each partition here before dropping it (kept if present)")
+    rt.add_argument("--days-ahead", type=int, default=7, help="daily partitions kept ready")
+    rt.set_defaults(func=cmd_retention)
 
     p = sub.add_parser("pki", help="project CA, server and edge certificates, revocation")
     psub = p.add_subparsers(dest="pki_command", required=True)
@@ -347,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("days", "pool_size", "expires_days"):
+    for name in ("days", "pool_size", "expires_days", "keep_days", "days_ahead"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             print(f"gridcloud: --{name.replace('_', '-')} must be positive", file=sys.stderr)
@@ -355,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UsageError, ConfigError, pki.PKIError, migrations.MigrationError,
-            keys.ApiKeyError) as exc:
+            keys.ApiKeyError, BackupError) as exc:
         print(f"gridcloud: {exc}", file=sys.stderr)
         return 2
     except (OSError, psycopg2.Error) as exc:

@@ -39,6 +39,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "tls_session_lifetime",
             "tls_groups",
             "traffic_flush_interval",
+            "metrics_listen",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -85,6 +86,9 @@ class ServerConfig:
     #: Seconds between writes of the per-edge byte counts (gridcloud.traffic); a node that is
     #: killed loses at most this much of its connections' counts.
     traffic_flush_interval: float = 60.0
+    #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
+    #: interface); empty: none.
+    metrics_listen: str = ""
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""

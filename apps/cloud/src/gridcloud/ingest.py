@@ -139,6 +139,11 @@ class IngestStore:
         self._pool = DatabasePool(reactor, dsn, pool_size)
         self._listener: txpostgres.Connection | None = None
 
+    @property
+    def pool(self) -> DatabasePool:
+        """The connections (read by gridcloud.metrics for the pool gauges)."""
+        return self._pool
+
     def start(self) -> defer.Deferred[IngestStore]:
         """Open the pool's connections; fails if PostgreSQL cannot be reached."""
         d: defer.Deferred[IngestStore] = self._pool.start().addCallback(lambda _: self)

@@ -16,12 +16,17 @@ they are.
 expects.  No rule lives here: a change of behaviour belongs in
 gridcloud.connection and its unit tests.
 
+The metrics (gridcloud.metrics.ServeMetrics: connections, handshakes full or
+resumed, commits and their latency, back-pressure pauses) are counted here, where
+Twisted reports those moments, so the rules in gridcloud.connection stay free of them.
+
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
-tests/cloud/test_api_traffic.py.
+tests/cloud/test_cloud_metrics.py, tests/cloud/test_api_traffic.py.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -36,7 +41,8 @@ from zope.interface import implementer
 
 from .connection import EdgeConnection, EdgeInfo, Transport, Upload
 from .ingest import IngestStore
-from .tls import ServerTLS, keep_session_resumable, ssl_error_text
+from .metrics import ServeMetrics
+from .tls import ServerTLS, keep_session_resumable, session_reused, ssl_error_text
 from .traffic import counter_under
 
 
@@ -86,12 +92,20 @@ class EdgeProtocol(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self._factory.connections.add(self)
+        if self._factory.metrics is not None:
+            self._factory.metrics.connections.inc()
+            self._factory.metrics.connections_open.inc()
         self.connection = self._factory.make_connection(self, _describe(self._tls.getPeer()))
         self.connection.connected()
 
     def handshakeCompleted(self) -> None:
         assert self.connection is not None
         cert = self._tls.getPeerCertificate()
+        metrics = self._factory.metrics
+        if metrics is not None:
+            handle = self._tls.getHandle()
+            resumed = handle is not None and session_reused(handle)
+            metrics.handshakes.labels(kind="resumed" if resumed else "full").inc()
         self.connection.handshake_completed(cert.to_cryptography() if cert is not None else None)
         counter = counter_under(self.transport)
         if counter is not None and self.connection.edge_id is not None:
@@ -103,10 +117,14 @@ class EdgeProtocol(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._factory.connections.discard(self)
+        if self._factory.metrics is not None:
+            self._factory.metrics.connections_open.dec()
         keep_session_resumable(self._tls.getHandle())
         tls_failure = self._factory.tls.failure_for(self.transport)
         if tls_failure is None and reason.check(SSL.Error):  # type: ignore[no-untyped-call]
             tls_failure = ssl_error_text(reason.value)
+        if tls_failure is not None and self._factory.metrics is not None:
+            self._factory.metrics.handshake_failures.inc()
         if self.connection is not None:
             self.connection.connection_lost(reason.getErrorMessage(), tls_failure)
 
@@ -116,6 +134,8 @@ class EdgeProtocol(TwistedProtocol):
         self._tls.write(data)
 
     def pause_reading(self) -> None:
+        if self._factory.metrics is not None:
+            self._factory.metrics.backpressure_pauses.inc()
         self._tls.pauseProducing()
 
     def resume_reading(self) -> None:
@@ -132,12 +152,17 @@ class EdgeFactory(Factory):
     """Builds an EdgeProtocol for each accepted connection and keeps them (to drop at stop)."""
 
     def __init__(
-        self, make_connection: Callable[[Transport, str], EdgeConnection], tls: ServerTLS
+        self,
+        make_connection: Callable[[Transport, str], EdgeConnection],
+        tls: ServerTLS,
+        metrics: ServeMetrics | None = None,
     ) -> None:
         #: ``make_connection(transport, peer)``: the EdgeConnection of a new connection
         self.make_connection = make_connection
         #: the TLS options, asked why a handshake failed
         self.tls = tls
+        #: counts connections, handshakes and pauses (None: not counted)
+        self.metrics = metrics
         self.connections: set[EdgeProtocol] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> EdgeProtocol:
@@ -152,8 +177,9 @@ class EdgeFactory(Factory):
 class DeferredStore:
     """The IngestStore as a connection's Store: Deferreds turned into done/failed callbacks."""
 
-    def __init__(self, store: IngestStore) -> None:
+    def __init__(self, store: IngestStore, metrics: ServeMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
 
     def admit(
         self, info: EdgeInfo, done: Callable[[int], None], failed: Callable[[BaseException], None]
@@ -171,7 +197,29 @@ class DeferredStore:
             d = self._store.write_batch(edge_id, upload.first_seq, upload.columns)
         else:
             d = self._store.write_event(edge_id, upload)
+        if self._metrics is not None:
+            d = self._count(d, upload)
         _answer(d, done, failed)
+
+    def _count(self, d: defer.Deferred[int], upload: Upload) -> defer.Deferred[int]:
+        metrics = self._metrics
+        assert metrics is not None
+        started = time.monotonic()
+
+        def committed(result: int) -> int:
+            metrics.commit_seconds.observe(time.monotonic() - started)
+            if isinstance(upload, ReadingBatch):
+                metrics.uploads.labels(kind="batch").inc()
+                metrics.readings.inc(upload.last_seq - upload.first_seq + 1)
+            else:
+                metrics.uploads.labels(kind="event").inc()
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            metrics.upload_failures.inc()
+            return failure
+
+        return d.addCallbacks(committed, failed)
 
 
 def _answer(

@@ -19,6 +19,11 @@ Under TLS every connection's bytes are counted (:mod:`gridcloud.traffic`)
 and added to ``edge_traffic`` per edge and UTC day every
 ``traffic_flush_interval`` and soon after each connection closes.
 
+Before all of them, when ``metrics_listen`` is set, the
+:class:`gridcloud.metrics.MetricsListener` opens ``/metrics`` and ``/healthz``
+(503 until the edge port listens, and while PostgreSQL is unreachable: what
+HAProxy's health checks ask).
+
 Stopping runs the other way: stop listening and drop every connection, stop
 the partition check, write the last traffic counts, then close the pool.
 
@@ -34,7 +39,8 @@ parts: the clock, the store, the registry of live sessions, the log, and the
 table of message handlers (:mod:`gridcloud.handlers`).
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
-tests/cloud/test_cloud_presence.py, tests/cloud/test_api_traffic.py.
+tests/cloud/test_cloud_presence.py, tests/cloud/test_api_traffic.py,
+tests/cloud/test_cloud_metrics.py, tests/system/test_scale_out.py.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
+from .metrics import MetricsListener, ServeMetrics, pool_gauges
 from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .sessions import SessionRegistry
@@ -272,7 +279,16 @@ class CloudService(service.MultiService):
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
         self.ready: defer.Deferred[Any] = defer.Deferred()
-        self._database = DeferredStore(self.store)
+        #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
+        self.metrics = ServeMetrics()
+        self.metrics.sessions(lambda: len(self.sessions))
+        pool_gauges(self.metrics.registry, "gridcloud", self.store.pool)
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics_listen:
+            self.metrics_listener = MetricsListener(
+                reactor, config.metrics_listen, self.metrics.registry, self.health)
+            self.metrics_listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self._database = DeferredStore(self.store, self.metrics)
         self.revocations = RevocationListener(self.store, self.sessions, self.clock)
         self.partitions = PartitionMaintenance(
             self.store, config.partition_days_ahead, config.partition_check_interval, self.clock
@@ -281,8 +297,8 @@ class CloudService(service.MultiService):
         self.traffic = EdgeTraffic(self.store.add_traffic, self.clock,
                                    config.traffic_flush_interval)
         self.listener = EdgeListener(
-            reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls),
-            self.traffic,
+            reactor, config.listen, self.tls,
+            EdgeFactory(self._connection, self.tls, self.metrics), self.traffic,
         )
         for part in (self.revocations, self.partitions, self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -299,7 +315,19 @@ class CloudService(service.MultiService):
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/healthz``: listening for edges and PostgreSQL reachable."""
+        if not self.running:
+            return False, "stopping"
+        if self.port is None:
+            return False, "starting"
+        if not self.store.pool.available:
+            return False, "PostgreSQL unreachable"
+        return True, "ok"
+
     async def _start(self) -> Any:
+        if self.metrics_listener is not None:
+            await self.metrics_listener.listen()
         await self.store.start()
         self.traffic.start()
         for part in (self.revocations, self.partitions, self.listener):

@@ -210,3 +210,12 @@ class ServerTLS:
     def failure_for(self, tls_protocol: Any) -> str | None:
         """Why verification of this connection's client certificate failed, if it did."""
         return self._failures.get(tls_protocol)
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session, for the handshake metrics (pyOpenSSL has no
+    public call; the edge has the same few lines in gridedge.uplink.tls, and gridcloud does not
+    import the edge application)."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(connection._ssl))

@@ -124,6 +124,9 @@ class HealthConfig:
     socket: Path
     radio_window: float = 300.0
     uplink_window: float = 900.0
+    #: Twisted endpoint of the Prometheus /metrics page, loopback only; empty: none
+    #: (gridedge.metrics).
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,13 @@ def _read_health(s: _Section, data_dir: Path, cmdline: Path) -> HealthConfig:
     given: dict[str, Any] = {}
     s.given(given, "radio_window", float, positive=True)
     s.given(given, "uplink_window", float, positive=True)
+    s.given(given, "metrics_listen", str)
+    if given.get("metrics_listen"):
+        from gridedge.metrics import check_local
+
+        why = check_local(given["metrics_listen"])
+        if why is not None:
+            raise s.error("metrics_listen", why)
     health = HealthConfig(socket=s.path("socket", data_dir, "health.sock"), **given)
     if len(str(health.socket).encode()) > 107:  # sun_path holds 108 bytes with the NUL
         raise s.error("socket", f"path longer than 107 bytes: {health.socket}")

@@ -11,9 +11,10 @@ The tree (docs/edge.md, "Supervision tree")::
     │   ├── journal   JournalService   (opens the SQLite journal)
     │   ├── radio     RadioService     (serial port -> records -> journal)
     │   └── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
-    └── health        HealthService    (Unix socket for `gridedge health`)
+    ├── health        HealthService    (Unix socket for `gridedge health`)
+    └── metrics       MetricsService   (/metrics on loopback, when [health] metrics_listen is set)
 
-Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py.
+Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py, tests/edge/test_edge_metrics.py.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from twisted.internet.task import LoopingCall
 
 from gridedge.config import Config
 from gridedge.health import HealthService, Snapshot
-from gridedge.journal import Journal
+from gridedge.journal import Event, Journal, JournalError
+from gridedge.metrics import MetricsService
 from gridedge.radio import RadioService
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
@@ -85,6 +87,9 @@ class Unit(service.MultiService):
             radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
         )
         self.health.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if config.health.metrics_listen:
+            MetricsService(reactor, config.health.metrics_listen, self.health.report
+                           ).setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def _uplink(self, crashed: Crashed) -> UplinkService:
         """A new uplink, made at each (re)start of the supervised child."""
@@ -116,6 +121,7 @@ class Unit(service.MultiService):
         }
         if stats is not None:
             details["journal"] = asdict(stats)
+            details["journal_oldest_pending_at"] = self._oldest_pending_at(stats.first_pending_seq)
             details["traffic_per_day"] = self.traffic.per_day()
         if up is not None:
             details["uplink"] = asdict(up)
@@ -135,6 +141,20 @@ class Unit(service.MultiService):
             uplink_last_connected_at=up.last_connected_at if up is not None else None,
             details=details,
         )
+
+    def _oldest_pending_at(self, seq: int | None) -> int | None:
+        """When the oldest entry not yet acknowledged happened (its interval end or event
+        time): the age of the backlog, for the unit's metrics. One primary-key read."""
+        if seq is None:
+            return None
+        try:
+            entries = self.journal.read(seq, 1)
+        except JournalError:  # a journal fault is reported by its own checks, not here
+            return None
+        if not entries:
+            return None
+        entry = entries[0][1]
+        return int(entry.time if isinstance(entry, Event) else entry.interval_end)
 
     def radio_frames(self) -> int | None:
         radio = self.supervisor.child("radio") if self.config.radio.port else None

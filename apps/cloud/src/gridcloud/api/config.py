@@ -18,7 +18,7 @@ from ..config import ConfigError, read_sections
 _SECTIONS: dict[str, frozenset[str]] = {
     "api": frozenset(
         {"listen", "max_body_bytes", "max_page", "rate_limit", "rate_burst", "public_url",
-         "access_log"}
+         "access_log", "metrics_listen"}
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
 }
@@ -48,6 +48,8 @@ class ApiConfig:
     #: balancer that logs requests already (formatting and writing it was 3-6% of the API
     #: process's busy time in bench/bench_api.py's profile).
     access_log: bool = True
+    #: Twisted endpoint serving /metrics and /healthz (keep it private); empty: none.
+    metrics_listen: str = ""
 
     def validate(self) -> ApiConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""

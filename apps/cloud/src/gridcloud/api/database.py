@@ -32,6 +32,11 @@ class Database:
         self.dsn = dsn
         self._pool = DatabasePool(reactor, dsn, size)
 
+    @property
+    def pool(self) -> DatabasePool:
+        """The connections (read by gridcloud.metrics for the pool gauges)."""
+        return self._pool
+
     def start(self) -> defer.Deferred[Any]:
         return self._pool.start()  # type: ignore[no-any-return]
 

@@ -12,13 +12,15 @@ Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_feed.py.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
+from ..metrics import ApiMetrics, MetricsListener, pool_gauges
 from .config import ApiConfig
 from .database import Database
 from .feed import FeedHub
@@ -26,6 +28,28 @@ from .resources import operations
 from .routes import Api
 
 log = Logger(namespace="gridcloud.api")
+
+
+class _TimedRequest(Request):
+    """A request that knows when it arrived, for the latency histogram."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.arrived = time.monotonic()
+
+
+class _CountingSite(Site):
+    """A Site that counts every finished request in ApiMetrics (Site.log is called once each)."""
+
+    def __init__(self, resource: Any, metrics: ApiMetrics) -> None:
+        super().__init__(resource, requestFactory=_TimedRequest)  # type: ignore[no-untyped-call]
+        self._metrics = metrics
+
+    def log(self, request: Any) -> None:
+        super().log(request)
+        arrived = getattr(request, "arrived", None)
+        seconds = time.monotonic() - arrived if arrived is not None else 0.0
+        self._metrics.observe(request.method, request.uri, request.code, seconds)
 
 
 class ApiService(service.MultiService):
@@ -44,15 +68,35 @@ class ApiService(service.MultiService):
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: the IListeningPort, once listening
         self.port: Any = None
+        #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
+        self.metrics = ApiMetrics()
+        pool_gauges(self.metrics.registry, "gridcloud_api", self.db.pool)
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics_listen:
+            self.metrics_listener = MetricsListener(
+                reactor, config.metrics_listen, self.metrics.registry, self.health)
+            self.metrics_listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/healthz``: answering HTTP and PostgreSQL reachable."""
+        if not self.running:
+            return False, "stopping"
+        if self.port is None:
+            return False, "starting"
+        if not self.db.pool.available:
+            return False, "PostgreSQL unreachable"
+        return True, "ok"
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         defer.ensureDeferred(self._start()).addCallbacks(self.ready.callback, self.ready.errback)
 
     async def _start(self) -> Any:
+        if self.metrics_listener is not None:
+            await self.metrics_listener.listen()
         await self.db.start()
         await self.feed.start()
-        site = Site(self.api.resource())  # type: ignore[no-untyped-call]
+        site = _CountingSite(self.api.resource(), self.metrics)
         site.displayTracebacks = False
         if not self.config.access_log:
             site.log = _no_access_log  # type: ignore[method-assign]
