@@ -42,7 +42,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
     "ingest": frozenset(
-        {"max_pending_uploads", "partition_days_ahead", "partition_check_interval"}
+        {"max_pending_uploads", "partition_days_ahead", "partition_check_interval",
+         "command_window", "command_expiry_interval"}
     ),
 }
 
@@ -81,6 +82,10 @@ class ServerConfig:
     max_pending_uploads: int = 4
     partition_days_ahead: int = 7
     partition_check_interval: float = 3600.0
+    #: Commands sent to one session and not yet accepted by the unit (gridcloud.commands).
+    command_window: int = 32
+    #: Seconds between sweeps that expire commands no unit executed in time.
+    command_expiry_interval: float = 30.0
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -97,6 +102,8 @@ class ServerConfig:
             "max_pending_uploads",
             "partition_check_interval",
             "tls_session_lifetime",
+            "command_window",
+            "command_expiry_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:

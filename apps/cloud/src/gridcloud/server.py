@@ -12,7 +12,9 @@ previous one is ready:
 2. :class:`PartitionMaintenance` makes sure the readings partitions exist
    (before any edge is accepted), then checks again every
    ``partition_check_interval``.
-3. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
+3. :class:`~gridcloud.commands.CommandDispatcher` LISTENs for ``NOTIFY
+   gridcloud_commands`` and delivers commands to the live sessions of this node.
+4. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
 Stopping runs the other way: stop listening and drop every connection, stop
@@ -43,7 +45,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from gridwire import CommandResult
+
 from . import migrations, revocation
+from .commands import CommandDispatcher
 from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
@@ -258,6 +263,12 @@ class CloudService(service.MultiService):
         self.sessions.setServiceParent(self)  # type: ignore[no-untyped-call]
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
+        #: delivers commands to this node's live sessions (gridcloud.commands)
+        self.commands = CommandDispatcher(
+            self.store, self.sessions, self.clock,
+            window=config.command_window, expiry_interval=config.command_expiry_interval,
+        )
+        self.handlers[CommandResult] = self.commands.result
         self.ready: defer.Deferred[Any] = defer.Deferred()
         self._database = DeferredStore(self.store)
         self.revocations = RevocationListener(self.store, self.sessions, self.clock)
@@ -267,7 +278,7 @@ class CloudService(service.MultiService):
         self.listener = EdgeListener(
             reactor, config.listen, self.tls, EdgeFactory(self._connection, self.tls)
         )
-        for part in (self.revocations, self.partitions, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     @property
@@ -284,7 +295,7 @@ class CloudService(service.MultiService):
 
     async def _start(self) -> Any:
         await self.store.start()
-        for part in (self.revocations, self.partitions, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.startService()
             await part.ready
         return self.port
@@ -304,6 +315,7 @@ class CloudService(service.MultiService):
             sessions=self.sessions,
             log=log,
             handlers=self.handlers,
+            observer=self.commands,
         )
 
 

@@ -95,6 +95,11 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("gridedge stopped")
+    if unit.reboot_requested and config.commands.reboot_command:
+        log.warn("rebooting: {argv}", argv=" ".join(config.commands.reboot_command))
+        import subprocess
+
+        return subprocess.call(list(config.commands.reboot_command))
     return 0
 
 
