@@ -39,13 +39,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gridwire import CommandResult
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-
-from gridwire import CommandResult
 
 from . import migrations, revocation
 from .commands import CommandDispatcher

@@ -23,10 +23,9 @@ Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
-
-from collections.abc import Mapping
 
 from twisted.application import service
 from twisted.internet.interfaces import IReactorTime

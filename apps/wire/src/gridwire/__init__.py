@@ -23,11 +23,11 @@ from ._limits import (
     Limits,
 )
 from ._messages import (
+    COMMAND_ACTIONS,
     Ack,
     AlarmKind,
     ChunkRequest,
     Command,
-    COMMAND_ACTIONS,
     CommandKind,
     CommandResult,
     CommandStatus,
@@ -51,6 +51,7 @@ from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
+    "COMMAND_ACTIONS",
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
@@ -65,7 +66,6 @@ __all__ = [
     "ChunkRequest",
     "CloudSession",
     "Command",
-    "COMMAND_ACTIONS",
     "CommandKind",
     "CommandResult",
     "CommandStatus",

@@ -35,10 +35,10 @@ from ._limits import MAX_BOOT_SLOT, MAX_CHUNK, MAX_FIRMWARE_VERSION, MAX_PAYLOAD
 from ._records import IntervalRecord, RecordColumns
 
 __all__ = [
+    "COMMAND_ACTIONS",
     "Ack",
     "AlarmKind",
     "ChunkRequest",
-    "COMMAND_ACTIONS",
     "Command",
     "CommandKind",
     "CommandResult",

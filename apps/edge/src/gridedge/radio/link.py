@@ -55,8 +55,8 @@ from .clock import Clock
 from .counters import LinkCounters, decoder_stats, fresh_decoder
 from .delivery import Delivery
 from .outbox import Outbox
-from .registry import MeterRegistry, MeterStatus
 from .readnow import ReadNow, ReadOutcome
+from .registry import MeterRegistry, MeterStatus
 from .relays import RelayCommands, RelayOutcome
 from .settings import LinkSettings
 from .sink import RecordSink

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gridradio import INTERVAL_SECONDS, PollRequest, PollResponse, PollStatus
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from .clock import Clock, DelayedCall
 from .counters import LinkCounters
@@ -64,9 +64,9 @@ class ReadNow:
     def send(self, meter_id: int, module_time: int | None, timeout: float) -> Deferred[ReadOutcome]:
         """Ask ``meter_id`` for its newest completed interval (as of ``module_time``)."""
         if not self._outbox.is_open:
-            return Deferred.fromResult(ReadOutcome(meter_id, False, "link-closed"))
+            return succeed(ReadOutcome(meter_id, False, "link-closed"))
         if self._registry.get(meter_id) is None:
-            return Deferred.fromResult(ReadOutcome(meter_id, False, "unknown-meter"))
+            return succeed(ReadOutcome(meter_id, False, "unknown-meter"))
         now = module_time if module_time is not None else int(self._clock.seconds())
         end = (now // _I) * _I
         cmd_id = self._outbox.new_id()

@@ -32,8 +32,7 @@ Tests: tests/edge/test_uplink_link.py.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
