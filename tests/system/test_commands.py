@@ -257,3 +257,42 @@ def test_duplicated_delivery_and_kill9_execute_once(world: World) -> None:
             if finished["state"] == "failed":
                 assert "interrupted" in finished["reason"]
             assert w.relay_frames() == frames + 1
+
+
+def test_flood_of_ten_thousand_commands_in_bounded_windows_readings_keep_flowing(
+        world: World) -> None:
+    """10,000 commands queued at once for one unit go out at most a window (32) at a time,
+    all finish exactly once, and the meters' readings keep arriving meanwhile."""
+    w = world
+    start_unit(w)
+    with running(w.edge, w.sim):
+        flood = 10_000
+        readings_before = query(w.dsn, "SELECT count(*) FROM readings")[0][0]
+        query(w.dsn, "INSERT INTO commands (edge_id, action, expires_at) SELECT %s, "
+              "'upload_now', now() + interval '1 hour' FROM generate_series(1, %s)",
+              (EDGE_ID, flood))
+        most_out = 0
+        readings_midway = None
+
+        def progress() -> bool:
+            nonlocal most_out, readings_midway
+            (out, done), = query(w.dsn, "SELECT count(*) FILTER (WHERE state = 'sent'), "
+                                 "count(*) FILTER (WHERE state = 'succeeded') FROM commands")
+            most_out = max(most_out, int(out))
+            if readings_midway is None and done >= flood // 2:
+                readings_midway = query(w.dsn, "SELECT count(*) FROM readings")[0][0]
+            return int(done) == flood
+
+        started = datetime.datetime.now(datetime.UTC)
+        wait_until(progress, 150, "every command of the flood to succeed", w.logs)
+        took = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+        assert 0 < most_out <= 32, most_out
+        assert readings_midway is not None and readings_midway > readings_before
+        (events, deliveries), = query(
+            w.dsn, "SELECT (SELECT count(*) FROM events WHERE kind = 32784), "
+            "(SELECT sum(deliveries) FROM commands)")
+        assert events == flood and deliveries == flood  # each sent once, finished once
+        wait_until(lambda: query(w.dsn, "SELECT count(*) FROM readings")[0][0] >
+                   readings_midway + METERS, 60, "readings after the flood", w.logs)
+        print(f"\n{flood} commands in {took:.1f} s ({flood / took:.0f}/s), at most {most_out} "
+              "unaccepted at once")

@@ -196,12 +196,12 @@ class CommandStore:
 
     # -- execution -------------------------------------------------------------------------
 
-    def next_stored(self) -> StoredCommand | None:
-        """The oldest command not started yet."""
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM commands WHERE state = 'stored' ORDER BY n LIMIT 1"
-        ).fetchone()
-        return StoredCommand(*row) if row else None
+    def next_stored(self, limit: int = 1) -> list[StoredCommand]:
+        """Up to ``limit`` of the oldest commands not started yet."""
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM commands WHERE state = 'stored' ORDER BY n LIMIT ?",
+            (limit,)).fetchall()
+        return [StoredCommand(*r) for r in rows]
 
     def get(self, command_id: int) -> StoredCommand | None:
         row = self._conn().execute(
@@ -215,20 +215,25 @@ class CommandStore:
 
     def finish(self, command_id: int, status: str, reason: str) -> None:
         """The outcome, committed (not yet reported)."""
-        self._write("finishing a command", lambda db: db.execute(
-            "UPDATE commands SET state = 'done', status = ?, reason = ?, done_at = ? "
-            "WHERE id = ?", (status, reason, self._clock(), command_id)))
+        self.finish_many([(command_id, status, reason)])
 
-    def unreported(self) -> list[StoredCommand]:
+    def finish_many(self, outcomes: Sequence[tuple[int, str, str]]) -> None:
+        """Outcomes (id, status, reason) of several commands in one transaction."""
+        now = self._clock()
+        self._write("finishing commands", lambda db: db.executemany(
+            "UPDATE commands SET state = 'done', status = ?, reason = ?, done_at = ? "
+            "WHERE id = ?", [(status, reason, now, cid) for cid, status, reason in outcomes]))
+
+    def unreported(self, limit: int = 256) -> list[StoredCommand]:
         """Done commands whose outcome is not in the journal yet, oldest first."""
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM commands WHERE state = 'done' AND reported = 0 ORDER BY n"
-        ).fetchall()
+            f"SELECT {_COLUMNS} FROM commands WHERE state = 'done' AND reported = 0 "
+            "ORDER BY n LIMIT ?", (limit,)).fetchall()
         return [StoredCommand(*r) for r in rows]
 
-    def reported(self, command_id: int) -> None:
-        self._write("marking an outcome reported", lambda db: db.execute(
-            "UPDATE commands SET reported = 1 WHERE id = ?", (command_id,)))
+    def reported(self, command_ids: Sequence[int]) -> None:
+        self._write("marking outcomes reported", lambda db: db.executemany(
+            "UPDATE commands SET reported = 1 WHERE id = ?", [(i,) for i in command_ids]))
 
     def counts(self) -> dict[str, int]:
         """Rows by state, for the health report."""
