@@ -33,7 +33,6 @@ from gridwire import (
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-
 NOW = 1_795_000_000.0
 
 
