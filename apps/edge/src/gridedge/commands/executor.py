@@ -150,7 +150,8 @@ class CommandExecutor:
         if fresh != len(rows):
             self.log.info("{n} command(s) delivered again: already stored, not repeated",
                           n=len(rows) - fresh)
-        self.kick()
+        # After this call returns: the uplink answers ACCEPTED before any outcome goes up.
+        self.clock.callLater(0, self.kick)
         return [c.command_id for c in commands]
 
     def submit_local(
