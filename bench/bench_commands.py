@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import (  # noqa: E402  (a sibling script, not a package)
+from bench_ingest import (
     SERVER_NAME,
     Server,
     _edge_tls,
     _hello,
     drop_database,
-    fresh_database,
     free_port,
+    fresh_database,
     raise_nofile,
 )
 
@@ -73,7 +73,7 @@ def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     if not s:
         return float("nan")
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # -- the loadgen units ------------------------------------------------------------------------
