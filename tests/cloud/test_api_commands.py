@@ -1,7 +1,7 @@
 """``/v1/commands`` against a real ``gridcloud api`` and PostgreSQL: creation is stored first,
 scope write, idempotency keys, expiry bounds, unknown fields and bad targets refused, the
 filtered cursor list, one command, visibility per key, and the live feed's ``command`` events.
-Delivery to units is tested end to end in tests/system/test_commands.py."""
+Delivery to units is tested end to end in tests/system/test_commands_e2e.py."""
 
 from __future__ import annotations
 

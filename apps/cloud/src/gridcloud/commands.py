@@ -34,7 +34,7 @@ A sweep every ``command_expiry_interval`` seconds marks ``expired`` what was
 never accepted and whose expiry passed (a unit offline for too long).  If the
 unit had in fact stored it, its own outcome (its clock decides) replaces the guess.
 
-Tests: tests/cloud/test_cloud_commands.py, tests/system/test_commands.py.
+Tests: tests/cloud/test_cloud_commands.py, tests/system/test_commands_e2e.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -100,6 +100,8 @@ class Unit(service.MultiService):
         self.reactor = reactor
         #: reboot after the clean stop (a reboot command): read by `gridedge run`
         self.reboot_requested = False
+        #: how to stop cleanly (`gridedge run` sets the same function its SIGTERM uses)
+        self.stop: Callable[[], None] = reactor.stop
         self.commands = CommandExecutor(
             CommandStore(config.data_dir / "commands.db", clock=reactor.seconds),
             self.journal, reactor,
@@ -163,7 +165,7 @@ class Unit(service.MultiService):
     def reboot(self) -> None:
         """Stop the way SIGTERM does (journal closed cleanly), then reboot (gridedge.cli)."""
         self.reboot_requested = True
-        self.reactor.stop()
+        self.stop()
 
     def upload_now(self) -> bool:
         uplink = self.supervisor.child("uplink")

@@ -6,7 +6,7 @@
   "accepted" and "executed once".
 * :mod:`~gridedge.commands.settings`: the whitelisted settings ``set_config`` may change.
 
-Tests: tests/edge/test_commands.py, tests/system/test_commands.py.
+Tests: tests/edge/test_edge_commands.py, tests/system/test_commands_e2e.py.
 """
 
 from __future__ import annotations

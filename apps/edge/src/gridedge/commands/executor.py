@@ -36,7 +36,7 @@ The outcome is committed in the store, then journalled as an ``EventReport``
 commands too.  A command interrupted by a crash is never started again: the
 store reports it failed at the next start (a relay must not switch twice).
 
-Tests: tests/edge/test_commands.py, tests/system/test_commands.py.
+Tests: tests/edge/test_edge_commands.py, tests/system/test_commands_e2e.py.
 """
 
 from __future__ import annotations

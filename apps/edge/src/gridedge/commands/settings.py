@@ -9,7 +9,7 @@ a temporary file, fsync, rename, fsync of the folder), which
 :func:`gridedge.config.load` lays over ``gridedge.toml`` at every start.  A
 damaged file there is ignored with a warning rather than stop the unit.
 
-Tests: tests/edge/test_commands.py.
+Tests: tests/edge/test_edge_commands.py.
 """
 
 from __future__ import annotations

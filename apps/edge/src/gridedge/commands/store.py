@@ -25,7 +25,7 @@ delivery is still recognised, then pruned at open.
 Unit-originated commands (the local page, :meth:`CommandExecutor.submit_local`)
 take ids from 2^62 up, counted in ``meta``, so they never meet the cloud's ids.
 
-Tests: tests/edge/test_commands.py.
+Tests: tests/edge/test_edge_commands.py.
 """
 
 from __future__ import annotations

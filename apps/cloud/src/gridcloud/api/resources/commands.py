@@ -12,7 +12,7 @@ reboot and upload-now name an edge.  ``idempotency_key``: the same key (per API 
 makes one command, and the second answer is the first command, provided the
 request is the same (a different one with the same key is a 409).
 
-Tests: tests/cloud/test_api_commands.py, tests/system/test_commands.py.
+Tests: tests/cloud/test_api_commands.py, tests/system/test_commands_e2e.py.
 """
 
 from __future__ import annotations

@@ -179,7 +179,18 @@ def test_relay_open_then_close_through_the_api(world: World) -> None:
         # Both outcomes and every state are on the list, newest first.
         listed = w.api.get(f"/v1/commands?meter_id={meter}", w.key).json()["items"]
         assert [c["id"] for c in listed] == [closing["id"], created["id"]]
-        assert w.edge is not None and w.edge.proc.stop() == 0
+
+        # The unit's settings, saved on its data partition; then a reboot: a clean stop.
+        config = w.post(action="set_config", edge_id=EDGE_ID, config={"uplink.heartbeat": 7})
+        assert w.final(config["id"])["state"] == "succeeded"
+        assert "heartbeat = 7.0" in (w.data / "settings.toml").read_text()
+        reboot = w.post(action="reboot", edge_id=EDGE_ID)
+        assert w.edge is not None and w.edge.proc.popen is not None
+        assert w.edge.proc.popen.wait(30) == 0  # stopped like on SIGTERM: journal closed
+        assert "gridedge stopped" in w.edge.log.read_text()
+        start_unit(w)  # what init does after the reboot
+        assert w.final(reboot["id"])["state"] == "succeeded"
+        assert w.edge.proc.stop() == 0
 
 
 def test_offline_command_delivered_after_reconnect_expired_one_never(world: World) -> None:

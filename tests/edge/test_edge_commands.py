@@ -38,7 +38,7 @@ NOW = 1_795_000_000.0
 
 class Radio:
     """The radio link's command surface, answering as the test says (the real link is
-    exercised over a pty with gridsim in tests/system/test_commands.py)."""
+    exercised over a pty with gridsim in tests/system/test_commands_e2e.py)."""
 
     def __init__(self) -> None:
         self.relays: list[tuple[int, bool]] = []
