@@ -234,11 +234,14 @@ def test_two_serve_nodes_reach_the_unit_on_the_other_within_a_second(world: Worl
 
 
 def test_duplicated_delivery_and_kill9_execute_once(world: World) -> None:
-    """The unit stores a command but its acceptance never reaches the cloud (cut): the next
-    session delivers it again and it is not executed again.  kill -9 of the unit while a relay
-    command is in flight: after the restart it is not repeated.  One relay frame each."""
+    """The unit stores a command but its acceptance never reaches the cloud, and the serve node
+    holding the session dies (kill -9): the unit's next session, on the other node, delivers it
+    again and it is not executed again.  kill -9 of the unit while a relay command is in
+    flight: after the restart it is not repeated.  One relay frame each."""
     w = world
-    with FaultProxy("127.0.0.1", w.cloud.port) as proxy:
+    (w.root / "other").mkdir()
+    other = Cloud(w.root / "other", w.pki, w.dsn).start()
+    with FaultProxy("127.0.0.1", w.cloud.port) as proxy, running(other):
         start_unit(w, uplink_port=proxy.port)
         with running(w.edge, w.sim):
             meter = w.meters()[0]
@@ -248,6 +251,8 @@ def test_duplicated_delivery_and_kill9_execute_once(world: World) -> None:
             wait_until(lambda: f"command {created['id']}: relay_open" in w.edge.log.read_text(),
                        30, "the unit to execute it", w.logs)
             assert w.command(created["id"])["acknowledged_at"] is None
+            w.cloud.proc.kill9()  # the node holding the session dies with the command out
+            proxy.retarget("127.0.0.1", other.port)  # the load balancer's next choice
             proxy.cut()
             proxy.hold_up(False)
             done = w.final(created["id"])
