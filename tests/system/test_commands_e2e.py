@@ -112,8 +112,15 @@ def start_unit(w: World, *, uplink_port: int | None = None, speed: float = 900,
                     extra=("--log-every", "0.2")).start()
     w.edge = Edge(w.root, w.data, edge_config(
         w.data, uplink_port=uplink_port or w.cloud.port, radio=w.sim.port,
-        extra='\n[commands]\nreboot_command = []\n')).start()
+        extra='\n[commands]\nreboot_command = []\n'))
+    before = ready_lines(w.edge.log)
+    w.edge.start()
+    wait_until(lambda: ready_lines(w.edge.log) > before, 60, "the unit's session", w.logs)
     wait_until(lambda: len(w.meters()) == METERS, 60, "every meter in PostgreSQL", w.logs)
+
+
+def ready_lines(log: Path) -> int:
+    return log.read_text().count("uplink ready") if log.exists() else 0
 
 
 def latest(dsn: str, meter: int, after: datetime.datetime) -> list[tuple[Any, ...]]:
