@@ -48,8 +48,7 @@ CREATE TABLE commands (
 -- What a session has to deliver: its edge's commands the unit does not have yet.
 CREATE INDEX commands_undelivered ON commands (edge_id, id) WHERE state IN ('queued', 'sent');
 -- What the expiry sweep looks at.
-CREATE INDEX commands_open_expiry ON commands (expires_at)
-    WHERE state IN ('queued', 'sent', 'acknowledged');
+CREATE INDEX commands_open_expiry ON commands (expires_at) WHERE state IN ('queued', 'sent');
 CREATE INDEX commands_by_meter ON commands (meter_id, id);
 
 -- Command transitions on the live feed: a feed_log row with command_id set (first_seq
