@@ -17,6 +17,8 @@ tests/cloud/test_cloud_commands.py.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,7 @@ class EdgeClient(Protocol):
         limits: gridwire.Limits | None = None,
         *,
         answer_commands: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = gridwire.EdgeSession(limits=limits)
         self._hello = hello
@@ -90,6 +93,7 @@ class EdgeClient(Protocol):
         #: answer each Command at once: ACCEPTED, then a COMMAND_SUCCEEDED outcome event
         #: (as a unit that stored and executed it would; the benchmark's stand-in units)
         self.answer_commands = answer_commands
+        self._clock = clock
         #: the next journal sequence number this edge uses (after Welcome)
         self.next_seq = 1
         self._outcomes: list[EventReport] = []  # waiting for room in the in-flight window
@@ -139,7 +143,8 @@ class EdgeClient(Protocol):
         action = COMMAND_ACTIONS.get(command.kind, f"kind-{command.kind}")
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         self._outcomes.append(EventReport(seq=seq, meter_id=command.meter_id,
-                                          time=1_795_000_000, kind=AlarmKind.COMMAND_SUCCEEDED,
+                                          time=int(self._clock()),
+                                          kind=AlarmKind.COMMAND_SUCCEEDED,
                                           detail=f"{command.command_id} {action} {reason}"))
         self._send_outcomes()
 
