@@ -138,7 +138,8 @@ def newest_end(dsn: str, meter: int) -> datetime.datetime:
 def test_relay_open_then_close_through_the_api(world: World) -> None:
     """relay_open through the API: succeeded once the meter confirmed, `meters` shows it open,
     the meter's later readings carry the relay flag with a frozen register (as in gridsim's
-    ground truth); relay_close restores consumption."""
+    ground truth); relay_close restores consumption.  Then set_config saves the setting on the
+    data partition, and reboot stops the unit cleanly, which comes back healthy."""
     w = world
     start_unit(w)
     with running(w.edge, w.sim):
@@ -197,6 +198,8 @@ def test_relay_open_then_close_through_the_api(world: World) -> None:
         assert "gridedge stopped" in w.edge.log.read_text()
         start_unit(w)  # what init does after the reboot
         assert w.final(reboot["id"])["state"] == "succeeded"
+        wait_until(lambda: w.edge is not None and w.edge.health()[0] == 0, 30,
+                   "a healthy unit after the reboot", w.logs)
         assert w.edge.proc.stop() == 0
 
 
