@@ -2,14 +2,15 @@
 `gridedge run` (command store, radio link) -> gridsim's meters over a pty -> outcome back through
 the journal -> PostgreSQL; real processes, certificates and PostgreSQL, gridsim as ground truth.
 
-Relay frames are counted by gridsim itself (its "relay commands answered" progress counter,
-which counts every RelayCommand frame it read from the pty).
+Relay frames are counted by gridsim itself (its progress line's "relay frames read": every
+RelayCommand frame it read from the pty, answered or not).
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ class World:
     def relay_frames(self) -> int:
         """RelayCommand frames gridsim has read from the pty (its latest progress line)."""
         assert self.sim is not None
-        found = re.findall(r"(\d+) relay commands answered", self.sim.log.read_text())
+        found = re.findall(r"\((\d+) relay frames read\)", self.sim.log.read_text())
         return int(found[-1]) if found else 0
 
     def meters(self) -> list[int]:
@@ -109,7 +110,9 @@ def start_unit(w: World, *, uplink_port: int | None = None, speed: float = 900,
     PostgreSQL."""
     if w.sim is None:
         w.sim = Sim(w.root, w.root / "radio", meters=METERS, speed=speed, duration=duration,
-                    extra=("--log-every", "0.2")).start()
+                    extra=("--log-every", "0.2"))
+        w.sim.proc.stdin = subprocess.PIPE  # gridsim's fault controls
+        w.sim.start()
     w.edge = Edge(w.root, w.data, edge_config(
         w.data, uplink_port=uplink_port or w.cloud.port, radio=w.sim.port,
         extra='\n[commands]\nreboot_command = []\n'))
@@ -271,18 +274,28 @@ def test_duplicated_delivery_and_kill9_execute_once(world: World) -> None:
             assert "delivered again" in w.edge.log.read_text()
             assert w.relay_frames() == 1
 
-            # kill -9 while the relay command is in flight (gridsim answers after a mesh delay)
+            # kill -9 while the relay command is in flight: the meter is silent, so the unit
+            # sent the frame and waits for a confirmation that cannot come before it dies.
             frames = w.relay_frames()
+            assert w.sim is not None and w.sim.proc.popen is not None
+            stdin = w.sim.proc.popen.stdin
+            assert stdin is not None
+            stdin.write(f"silence {meter} 7200\n".encode())
+            stdin.flush()
+            wait_until(lambda: f"silence {meter} 7200 done" in w.sim.log.read_text(), 10,
+                       "gridsim to silence the meter", w.logs)
             closing = w.post(action="relay_close", meter_id=meter)
-            wait_until(lambda: w.relay_frames() > frames or "relay closed" in
-                       w.sim.log.read_text(), 30, "the relay frame on the pty", w.logs)
+            wait_until(lambda: w.relay_frames() > frames, 30, "the relay frame on the pty",
+                       w.logs)
             w.edge.proc.kill9()
             start_unit(w, uplink_port=proxy.port)
             finished = w.final(closing["id"])
-            assert finished["state"] in ("succeeded", "failed"), finished
-            if finished["state"] == "failed":
-                assert "interrupted" in finished["reason"]
-            assert w.relay_frames() == frames + 1
+            assert finished["state"] == "failed", finished
+            assert "interrupted by a restart" in finished["reason"], finished
+            lines = w.sim.log.read_text().count("relay frames read")
+            wait_until(lambda: w.sim is not None and w.sim.log.read_text().count(
+                "relay frames read") > lines, 10, "gridsim's next progress line", w.logs)
+            assert w.relay_frames() == frames + 1  # never sent again
 
 
 def test_flood_of_ten_thousand_commands_in_bounded_windows_readings_keep_flowing(
