@@ -349,7 +349,8 @@ async def test_point12_a_revocation_while_listen_is_down_still_closes_the_sessio
     (terminated,) = query(
         pg_dsn,
         "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
+        " WHERE datname = current_database() AND query = %s",
+        (f'LISTEN "{revocation.CHANNEL}"',),
     )
     assert terminated == (True,)
     revocation.revoke_edge(pg_dsn, "edge-1", "stolen")

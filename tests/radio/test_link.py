@@ -16,6 +16,7 @@ from gridedge.radio import (
     SinkError,
 )
 from gridedge.radio.held import SLOT_SIZE, HeldRecords, pack, unpack
+from gridedge.radio.readnow import ReadOutcome
 from gridradio import Flags, FrameDecoder, IntervalRecord, encode_many
 from gridsim.model import make_meters
 from gridsim.module import FaultRates, RadioModule
@@ -555,3 +556,37 @@ def test_backlog_in_stats_and_logged_on_change() -> None:
                                "2026-01-05 00:30:00Z"), texts
     assert texts[2].startswith("radio backlog cleared after 35"), texts
     assert h.link.stats()["meters_owed"] == 0 and h.link.stats()["oldest_owed"] == 0
+
+
+def test_read_now_asks_for_the_newest_interval_and_delivers_it() -> None:
+    """read_now polls the meter's newest completed interval (by the module clock), delivers
+    the record to the sink like any other, and fires with what was read."""
+    h = Harness()
+    h.report(rec(M, T0))
+    h.feed(F.ModuleStatus(T0 + 2 * IV + 30, 1, 1, 0, 1))
+    h.polls()  # whatever gap filling wanted: not this test's business
+    outcomes: list[ReadOutcome] = []
+    h.link.read_now(M).addCallback(outcomes.append)
+    [poll] = [p for p in h.polls() if (p.first_end, p.count) == (T0 + 2 * IV, 1)]
+    assert poll.meter_id == M
+    h.answer(poll, {T0 + 2 * IV: rec(M, T0 + 2 * IV, 4242)}, T0)
+    assert outcomes == [ReadOutcome(M, True, "read", T0 + 2 * IV, 4242)]
+    assert h.link.stats()["records_held"] + len(h.delivered()) >= 2  # T0 and the new one
+    assert h.link.stats()["late_responses"] == 0
+
+
+def test_read_now_failures() -> None:
+    """An unknown meter, a meter that does not answer, no answer at all, a stopped link: the
+    Deferred fires with the reason, never an error."""
+    h = Harness()
+    got: list[ReadOutcome] = []
+    h.link.read_now(999).addCallback(got.append)
+    h.report(rec(M, T0))
+    h.link.read_now(M, timeout=3.0).addCallback(got.append)
+    poll = h.polls()[-1]
+    h.feed(F.PollResponse(poll.cmd_id, M, poll.first_end, 1, F.PollStatus.NO_RESPONSE, 0, 0, ()))
+    h.link.read_now(M, timeout=3.0).addCallback(got.append)
+    h.clock.advance(3.0)
+    h.link.read_now(M).addCallback(got.append)
+    h.link.stop()
+    assert [o.reason for o in got] == ["unknown-meter", "no-response", "timeout", "link-stopped"]

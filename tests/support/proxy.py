@@ -60,6 +60,7 @@ class FaultProxy:
         self._rate: float | None = None
         self._corrupt = 0
         self._refuse = False
+        self._hold_up = False
         self.port = 0
 
     # -- life cycle --------------------------------------------------------------------------
@@ -113,6 +114,11 @@ class FaultProxy:
     def refuse(self, flag: bool) -> None:
         self._refuse = flag
 
+    def hold_up(self, flag: bool) -> None:
+        """Hold what the edge sends (the cloud hears nothing) while the cloud's bytes still
+        reach the edge; a cut then drops what was held."""
+        self._hold_up = flag
+
     def retarget(self, host: str, port: int) -> None:
         """Send new connections elsewhere (e.g. a restarted cloud on a new port)."""
         self.target = (host, port)
@@ -162,6 +168,8 @@ class FaultProxy:
                 data = await reader.read(4096)
                 if not data:
                     break
+                while direction == "up" and self._hold_up:  # one-way silence
+                    await asyncio.sleep(0.02)
                 while time.monotonic() < self._resume_at:  # a stall: the fault is the delay
                     await asyncio.sleep(min(0.05, self._resume_at - time.monotonic()))
                 if self._corrupt > 0:

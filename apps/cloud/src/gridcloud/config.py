@@ -44,7 +44,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
     "ingest": frozenset(
-        {"max_pending_uploads", "partition_days_ahead", "partition_check_interval"}
+        {"max_pending_uploads", "partition_days_ahead", "partition_check_interval",
+         "command_window", "command_expiry_interval"}
     ),
 }
 
@@ -89,6 +90,10 @@ class ServerConfig:
     #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
     #: interface); empty: none.
     metrics_listen: str = ""
+    #: Commands sent to one session and not yet accepted by the unit (gridcloud.commands).
+    command_window: int = 32
+    #: Seconds between sweeps that expire commands no unit executed in time.
+    command_expiry_interval: float = 30.0
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -106,6 +111,8 @@ class ServerConfig:
             "partition_check_interval",
             "tls_session_lifetime",
             "traffic_flush_interval",
+            "command_window",
+            "command_expiry_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:

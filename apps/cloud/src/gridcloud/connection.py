@@ -175,6 +175,15 @@ class Store(Protocol):
         """Store one upload; ``done(previous high-water mark)`` after COMMIT."""
 
 
+class SessionObserver(Protocol):
+    """Told when a connection becomes its edge's live session, and when it is gone
+    (gridcloud.commands delivers commands to live sessions)."""
+
+    def live(self, connection: EdgeConnection) -> None: ...
+
+    def gone(self, connection: EdgeConnection) -> None: ...
+
+
 class Log(Protocol):
     """Log lines with a format string and fields (``twisted.logger.Logger`` fits)."""
 
@@ -202,6 +211,7 @@ class EdgeConnection:
         sessions: SessionRegistry[EdgeConnection],
         log: Log,
         handlers: Mapping[type[Message], Handler] | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.peer = peer
         self.config = config
@@ -223,6 +233,7 @@ class EdgeConnection:
         self.serial = 0
         # Shared by all connections of a server: the core messages are looked up first.
         self._handlers: Mapping[type[Message], Handler] = handlers if handlers is not None else {}
+        self._observer = observer
         self._uploads: deque[Upload] = deque()
         self._writing = False
         self._paused = False
@@ -307,6 +318,8 @@ class EdgeConnection:
         self._uploads.clear()
         self._disarm()
         self._sessions.forget(self)
+        if self._observer is not None:
+            self._observer.gone(self)
         if self.edge_id is not None and self._live:
             self.log.info(
                 "edge {edge} ({peer}) disconnected: {why}",
@@ -400,6 +413,8 @@ class EdgeConnection:
         )
         self._check_silence()
         self._resume()
+        if self._observer is not None:
+            self._observer.live(self)
 
     def _not_admitted(self, error: BaseException) -> None:
         if isinstance(error, EdgeRefused):

@@ -8,9 +8,10 @@ connection's ``edge_id``, ``peer``, ``log`` and ``send()``.  A type without a
 handler is accepted (the session has checked it) and otherwise ignored, which
 is today's fate of Pong, FirmwareStatus and ChunkRequest.
 
-Why a table: command dispatch and firmware updates are later work, and each
-adds a handler (here, or into ``CloudService.handlers`` when it needs the
-database), not another branch in the connection or its Twisted adapter.
+Why a table: command dispatch and firmware updates each add a handler (here, or
+into ``CloudService.handlers`` when it needs the database, as
+:mod:`gridcloud.commands` does for ``CommandResult``), not another branch in the
+connection or its Twisted adapter.
 
 Tests: tests/cloud/test_cloud_connection.py.
 """
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def log_command_result(connection: EdgeConnection, result: CommandResult) -> None:
-    """No command is sent yet; an edge's result (e.g. UNSUPPORTED) is logged, not stored."""
+    """A server without command delivery (tests) logs results; CloudService stores them."""
     connection.log.info(
         "edge {edge}: command {cid} status {status} {detail}",
         edge=connection.edge_id,

@@ -137,7 +137,7 @@ class IngestStore:
         self._reactor = reactor
         self._dsn = dsn
         self._pool = DatabasePool(reactor, dsn, pool_size)
-        self._listener: txpostgres.Connection | None = None
+        self._listeners: list[txpostgres.Connection] = []
 
     @property
     def pool(self) -> DatabasePool:
@@ -151,9 +151,9 @@ class IngestStore:
 
     def close(self) -> None:
         self._pool.close()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
 
     @defer.inlineCallbacks
     def listen(
@@ -170,7 +170,7 @@ class IngestStore:
         """
         detector = DeadConnectionDetector(reactor=self._reactor)
         conn = QuietConnection(self._reactor, detector=detector)
-        self._listener = conn
+        self._listeners.append(conn)
         yield conn.connect(self._dsn)
 
         def deliver(notify: Any) -> None:
@@ -190,6 +190,11 @@ class IngestStore:
         conn.addNotifyObserver(deliver)
         detector.addRecoveryHandler(resubscribe)
         yield subscribe()
+
+    def run(self, sql: str, params: Any = None) -> defer.Deferred[list[tuple[Any, ...]]]:
+        """Rows of one statement on the pool (gridcloud.commands' queries)."""
+        d: defer.Deferred[list[tuple[Any, ...]]] = self._pool.runQuery(sql, params)
+        return d
 
     def revoked_among(
         self, identities: Sequence[tuple[str, int]]

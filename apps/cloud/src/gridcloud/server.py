@@ -12,7 +12,9 @@ previous one is ready:
 2. :class:`PartitionMaintenance` makes sure the readings partitions exist
    (before any edge is accepted), then checks again every
    ``partition_check_interval``.
-3. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
+3. :class:`~gridcloud.commands.CommandDispatcher` LISTENs for ``NOTIFY
+   gridcloud_commands`` and delivers commands to the live sessions of this node.
+4. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
 Under TLS every connection's bytes are counted (:mod:`gridcloud.traffic`)
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gridwire import CommandResult
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
@@ -54,6 +57,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from . import migrations, revocation
+from .commands import CommandDispatcher
 from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
@@ -278,6 +282,12 @@ class CloudService(service.MultiService):
         self.sessions.setServiceParent(self)  # type: ignore[no-untyped-call]
         #: what to do with the messages beyond the core, by type (see gridcloud.handlers)
         self.handlers = default_handlers()
+        #: delivers commands to this node's live sessions (gridcloud.commands)
+        self.commands = CommandDispatcher(
+            self.store, self.sessions, self.clock,
+            window=config.command_window, expiry_interval=config.command_expiry_interval,
+        )
+        self.handlers[CommandResult] = self.commands.result
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
         self.metrics = ServeMetrics()
@@ -300,7 +310,7 @@ class CloudService(service.MultiService):
             reactor, config.listen, self.tls,
             EdgeFactory(self._connection, self.tls, self.metrics), self.traffic,
         )
-        for part in (self.revocations, self.partitions, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     @property
@@ -330,7 +340,7 @@ class CloudService(service.MultiService):
             await self.metrics_listener.listen()
         await self.store.start()
         self.traffic.start()
-        for part in (self.revocations, self.partitions, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.startService()
             await part.ready
         return self.port
@@ -351,6 +361,7 @@ class CloudService(service.MultiService):
             sessions=self.sessions,
             log=log,
             handlers=self.handlers,
+            observer=self.commands,
         )
 
 

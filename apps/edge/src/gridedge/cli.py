@@ -16,6 +16,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def run(config: Config) -> int:
              version=config.edge.firmware_version, slot=config.edge.boot_slot,
              config=str(config.source), data=str(config.data_dir))
     unit = Unit(config, reactor)
-    _stop_once_on_signals(reactor)
+    unit.stop = _stop_once_on_signals(reactor)  # a reboot command stops the same way
     reactor.callWhenRunning(unit.startService)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: _stopping(log, unit))
@@ -95,10 +96,15 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("gridedge stopped")
+    if unit.reboot_requested and config.commands.reboot_command:
+        log.warn("rebooting: {argv}", argv=" ".join(config.commands.reboot_command))
+        import subprocess
+
+        return subprocess.call(list(config.commands.reboot_command))
     return 0
 
 
-def _stop_once_on_signals(reactor: Any) -> None:
+def _stop_once_on_signals(reactor: Any) -> Callable[[], None]:
     """Stop on the first SIGTERM/SIGINT and ignore repeats.
 
     At shutdown, BusyBox init signals every process after the init script has already
@@ -122,6 +128,7 @@ def _stop_once_on_signals(reactor: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
 
 
 def _stopping(log: Any, root: Any) -> Any:

@@ -44,6 +44,7 @@ Tests: tests/edge/test_config.py.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
@@ -52,6 +53,7 @@ from typing import Any, TypeVar
 
 from gridwire import MAX_BOOT_SLOT, MAX_FIRMWARE_VERSION
 
+from gridedge.commands import settings as saved_settings
 from gridedge.radio.settings import LinkSettings, SettingError
 
 T = TypeVar("T")
@@ -137,6 +139,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """What the command executor needs from the file (gridedge.commands)."""
+
+    #: run after the clean stop that a reboot command causes (empty: just exit, for
+    #: tests and bench units whose supervisor restarts gridedge)
+    reboot_command: tuple[str, ...] = ("/sbin/reboot",)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file."""
 
@@ -148,6 +159,7 @@ class Config:
     journal: JournalConfig
     health: HealthConfig
     log: LogConfig
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -355,6 +367,17 @@ def _read_log(s: _Section, data_dir: Path, cmdline: Path) -> LogConfig:
     return LogConfig(**given)
 
 
+def _read_commands(s: _Section, data_dir: Path, cmdline: Path) -> CommandsConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "reboot_command", list)
+    if "reboot_command" in given:
+        argv = given["reboot_command"]
+        if not all(isinstance(a, str) and a for a in argv):
+            raise s.error("reboot_command", "must be a list of non-empty strings")
+        given["reboot_command"] = tuple(argv)
+    return CommandsConfig(**given)
+
+
 #: Every section of the file, in the order they are checked, with its reader.
 _SECTIONS = {
     "edge": _read_edge,
@@ -363,7 +386,25 @@ _SECTIONS = {
     "journal": _read_journal,
     "health": _read_health,
     "log": _read_log,
+    "commands": _read_commands,
 }
+
+
+def _lay_saved_settings(raw: dict[str, Any], data_dir: Path) -> None:
+    """Lay the settings changed by commands (``data_dir``/settings.toml, see
+    gridedge.commands.settings) over ``raw``; a damaged file is reported and ignored,
+    so a bad command can never keep the unit from starting."""
+    path = data_dir / saved_settings.FILE_NAME
+    try:
+        saved = saved_settings.read(path)
+    except ValueError as exc:
+        print(f"gridedge: ignoring the saved settings: {exc}", file=sys.stderr)
+        return
+    for name, value in saved.items():
+        section, key = name.split(".", 1)
+        table = raw.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
 
 
 def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
@@ -385,6 +426,7 @@ def load(path: Path, *, cmdline: Path = Path("/proc/cmdline")) -> Config:
         if isinstance(value, dict) and name not in _SECTIONS:
             raise ConfigError(
                 f"{path}: [{name}]: unknown section (typo? see docs/edge.md)")
+    _lay_saved_settings(raw, data_dir)
     sections: dict[str, Any] = {}
     for name, read in _SECTIONS.items():
         top.used.add(name)

@@ -524,19 +524,29 @@ class Journal:
         The detail is cut to the 255 bytes an EventReport carries; fields out of the
         wire's ranges are refused here (ValueError), not when the uplink sends them.
         """
-        detail = event.detail.encode()[:_MAX_DETAIL].decode(errors="ignore")
-        try:
-            report = EventReport(seq=1, meter_id=event.meter_id, time=event.time,
-                                 kind=event.kind, detail=detail)
-        except ProtocolError as exc:
-            raise ValueError(f"invalid event {event!r}: {exc}") from None
-        problem = event_problem(report)
-        if problem is not None:
-            self._refuse(1, f"event of kind {event.kind} refused: {problem}")
-            self.flush()
-            raise ValueError(f"invalid event {event!r}: {problem}")
-        self._unsaved.events.append(Event(event.meter_id, event.time, event.kind, detail))
-        self._store(_Change(), 1)
+        self.append_events([event])
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Store several events in one transaction (one fsync), like :meth:`append_event`;
+        a ValueError for one of them stores none."""
+        checked = []
+        for event in events:
+            detail = event.detail.encode()[:_MAX_DETAIL].decode(errors="ignore")
+            try:
+                report = EventReport(seq=1, meter_id=event.meter_id, time=event.time,
+                                     kind=event.kind, detail=detail)
+            except ProtocolError as exc:
+                raise ValueError(f"invalid event {event!r}: {exc}") from None
+            problem = event_problem(report)
+            if problem is not None:
+                self._refuse(1, f"event of kind {event.kind} refused: {problem}")
+                self.flush()
+                raise ValueError(f"invalid event {event!r}: {problem}")
+            checked.append(Event(event.meter_id, event.time, event.kind, detail))
+        if not checked:
+            return
+        self._unsaved.events.extend(checked)
+        self._store(_Change(), len(checked))
 
     def _store(self, change: _Change, count: int) -> None:
         at_cap: bool | None = None  # decided at the first SQLITE_FULL, kept while making room

@@ -11,16 +11,35 @@ never imports it.
 
 It is a thin Twisted adapter around ``gridwire.EdgeSession``, like the uplink.
 
-Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py (as their client).
+Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py (as their client),
+tests/cloud/test_cloud_commands.py.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gridwire
-from gridwire import Ack, Error, ErrorCode, Hello, Ping, Pong, ProtocolError, ReadingBatch, Welcome
+from gridwire import (
+    COMMAND_ACTIONS,
+    Ack,
+    AlarmKind,
+    Command,
+    CommandResult,
+    CommandStatus,
+    Error,
+    ErrorCode,
+    EventReport,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    ReadingBatch,
+    Welcome,
+)
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.error import ConnectionDone
@@ -53,6 +72,9 @@ class EdgeClient(Protocol):
         hello: Hello,
         tls: ResumingCreator | None = None,
         limits: gridwire.Limits | None = None,
+        *,
+        answer_commands: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = gridwire.EdgeSession(limits=limits)
         self._hello = hello
@@ -66,6 +88,15 @@ class EdgeClient(Protocol):
         self.acked = 0
         self.resumed: bool | None = None
         self._waiters: list[tuple[int, defer.Deferred[int]]] = []
+        #: every Command received, in order (re-deliveries included)
+        self.commands: list[Command] = []
+        #: answer each Command at once: ACCEPTED, then a COMMAND_SUCCEEDED outcome event
+        #: (as a unit that stored and executed it would; the benchmark's stand-in units)
+        self.answer_commands = answer_commands
+        self._clock = clock
+        #: the next journal sequence number this edge uses (after Welcome)
+        self.next_seq = 1
+        self._outcomes: list[EventReport] = []  # waiting for room in the in-flight window
 
     @property
     def _tx(self) -> Any:
@@ -84,11 +115,13 @@ class EdgeClient(Protocol):
             return
         for message in messages:
             if isinstance(message, Welcome):
+                self.next_seq = max(self.next_seq, message.last_acked_seq + 1)
                 if self._tls is not None:
                     self.resumed = self._tls.remember(self._tx.getHandle())
                 self.welcome.callback(message)
             elif isinstance(message, Ack):
                 self.acked = message.up_to_seq
+                self._send_outcomes()
                 ready = [w for w in self._waiters if w[0] <= self.acked]
                 self._waiters = [w for w in self._waiters if w[0] > self.acked]
                 for _, d in ready:
@@ -99,10 +132,31 @@ class EdgeClient(Protocol):
                 self.pongs.append(message.nonce)
             elif isinstance(message, Error):
                 self.errors.append(message)
+            elif isinstance(message, Command):
+                self.commands.append(message)
+                if self.answer_commands:
+                    self.answer(message)
+
+    def answer(self, command: Command, reason: str = "done by loadgen") -> None:
+        """Accept ``command`` and report it succeeded, in the journal's sequence space."""
+        self.send(CommandResult(command_id=command.command_id, status=CommandStatus.ACCEPTED))
+        action = COMMAND_ACTIONS.get(command.kind, f"kind-{command.kind}")
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self._outcomes.append(EventReport(seq=seq, meter_id=command.meter_id,
+                                          time=int(self._clock()),
+                                          kind=AlarmKind.COMMAND_SUCCEEDED,
+                                          detail=f"{command.command_id} {action} {reason}"))
+        self._send_outcomes()
+
+    def _send_outcomes(self) -> None:
+        """Outcome events in sequence order, within the session's in-flight window."""
+        while self._outcomes and self.session.in_flight < self.session.window:
+            self.send(self._outcomes.pop(0))
 
     def upload(self, batch: ReadingBatch) -> defer.Deferred[int]:
         """Send a batch; fires with the ack that covers it."""
         d: defer.Deferred[int] = defer.Deferred()
+        self.next_seq = max(self.next_seq, batch.last_seq + 1)
         self._waiters.append((batch.last_seq, d))
         self._tx.write(self.session.send(batch))
         return d
@@ -153,10 +207,11 @@ async def connect(
     hello: Hello,
     counting: bool = False,
     limits: gridwire.Limits | None = None,
+    answer_commands: bool = False,
 ) -> tuple[EdgeClient, ByteCounter | None]:
     """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``) and,
     with ``counting``, the connection's raw byte counter (the stack the uplink uses)."""
-    client = EdgeClient(hello, tls, limits)
+    client = EdgeClient(hello, tls, limits, answer_commands=answer_commands)
     tcp = endpoints.clientFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
     await endpoints.wrapClientTLS(tls, CountingEndpoint(tcp)).connect(
         Factory.forProtocol(lambda: client))

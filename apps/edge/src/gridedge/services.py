@@ -9,16 +9,22 @@ The tree (docs/edge.md, "Supervision tree")::
     Unit (MultiService)
     ├── supervisor (one_for_one, restart with backoff)
     │   ├── journal   JournalService   (opens the SQLite journal)
+    │   ├── commands  CommandService   (opens the command store, runs commands)
     │   ├── radio     RadioService     (serial port -> records -> journal)
     │   └── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
     ├── health        HealthService    (Unix socket for `gridedge health`)
     └── metrics       MetricsService   (/metrics on loopback, when [health] metrics_listen is set)
+
+The command executor (``Unit.commands``) outlives its service's restarts, like the
+journal: the uplink hands it commands, and the local page calls its
+``submit_local`` (gridedge.commands.executor).
 
 Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py, tests/edge/test_edge_metrics.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -26,7 +32,9 @@ from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from gridedge.config import Config
+from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
+from gridedge.commands import settings as saved_settings
+from gridedge.config import Config, ConfigError, load
 from gridedge.health import HealthService, Snapshot
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
@@ -62,6 +70,21 @@ class JournalService(service.Service):
         self.journal.close()
 
 
+class CommandService(service.Service):
+    """Opens the command store and runs what it holds; closes it on stop."""
+
+    def __init__(self, executor: CommandExecutor) -> None:
+        self.executor = executor
+
+    def startService(self) -> None:
+        self.executor.start()  # CommandStoreError: the supervisor logs it and retries
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.executor.stop()
+
+
 class Unit(service.MultiService):
     """The running unit, built complete from its configuration: the root of the tree, and
     the handles on its parts that the health report reads."""
@@ -76,6 +99,18 @@ class Unit(service.MultiService):
         self.traffic = Traffic(config.journal.path, clock=reactor.seconds)
         self.supervisor = Supervisor(reactor)
         self.supervisor.supervise("journal", lambda crashed: JournalService(self.journal, reactor))
+        self.reactor = reactor
+        #: reboot after the clean stop (a reboot command): read by `gridedge run`
+        self.reboot_requested = False
+        #: how to stop cleanly (`gridedge run` sets the same function its SIGTERM uses)
+        self.stop: Callable[[], None] = reactor.stop
+        self.commands = CommandExecutor(
+            CommandStore(config.data_dir / "commands.db", clock=reactor.seconds),
+            self.journal, reactor,
+            UnitHooks(radio=self._radio_link, apply_settings=self.apply_settings,
+                      reboot=self.reboot, upload_now=self.upload_now),
+        )
+        self.supervisor.supervise("commands", lambda crashed: CommandService(self.commands))
         port = config.radio.port
         if port is not None:
             self.supervisor.supervise("radio", lambda crashed: RadioService(
@@ -102,7 +137,44 @@ class Unit(service.MultiService):
             backoff=ReconnectPolicy(up.backoff_initial, up.backoff_max, up.backoff_factor,
                                     up.backoff_revoked),
             connect_timeout=up.connect_timeout,
+            commands=self.commands,
         )
+
+    # -- what the command executor asks of the unit -------------------------------------------
+
+    def _radio_link(self) -> Any:
+        radio = self.supervisor.child("radio")
+        return radio.link if radio is not None and radio.running else None
+
+    def apply_settings(self, changes: Mapping[str, float]) -> str:
+        """Save ``changes`` on the data partition and use them from the next connection on;
+        ValueError (nothing saved) when the configuration would not start with them."""
+        path = self.config.data_dir / saved_settings.FILE_NAME
+        before = path.read_bytes() if path.exists() else None
+        saved_settings.save(path, changes)
+        try:
+            config = load(self.config.source)
+        except ConfigError as exc:
+            if before is None:
+                path.unlink()
+            else:
+                saved_settings.restore(path, before)
+            raise ValueError(str(exc)) from None
+        self.config = config
+        uplink = self.supervisor.child("uplink")
+        if uplink is not None:
+            uplink.settings = LinkSettings.from_config(config.edge, config.uplink)
+        done = ", ".join(f"{k}={v:g}" for k, v in sorted(changes.items()))
+        return f"saved {done}; in effect from the next connection"
+
+    def reboot(self) -> None:
+        """Stop the way SIGTERM does (journal closed cleanly), then reboot (gridedge.cli)."""
+        self.reboot_requested = True
+        self.stop()
+
+    def upload_now(self) -> bool:
+        uplink = self.supervisor.child("uplink")
+        return bool(uplink is not None and uplink.upload_now())
 
     # -- what the health service reads -------------------------------------------------------
 
@@ -119,6 +191,9 @@ class Unit(service.MultiService):
             "firmware_version": self.config.edge.firmware_version,
             "boot_slot": self.config.edge.boot_slot,
         }
+        if self.commands.store.is_open:
+            details["commands"] = {"stored": self.commands.store.counts(),
+                                   "executed": dict(self.commands.executed)}
         if stats is not None:
             details["journal"] = asdict(stats)
             details["journal_oldest_pending_at"] = self._oldest_pending_at(stats.first_pending_seq)

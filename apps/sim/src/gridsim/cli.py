@@ -194,7 +194,8 @@ def _progress(m: RadioModule) -> str:
         f"{c.records_produced} records produced, {c.reports_sent} reports sent "
         f"({c.reports_dropped} dropped, {c.frames_corrupted} frames corrupted, "
         f"{c.noise_bursts} noise bursts), {c.polls_answered} polls and "
-        f"{c.relay_commands} relay commands answered, {c.resets} module boots"
+        f"{c.relay_commands} relay commands answered ({c.relay_frames} relay frames read), "
+        f"{c.resets} module boots"
     )
 
 

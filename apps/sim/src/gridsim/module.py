@@ -107,6 +107,7 @@ class ModuleCounters:
     records_produced: int = 0
     polls_answered: int = 0
     relay_commands: int = 0
+    relay_frames: int = 0  #: RelayCommand frames read from the port, answered or not
     busy: int = 0
     resets: int = 0
     frames_received: int = 0
@@ -192,6 +193,8 @@ class RadioModule:
             self.counters.frames_received += 1
             if self.now < self._deaf_until:
                 continue
+            if isinstance(frame, RelayCommand):
+                self.counters.relay_frames += 1
             if isinstance(frame, PollRequest | RelayCommand):
                 self._request(frame)
             else:

@@ -17,11 +17,13 @@ from ._limits import (
     MAX_FIRMWARE_VERSION,
     MAX_HANDSHAKE_FRAME,
     MAX_HANDSHAKE_FRAMES,
+    MAX_PAYLOAD,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Limits,
 )
 from ._messages import (
+    COMMAND_ACTIONS,
     Ack,
     AlarmKind,
     ChunkRequest,
@@ -49,11 +51,13 @@ from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
+    "COMMAND_ACTIONS",
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
     "MAX_FIRMWARE_VERSION",
     "MAX_HANDSHAKE_FRAME",
     "MAX_HANDSHAKE_FRAMES",
+    "MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "VALUE_RANGES",

@@ -35,6 +35,7 @@ from ._limits import MAX_BOOT_SLOT, MAX_CHUNK, MAX_FIRMWARE_VERSION, MAX_PAYLOAD
 from ._records import IntervalRecord, RecordColumns
 
 __all__ = [
+    "COMMAND_ACTIONS",
     "Ack",
     "AlarmKind",
     "ChunkRequest",
@@ -100,6 +101,11 @@ class AlarmKind(enum.IntEnum):
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
     JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
+    # A command's final outcome (meter_id: the command's meter, 0 for the unit), journalled
+    # like any event so that it rides the exactly-once path; detail "<id> <action> <reason>".
+    COMMAND_SUCCEEDED = 0x8010
+    COMMAND_FAILED = 0x8011
+    COMMAND_EXPIRED = 0x8012  #: its expiry passed before the unit could execute it
 
 
 class CommandKind(enum.IntEnum):
@@ -112,6 +118,19 @@ class CommandKind(enum.IntEnum):
     REBOOT = 5  #: restart the edge unit (meter_id 0)
     READ_NOW = 6  #: read meter_id now instead of at the next interval
     SET_CONFIG = 7  #: payload: configuration document (application defined)
+    UPLOAD_NOW = 8  #: upload what the journal holds now, without waiting (meter_id 0)
+
+
+#: The action names of the command kinds a unit executes, as command outcomes name them
+#: (EventReport.detail "<command_id> <action> <reason>") and as the cloud's API does.
+COMMAND_ACTIONS: dict[int, str] = {
+    CommandKind.RELAY_OPEN: "relay_open",
+    CommandKind.RELAY_CLOSE: "relay_close",
+    CommandKind.READ_NOW: "read_now",
+    CommandKind.SET_CONFIG: "set_config",
+    CommandKind.REBOOT: "reboot",
+    CommandKind.UPLOAD_NOW: "upload_now",
+}
 
 
 class CommandStatus(enum.IntEnum):
@@ -390,7 +409,11 @@ class EventReport(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Command(Message):
-    """Cloud -> edge: do something; executed at most once per command_id."""
+    """Cloud -> edge: do something; executed at most once per command_id.
+
+    ``expires_at`` (extension, Unix seconds, 0: never) is when the command stops being
+    worth executing; an edge that does not know the extension skips it.
+    """
 
     TYPE = MessageType.COMMAND
     WIRE = (
@@ -399,11 +422,13 @@ class Command(Message):
         ("meter_id", U32),
         ("payload", ("blob", MAX_PAYLOAD)),
     )
+    EXTENSIONS = ((2, "expires_at", U64),)
     ENUMS: ClassVar[dict[str, type[enum.IntEnum]]] = {"kind": CommandKind}
     command_id: int
     kind: int
     meter_id: int = 0
     payload: bytes = b""
+    expires_at: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

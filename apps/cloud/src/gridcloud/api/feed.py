@@ -1,5 +1,10 @@
 """``GET /v1/feed``: new readings and events as Server-Sent Events, resumable after anything.
 
+Commands: each state change of a command (migration 0007's trigger) is a
+``feed_log`` row with ``command_id`` set, sent as an event ``command`` carrying
+the command as it is when sent (so a quick succession of changes may show the
+latest state more than once).
+
 Where the data comes from: every committed advance of an edge's high-water
 mark (a stored batch or event) adds a ``feed_log`` row and sends ``NOTIFY
 gridcloud_feed`` in the ingest transaction itself (trigger of migration 0005),
@@ -41,6 +46,7 @@ from .database import Database
 from .pacing import Pacer
 from .params import Param
 from .problems import Problem
+from .resources import commands as commands_resource
 from .resources import events as events_resource
 from .resources import readings as readings_resource
 from .routes import STREAMED, Call, Operation
@@ -69,7 +75,7 @@ START_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
 
 ROWS_SQL = f"""
 SELECT txid::text::numeric, id, edge_id, first_seq, last_seq,
-       txid < pg_snapshot_xmin(pg_current_snapshot())
+       txid < pg_snapshot_xmin(pg_current_snapshot()), command_id
   FROM feed_log
  WHERE (txid, id) >= (%(t)s::text::xid8, %(i)s)
    AND (%(edges)s::text[] IS NULL OR edge_id = ANY(%(edges)s::text[]))
@@ -86,6 +92,9 @@ EVENTS_SQL = """
 SELECT edge_id, seq, meter_id, event_time, kind, detail, received_at
   FROM events WHERE edge_id = %s AND seq BETWEEN %s AND %s ORDER BY seq
 """
+
+
+COMMAND_SQL = commands_resource.ONE_SQL
 
 
 class FeedHub:
@@ -128,7 +137,8 @@ class FeedHub:
                 self.serve, response={"type": "string"}, media=(MEDIA_TYPE,),
                 params=(WAIT,),
                 description=(
-                    "Answers `text/event-stream`: events `reading` and `event`, each with an "
+                    "Answers `text/event-stream`: events `reading`, `event` and `command` (a "
+                    "command's state changed), each with an "
                     "`id` to send back as `Last-Event-ID` to resume after it (docs/api.md)."
                 ),
             ),
@@ -223,18 +233,33 @@ class _Stream:
         while not self._closed:
             t, i, s = self.position
             rows = await db.rows(ROWS_SQL, {"t": str(t), "i": i, "edges": self._call.edges()})
-            for txid, row_id, edge_id, first, last, ready in rows:
+            for txid, row_id, edge_id, first, last, ready, command_id in rows:
                 if not ready:
                     return True
                 txid = int(txid)
                 skip = s if (txid, row_id) == (t, i) else 0
-                await self._send_row(txid, row_id, edge_id, max(first, skip + 1), last, pacer)
+                if command_id is not None:
+                    if skip < last:
+                        await self._send_command(txid, row_id, command_id, pacer)
+                else:
+                    await self._send_row(txid, row_id, edge_id, max(first, skip + 1), last,
+                                         pacer)
                 self.position = (txid, row_id, last)
                 if self._closed:
                     return False
             if len(rows) < ROWS:
                 return False
         return False
+
+    async def _send_command(self, txid: int, row_id: int, command_id: int, pacer: Pacer) -> None:
+        """A command's transition: the command as it is now (its latest state)."""
+        rows = await self._call.db.rows(COMMAND_SQL, {"id": command_id, "edges": None})
+        if not rows:
+            return
+        data = json.dumps(commands_resource.item(rows[0]))
+        self._request.write(f"id: {txid}-{row_id}-1\nevent: command\ndata: {data}\n\n".encode())
+        await pacer.ready()
+        self._last_sent = self._call.clock.seconds()
 
     async def _send_row(
         self, txid: int, row_id: int, edge_id: str, first: int, last: int, pacer: Pacer

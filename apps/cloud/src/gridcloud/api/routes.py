@@ -275,25 +275,43 @@ class Api:
         return value
 
 
-def check_body(value: Any, schema: dict[str, Any]) -> None:
-    """Check a JSON body against the small schema subset the API uses (objects of scalars
-    and string arrays, additionalProperties false); a bad-body Problem says what is wrong."""
+def check_body(value: Any, schema: dict[str, Any], prefix: str = "") -> None:
+    """Check a JSON body against the small schema subset the API uses (objects of scalars,
+    string arrays and objects of numbers, additionalProperties false); a bad-body Problem
+    says what is wrong."""
     if not isinstance(value, dict):
-        raise Problem("bad-body", "the body must be a JSON object")
+        what = f"{prefix.rstrip('.')} must be" if prefix else "the body must be"
+        raise Problem("bad-body", f"{what} a JSON object")
     props: dict[str, Any] = schema["properties"]
     unknown = sorted(set(value) - set(props))
     if unknown:
-        raise Problem("bad-body", f"unknown field(s): {', '.join(unknown)}")
+        raise Problem("bad-body", f"unknown field(s): {', '.join(prefix + u for u in unknown)}")
     for name in schema.get("required", ()):
         if name not in value:
-            raise Problem("bad-body", f"missing field: {name}")
+            raise Problem("bad-body", f"missing field: {prefix}{name}")
+    if len(value) < schema.get("minProperties", 0):
+        raise Problem("bad-body", f"{prefix.rstrip('.')}: at least "
+                      f"{schema['minProperties']} field(s)")
     for name, item in value.items():
-        _check_value(name, item, props[name])
+        _check_value(prefix + name, item, props[name])
 
 
 def _check_value(name: str, item: Any, spec: dict[str, Any]) -> None:
     kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
     if item is None and "null" in kinds:
+        return
+    if "object" in kinds and isinstance(item, dict):
+        check_body(item, spec, prefix=name + ".")
+        return
+    numeric = ("integer" in kinds and type(item) is int) or (
+        "number" in kinds and type(item) in (int, float))
+    if numeric:
+        if item != item or item in (float("inf"), float("-inf")):
+            raise Problem("bad-body", f"{name}: must be a finite number")
+        if "minimum" in spec and item < spec["minimum"]:
+            raise Problem("bad-body", f"{name}: must be at least {spec['minimum']}")
+        if "maximum" in spec and item > spec["maximum"]:
+            raise Problem("bad-body", f"{name}: must be at most {spec['maximum']}")
         return
     if "array" in kinds and isinstance(item, list):
         if "maxItems" in spec and len(item) > spec["maxItems"]:

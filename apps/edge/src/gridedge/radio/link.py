@@ -55,6 +55,7 @@ from .clock import Clock
 from .counters import LinkCounters, decoder_stats, fresh_decoder
 from .delivery import Delivery
 from .outbox import Outbox
+from .readnow import ReadNow, ReadOutcome
 from .registry import MeterRegistry, MeterStatus
 from .relays import RelayCommands, RelayOutcome
 from .settings import LinkSettings
@@ -86,9 +87,10 @@ class RadioLink:
         )
         self.polls.delivery = self.delivery
         self.relays = RelayCommands(clock, settings, self.registry, self.outbox, counters)
+        self.reads = ReadNow(clock, self.registry, self.outbox, self.delivery, counters)
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             IntervalReport: self._on_report,
-            PollResponse: self.polls.on_response,
+            PollResponse: self._on_poll_response,
             RelayConfirm: self.relays.on_confirm,
             MeterJoin: self._on_join,
             MeterLeave: self._on_leave,
@@ -140,6 +142,7 @@ class RadioLink:
         self.polls.stop()
         self.delivery.stop()
         self.relays.stop()
+        self.reads.stop()
 
     # --- public queries and commands ---------------------------------------------------
 
@@ -183,7 +186,21 @@ class RadioLink:
         """
         return self.relays.send(meter_id, open, timeout, attempts)
 
+    def read_now(self, meter_id: int, *, timeout: float | None = None) -> Deferred[ReadOutcome]:
+        """Ask a meter for its newest completed interval now; the records go to the sink.
+
+        The Deferred always fires with a :class:`ReadOutcome`, never an error.
+        """
+        wait = self.settings.poll_timeout if timeout is None else timeout
+        return self.reads.send(meter_id, self.polls.module_time, wait)
+
     # --- frames from the module ------------------------------------------------------------
+
+    def _on_poll_response(self, frame: PollResponse, now: float) -> None:
+        if self.reads.owns(frame.cmd_id):
+            self.reads.on_response(frame, now)
+        else:
+            self.polls.on_response(frame, now)
 
     def _on_report(self, frame: IntervalReport, now: float) -> None:
         record = frame.record

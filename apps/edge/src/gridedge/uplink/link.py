@@ -32,8 +32,9 @@ Tests: tests/edge/test_uplink_link.py.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gridwire import (
     SUPPORTED_VERSIONS,
@@ -91,8 +92,22 @@ class LinkSettings:
         )
 
 
+class CommandReceiver(Protocol):
+    """Where commands from the cloud go (gridedge.commands.CommandExecutor fits)."""
+
+    def accept(self, commands: Sequence[Command]) -> list[int]:
+        """Store ``commands`` durably; the ids to answer ACCEPTED.  Raises when it cannot."""
+
+
 class Link:
-    """The application side of one connection, driven by its adapter."""
+    """The application side of one connection, driven by its adapter.
+
+    Commands: those of one read from the socket are handed to the ``commands``
+    receiver together (one durable write), and each is answered
+    ``CommandResult(ACCEPTED)`` only once the receiver stored it.  If it cannot,
+    nothing is answered and the cloud sends them again on the next session.  Without
+    a receiver, commands are answered ``UNSUPPORTED``.
+    """
 
     log = Logger()
 
@@ -107,8 +122,11 @@ class Link:
         on_ready: Callable[[Welcome], None] = lambda welcome: None,
         on_error: Callable[[Error], None] = lambda error: None,
         limits: Limits | None = None,
+        commands: CommandReceiver | None = None,
     ) -> None:
         self.journal = journal
+        self._commands = commands
+        self._received: list[Command] = []
         self.settings = settings
         self.clock = clock
         self._write = write
@@ -153,6 +171,8 @@ class Link:
                 self._handle(message)
                 if self.closed:
                     return
+            if self._received:
+                self._accept_commands()
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -191,11 +211,12 @@ class Link:
         elif isinstance(message, Pong):
             pass  # _alive() already noted it
         elif isinstance(message, Command):
-            # Commands are executed by later work (relay commands through the radio link);
-            # until then say so, so the cloud does not wait forever.
-            self._send(CommandResult(command_id=message.command_id,
-                                     status=CommandStatus.UNSUPPORTED,
-                                     detail="commands are not executed by this gridedge yet"))
+            if self._commands is None:  # a unit built without an executor (tools, tests)
+                self._send(CommandResult(command_id=message.command_id,
+                                         status=CommandStatus.UNSUPPORTED,
+                                         detail="this gridedge executes no commands"))
+            else:
+                self._received.append(message)
         elif isinstance(message, Error):
             self.log.warn("cloud closed the session: {code} {detail}{hint}",
                           code=getattr(message.code, "name", message.code), detail=message.detail,
@@ -205,6 +226,30 @@ class Link:
             self._abort()
         # FirmwareOffer and FirmwareChunk: the update agent is later work; ignoring an offer
         # is allowed (the edge simply never requests chunks).
+
+    def _accept_commands(self) -> None:
+        received, self._received = self._received, []
+        assert self._commands is not None
+        try:
+            ids = self._commands.accept(received)
+        except Exception as exc:  # the store failed: say nothing, the cloud sends them again
+            self.log.warn("uplink: {n} command(s) could not be stored ({error}); not accepted",
+                          n=len(received), error=str(exc))
+            return
+        for command_id in ids:
+            self._send(CommandResult(command_id=command_id, status=CommandStatus.ACCEPTED))
+
+    def upload_now(self) -> bool:
+        """Send what the journal holds without waiting for a batch to fill; False if the
+        session is not ready."""
+        if self.closed or self.session.state is not State.READY:
+            return False
+        self._linger_done = True
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self.pump()
+        return True
 
     def _welcome(self, welcome: Welcome) -> None:
         acked = welcome.last_acked_seq

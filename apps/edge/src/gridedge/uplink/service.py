@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from gridedge.journal import Journal
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.counting import CountingEndpoint, raw_counter
-from gridedge.uplink.link import Link, LinkSettings
+from gridedge.uplink.link import CommandReceiver, Link, LinkSettings
 from gridedge.uplink.protocol import UplinkProtocol
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic
@@ -70,7 +70,9 @@ class UplinkService(service.Service):
         backoff: ReconnectPolicy,
         connect_timeout: float,
         flush_every: float = 60.0,
+        commands: CommandReceiver | None = None,
     ) -> None:
+        self._commands = commands
         self.reactor = reactor
         self.journal = journal
         self.traffic = traffic
@@ -138,6 +140,7 @@ class UplinkService(service.Service):
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
             on_error=self._backoff.refused,
+            commands=self._commands,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
@@ -159,6 +162,11 @@ class UplinkService(service.Service):
             kind="resumed" if resumed else "new", n=sent + received, sent=sent,
             received=received,
         )
+
+    def upload_now(self) -> bool:
+        """Upload what the journal holds now; False when not connected."""
+        link = self._current.link if self._current is not None else None
+        return link is not None and link.upload_now()
 
     @property
     def connected(self) -> bool:

@@ -1,13 +1,14 @@
 """The API's resources, one module each; :func:`operations` is the whole route table.
 
-Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py.
+Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py,
+tests/cloud/test_api_commands.py.
 """
 
 from __future__ import annotations
 
 from ..config import ApiConfig
 from ..routes import Operation
-from . import apikeys, document, edges, events, meters, readings
+from . import apikeys, commands, document, edges, events, meters, readings
 
 
 def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
@@ -18,6 +19,7 @@ def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
         *readings.operations(config),
         *events.operations(config),
         *apikeys.operations(config),
+        *commands.operations(config),
         *feed,
     ]
     return [*ops, document.operation(ops, config)]
