@@ -1,4 +1,4 @@
-"""The ``gridcloud`` command: ``serve``, ``api``, ``apikey``, ``migrate`` and ``pki``.
+"""The ``gridcloud`` command: ``serve``, ``api``, ``pipeline``, ``apikey``, ``migrate`` and ``pki``.
 
 Each subcommand is a thin layer over a library module (server, migrations,
 pki, revocation) so that tests call the same code without a subprocess.
@@ -141,6 +141,34 @@ def _serve_until_stopped(name: str, make: Any) -> int:
 
     task.react(run)
     return 0
+
+
+# -- pipeline -----------------------------------------------------------------------------
+
+
+def _pipeline_config(args: argparse.Namespace) -> Any:
+    from .pipeline.config import PipelineConfig, load_pipeline_config
+
+    base = load_pipeline_config(args.config) if args.config else PipelineConfig()
+    return base.with_overrides(
+        dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        migrate=True if args.migrate else None,
+    ).validate()
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args)
+    from .server import check_schema
+
+    assert config.dsn
+    check_schema(config.dsn, apply=config.migrate)
+
+    from .pipeline.service import PipelineService
+
+    return _serve_until_stopped("gridcloud pipeline",
+                                lambda reactor: PipelineService(reactor, config))
 
 
 # -- apikey -------------------------------------------------------------------------------
@@ -287,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.set_defaults(func=cmd_api)
 
+    pipe = sub.add_parser("pipeline", help="aggregates, prepaid credit and alarms (docs/pipeline.md)")
+    pipe.add_argument("--config", type=Path, help="TOML config file (docs/pipeline.md)")
+    pipe.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
+    pipe.add_argument("--concurrency", type=int, help="transactions at once (default 2)")
+    pipe.add_argument("--batch-size", type=int, help="records per edge per transaction")
+    pipe.add_argument(
+        "--migrate", action="store_true", help="apply pending schema migrations before starting"
+    )
+    pipe.set_defaults(func=cmd_pipeline)
+
     ak = sub.add_parser("apikey", help="create, list and revoke API keys")
     aksub = ak.add_subparsers(dest="apikey_command", required=True)
     create = aksub.add_parser("create", help="make a key and print it (shown only once)")
@@ -347,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("days", "pool_size", "expires_days"):
+    for name in ("days", "pool_size", "expires_days", "concurrency", "batch_size"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             print(f"gridcloud: --{name.replace('_', '-')} must be positive", file=sys.stderr)
