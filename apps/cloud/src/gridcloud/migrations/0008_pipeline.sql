@@ -463,18 +463,25 @@ BEGIN
     -- Stage 2: credit.  Per account touched: the energy charge (exact, carried in
     -- thousandths so rounding never drifts), standing charges of new local days, the
     -- balance, the low-balance alarm and the relay decision, in one statement per step.
-    WITH priced AS (
-        SELECT d.meter_id, d.edge_id, d.seq, d.interval_end, d.is_new, d.dwh,
-               a.tariff_id, t.timezone,
-               tariff_band_price(v.band_start, v.band_price, t.timezone, d.interval_end) AS price
+    WITH charged AS (
+        SELECT d.*, a.tariff_id
           FROM pl_delta d
           JOIN credit_accounts a ON a.meter_id = d.meter_id AND d.interval_end > a.active_from
-          JOIN tariffs t ON t.tariff_id = a.tariff_id
+    ), price AS MATERIALIZED (
+        -- one look-up per tariff and interval, not per reading
+        SELECT k.tariff_id, k.interval_end, t.timezone,
+               tariff_band_price(v.band_start, v.band_price, t.timezone, k.interval_end) AS price
+          FROM (SELECT DISTINCT tariff_id, interval_end FROM charged) k
+          JOIN tariffs t ON t.tariff_id = k.tariff_id
           CROSS JOIN LATERAL (
               SELECT tv.band_start, tv.band_price FROM tariff_versions tv
-               WHERE tv.tariff_id = a.tariff_id
-                 AND tv.valid_from < d.interval_end
+               WHERE tv.tariff_id = k.tariff_id
+                 AND tv.valid_from < k.interval_end
                ORDER BY tv.valid_from DESC LIMIT 1) v
+    ), priced AS (
+        SELECT c.meter_id, c.edge_id, c.seq, c.interval_end, c.is_new, c.dwh, c.tariff_id,
+               p.timezone, p.price
+          FROM charged c JOIN price p USING (tariff_id, interval_end)
     ), per_account AS (
         SELECT meter_id, min(tariff_id) AS tariff_id, min(timezone) AS timezone,
                sum(dwh * price) AS exact, sum(dwh)::bigint AS wh,
