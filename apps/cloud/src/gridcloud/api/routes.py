@@ -264,8 +264,9 @@ class Api:
 
 
 def check_body(value: Any, schema: dict[str, Any]) -> None:
-    """Check a JSON body against the small schema subset the API uses (objects of scalars
-    and string arrays, additionalProperties false); a bad-body Problem says what is wrong."""
+    """Check a JSON body against the small schema subset the API uses (objects of strings,
+    integers and arrays of them, additionalProperties false); a bad-body Problem says what
+    is wrong."""
     if not isinstance(value, dict):
         raise Problem("bad-body", "the body must be a JSON object")
     props: dict[str, Any] = schema["properties"]
@@ -293,7 +294,17 @@ def _check_value(name: str, item: Any, spec: dict[str, Any]) -> None:
         if "minItems" in spec and len(item) < spec["minItems"]:
             raise Problem("bad-body", f"{name}: at least {spec['minItems']} item(s)")
         return
+    if "integer" in kinds and isinstance(item, int) and not isinstance(item, bool):
+        if "minimum" in spec and item < spec["minimum"]:
+            raise Problem("bad-body", f"{name}: must be at least {spec['minimum']}")
+        if "maximum" in spec and item > spec["maximum"]:
+            raise Problem("bad-body", f"{name}: must be at most {spec['maximum']}")
+        return
     if "string" in kinds and isinstance(item, str):
+        if "maxLength" in spec and len(item) > spec["maxLength"]:
+            raise Problem("bad-body", f"{name}: at most {spec['maxLength']} characters")
+        if "minLength" in spec and len(item) < spec["minLength"]:
+            raise Problem("bad-body", f"{name}: at least {spec['minLength']} character(s)")
         if "enum" in spec and item not in spec["enum"]:
             raise Problem("bad-body", f"{name}: must be one of {', '.join(spec['enum'])}")
         if "pattern" in spec and not re.fullmatch(spec["pattern"].strip("^$"), item):

@@ -306,7 +306,8 @@ CREATE FUNCTION pipeline_process(
     OUT o_readings integer, OUT o_aggregates integer, OUT o_charges integer,
     OUT o_relay integer, OUT o_raised integer, OUT o_cleared integer, OUT o_events integer
 )
-LANGUAGE plpgsql AS $$
+-- JIT compiles for longer than these statements run (their row estimates are coarse)
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v_n integer;
     v_c integer;
@@ -331,8 +332,10 @@ BEGIN
     INSERT INTO pl_new
     SELECT r.edge_id, r.seq, r.meter_id, r.interval_end, r.energy_wh, r.max_demand_w,
            r.voltage_dv, r.flags
-      FROM pl_claim c
-      JOIN readings r ON r.edge_id = c.edge_id AND r.seq > c.from_seq AND r.seq <= c.upto;
+      FROM unnest(p_edge_id, p_from, p_upto) AS c(edge_id, from_seq, upto)
+      CROSS JOIN LATERAL (
+          SELECT * FROM readings r   -- an index range per edge, never a scan of readings
+           WHERE r.edge_id = c.edge_id AND r.seq > c.from_seq AND r.seq <= c.upto OFFSET 0) r;
     GET DIAGNOSTICS o_readings = ROW_COUNT;
     ANALYZE pl_new;
 
@@ -366,6 +369,7 @@ BEGIN
       FROM (SELECT meter_id, min(interval_end) AS lo, max(interval_end) AS hi
               FROM pl_new GROUP BY meter_id) m
       JOIN meter_state s ON s.meter_id = m.meter_id;
+    ANALYZE pl_span;
 
     -- The readings of each span: new ones, and processed ones (the span's ends, and any
     -- processed reading among out-of-order new ones).  In order (the usual case) the
@@ -377,11 +381,14 @@ BEGIN
         UNION ALL
         SELECT r.meter_id, r.edge_id, r.seq, r.interval_end, r.energy_wh, r.max_demand_w, false
           FROM pl_span s
-          JOIN readings r ON r.meter_id = s.meter_id
-                         AND r.interval_end >= coalesce(s.prev_end, s.lo)
-                         AND r.interval_end <= CASE WHEN s.ooo THEN coalesce(s.next_end, s.hi)
-                                                    ELSE s.prev_end END
-         WHERE (s.ooo OR r.interval_end = s.prev_end)
+          CROSS JOIN LATERAL (
+              SELECT * FROM readings r   -- index probes on (meter_id, interval_end)
+               WHERE r.meter_id = s.meter_id
+                 AND r.interval_end >= coalesce(s.prev_end, s.lo)
+                 AND r.interval_end <= CASE WHEN s.ooo THEN coalesce(s.next_end, s.hi)
+                                            ELSE s.prev_end END
+              OFFSET 0) r   -- (a fence: joined flat, it becomes a scan of readings)
+         WHERE (s.ooo OR s.prev_end IS NOT NULL)
            AND NOT EXISTS (SELECT 1 FROM pl_new n
                             WHERE n.meter_id = r.meter_id AND n.interval_end = r.interval_end)
            AND EXISTS (SELECT 1 FROM pipeline_progress g
@@ -572,48 +579,60 @@ BEGIN
     -- once (the first such reading is the evidence); the meter's newest reading without
     -- the condition clears it.  Readings older than the meter's newest processed one can
     -- raise but not clear.
-    WITH cond AS (
-        SELECT n.*, k.kind,
-               CASE k.kind
-                   WHEN 'tamper' THEN n.flags & 2 <> 0
-                   WHEN 'outage' THEN n.flags & 4 <> 0
-                   ELSE n.voltage_dv < p_voltage_min OR n.voltage_dv > p_voltage_max
-               END AS bad
-          FROM pl_new n,
-               (VALUES ('tamper'), ('outage'), ('voltage')) k(kind)
-    ), per AS (
-        SELECT c.kind, c.meter_id,
-               (array_agg(c.edge_id ORDER BY c.interval_end DESC))[1] AS edge_id,
-               (array_agg(jsonb_build_object('edge_id', c.edge_id, 'seq', c.seq,
-                                             'interval_end', c.interval_end,
-                                             'flags', c.flags, 'voltage_dv', c.voltage_dv)
-                          ORDER BY c.interval_end) FILTER (WHERE c.bad))[1] AS evidence,
-               (array_agg(c.bad ORDER BY c.interval_end DESC))[1] AS bad_now,
-               (array_agg(jsonb_build_object('edge_id', c.edge_id, 'seq', c.seq,
-                                             'interval_end', c.interval_end)
-                          ORDER BY c.interval_end DESC))[1] AS latest,
-               max(c.interval_end) AS latest_end
-          FROM cond c GROUP BY c.kind, c.meter_id
-    ), fresh AS (
-        SELECT per.* FROM per JOIN pl_span s ON s.meter_id = per.meter_id
-         WHERE s.was_last IS NULL OR per.latest_end > s.was_last
+    WITH bad AS MATERIALIZED (
+        -- only the readings with a condition (rare), one row per condition
+        SELECT n.*, k.kind
+          FROM pl_new n
+          CROSS JOIN LATERAL (
+              SELECT 'tamper' WHERE n.flags & 2 <> 0
+              UNION ALL SELECT 'outage' WHERE n.flags & 4 <> 0
+              UNION ALL SELECT 'voltage'
+               WHERE n.voltage_dv < p_voltage_min OR n.voltage_dv > p_voltage_max) k(kind)
+         WHERE n.flags & 6 <> 0 OR n.voltage_dv < p_voltage_min OR n.voltage_dv > p_voltage_max
+    ), first_bad AS (
+        SELECT DISTINCT ON (kind, meter_id) kind, meter_id, edge_id,
+               jsonb_build_object('edge_id', edge_id, 'seq', seq, 'interval_end', interval_end,
+                                  'flags', flags, 'voltage_dv', voltage_dv) AS evidence
+          FROM bad ORDER BY kind, meter_id, interval_end
+    ), watched AS MATERIALIZED (
+        -- (kind, meter) pairs whose state may change: a condition now, or an alarm open
+        SELECT kind, meter_id FROM first_bad
+        UNION
+        SELECT a.kind, a.meter_id FROM alarms a
+         WHERE a.cleared_at IS NULL AND a.kind IN ('tamper', 'outage', 'voltage')
+           AND a.meter_id IN (SELECT meter_id FROM pl_span)
+    ), latest AS (
+        -- the newest new reading of each watched meter, if newer than any processed before
+        SELECT w.kind, w.meter_id, n.edge_id, n.seq, n.interval_end,
+               CASE w.kind WHEN 'tamper' THEN n.flags & 2 <> 0
+                           WHEN 'outage' THEN n.flags & 4 <> 0
+                           ELSE n.voltage_dv < p_voltage_min OR n.voltage_dv > p_voltage_max
+               END AS bad_now
+          FROM watched w
+          JOIN pl_span s ON s.meter_id = w.meter_id AND (s.was_last IS NULL OR s.hi > s.was_last)
+          JOIN pl_new n ON n.meter_id = w.meter_id AND n.interval_end = s.hi
     ), raised AS (
         INSERT INTO alarms (kind, edge_id, meter_id, evidence, cleared_at, cleared_evidence)
-        SELECT p.kind, p.edge_id, p.meter_id, p.evidence,
-               CASE WHEN f.kind IS NOT NULL AND NOT f.bad_now THEN now() END,
-               CASE WHEN f.kind IS NOT NULL AND NOT f.bad_now THEN f.latest END
-          FROM per p LEFT JOIN fresh f ON f.kind = p.kind AND f.meter_id = p.meter_id
-         WHERE p.evidence IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM alarms a
-                            WHERE a.kind = p.kind AND a.meter_id = p.meter_id
+        SELECT f.kind, f.edge_id, f.meter_id, f.evidence,
+               CASE WHEN l.bad_now = false THEN now() END,
+               CASE WHEN l.bad_now = false
+                    THEN jsonb_build_object('edge_id', l.edge_id, 'seq', l.seq,
+                                            'interval_end', l.interval_end) END
+          FROM first_bad f
+          LEFT JOIN latest l ON l.kind = f.kind AND l.meter_id = f.meter_id
+         WHERE NOT EXISTS (SELECT 1 FROM alarms a
+                            WHERE a.kind = f.kind AND a.meter_id = f.meter_id
                               AND a.cleared_at IS NULL)
         ON CONFLICT (kind, edge_id, meter_id) WHERE cleared_at IS NULL DO NOTHING
         RETURNING kind, meter_id
     ), cleared AS (
-        UPDATE alarms a SET cleared_at = now(), cleared_evidence = f.latest
-          FROM fresh f
-         WHERE a.kind = f.kind AND a.meter_id = f.meter_id AND a.cleared_at IS NULL
-           AND NOT f.bad_now
+        UPDATE alarms a SET cleared_at = now(),
+                            cleared_evidence = jsonb_build_object('edge_id', l.edge_id,
+                                                                  'seq', l.seq,
+                                                                  'interval_end', l.interval_end)
+          FROM latest l
+         WHERE a.kind = l.kind AND a.meter_id = l.meter_id AND a.cleared_at IS NULL
+           AND NOT l.bad_now
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM raised), (SELECT count(*) FROM cleared) INTO v_n, v_c;

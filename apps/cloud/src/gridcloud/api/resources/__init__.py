@@ -1,13 +1,14 @@
 """The API's resources, one module each; :func:`operations` is the whole route table.
 
-Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py.
+Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py,
+tests/pipeline/test_pipeline_api.py.
 """
 
 from __future__ import annotations
 
 from ..config import ApiConfig
 from ..routes import Operation
-from . import apikeys, document, edges, events, meters, readings
+from . import alarms, apikeys, credit, document, edges, energy, events, meters, readings
 
 
 def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
@@ -17,6 +18,9 @@ def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
         *meters.operations(config),
         *readings.operations(config),
         *events.operations(config),
+        *energy.operations(config),
+        *credit.operations(config),
+        *alarms.operations(config),
         *apikeys.operations(config),
         *feed,
     ]
