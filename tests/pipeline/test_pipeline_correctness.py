@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from gridcloud import migrations
@@ -28,34 +27,12 @@ from support.pipeline_data import (
     Fleet,
     backlog,
     connect,
+    drain,
 )
 from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DAYS = 2
-
-
-def drain(cur: Any, batch: int = 500, edges: int = 4) -> int:
-    """Claim and process in this connection until nothing is left, recording failures as the
-    service does (pipeline_failed, no backoff); the records processed."""
-    total = 0
-    while True:
-        cur.execute("BEGIN")
-        cur.execute("SELECT edge_id, from_seq, upto FROM pipeline_claim(%s, %s)", (edges, batch))
-        claim = cur.fetchall()
-        if not claim:
-            cur.execute("COMMIT")
-            return total
-        columns = ([c[0] for c in claim], [c[1] for c in claim], [c[2] for c in claim])
-        try:
-            cur.execute("SELECT * FROM pipeline_process(%s, %s, %s, 1955, 2530)", columns)
-        except psycopg2.Error as exc:
-            cur.execute("ROLLBACK")
-            cur.execute("SELECT pipeline_failed(%s, %s, %s, %s, 3, 0)",
-                        (*columns, f"{exc.pgcode}: {str(exc).splitlines()[0]}"))
-            continue
-        total += cur.fetchone()[0]
-        cur.execute("COMMIT")
 
 
 def mismatches(cur: Any) -> dict[str, list[Any]]:

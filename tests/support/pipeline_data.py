@@ -4,7 +4,7 @@ and weeks of interval readings stored through the real ingest function (``ingest
 Deterministic by seed.  Each meter's register grows by a load that follows the time of day;
 voltage wanders around 230 V with rare excursions; a few intervals carry tamper/outage flags.
 
-Tests: tests/pipeline/test_pipeline_correctness.py.
+Tests: tests/pipeline/test_pipeline_correctness.py, tests/pipeline/test_pipeline_api.py.
 """
 
 from __future__ import annotations
@@ -123,6 +123,29 @@ def connect(dsn: str) -> Any:
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     return conn
+
+
+def drain(cur: Any, batch: int = 500, edges: int = 4) -> int:
+    """Claim and process in this connection until nothing is left, recording failures as the
+    service does (pipeline_failed, no backoff); the records processed."""
+    total = 0
+    while True:
+        cur.execute("BEGIN")
+        cur.execute("SELECT edge_id, from_seq, upto FROM pipeline_claim(%s, %s)", (edges, batch))
+        claim = cur.fetchall()
+        if not claim:
+            cur.execute("COMMIT")
+            return total
+        columns = ([c[0] for c in claim], [c[1] for c in claim], [c[2] for c in claim])
+        try:
+            cur.execute("SELECT * FROM pipeline_process(%s, %s, %s, 1955, 2530)", columns)
+        except psycopg2.Error as exc:
+            cur.execute("ROLLBACK")
+            cur.execute("SELECT pipeline_failed(%s, %s, %s, %s, 3, 0)",
+                        (*columns, f"{exc.pgcode}: {str(exc).splitlines()[0]}"))
+            continue
+        total += cur.fetchone()[0]
+        cur.execute("COMMIT")
 
 
 # -- recomputation from scratch (what the pipeline's results must equal) ---------------------
