@@ -278,8 +278,9 @@ BEGIN
            SET failures = CASE WHEN d.seq IS NULL THEN p.attempts ELSE 0 END,
                done_seq = coalesce(d.seq, g.done_seq),
                narrow_until = greatest(g.narrow_until, p.upto),
-               retry_at = now() + make_interval(secs => least(p_backoff * 2 ^ (p.attempts - 1),
-                                                              300)),
+               retry_at = CASE WHEN d.seq IS NULL   -- set aside: go on with the next at once
+                               THEN now() + make_interval(secs => least(
+                                        p_backoff * 2 ^ (p.attempts - 1), 300)) END,
                last_error = left(p_reason, 2000),
                updated_at = now()
           FROM p LEFT JOIN dead d USING (edge_id)

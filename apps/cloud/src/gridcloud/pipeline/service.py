@@ -89,6 +89,7 @@ class PipelineService(service.Service):
         self._listener: txpostgres.Connection | None = None
         self._sweeper: task.LoopingCall | None = None
         self._reporter: task.LoopingCall | None = None
+        self._reported: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -232,6 +233,11 @@ class PipelineService(service.Service):
             return
         dead = rows[0][0]
         self.counters["dead_letters"] += dead
+        # pipeline_failed() set the retry time (backoff doubling per attempt): look then,
+        # whatever the poll interval.
+        attempts = 1 + max(c[3] for c in claim)
+        delay = min(self.config.retry_backoff * 2 ** (attempts - 1), 300.0)
+        self.reactor.callLater(0 if dead else delay + 0.01, self.wake)
         edges = ", ".join(f"{e} ({s}, {u}]" for e, s, u, _ in claim)
         if dead:
             log.warn("set {n} record(s) aside after {k} attempts: {why} [{edges}]", n=dead,
@@ -259,6 +265,7 @@ class PipelineService(service.Service):
         return defer.ensureDeferred(self._sweep_once())
 
     def _report(self) -> None:
-        if self.counters:
+        if self.counters and self.counters != self._reported:
+            self._reported = self.counters.copy()
             log.info("pipeline counters: {counters}",
                      counters=", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())))
