@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from gridcloud import migrations
+
 from support.pipeline_data import (
     AGGREGATE_MISMATCHES,
     CREDIT_MISMATCHES,
@@ -32,7 +32,7 @@ from support.pipeline_data import (
 from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-DAYS = 2
+DAYS = 7
 
 
 def mismatches(cur: Any) -> dict[str, list[Any]]:
@@ -67,7 +67,7 @@ def test_late_duplicate_reset_and_tariff_change(db: Any) -> None:
     batches = list(fleet.batches(intervals=4 * 96, per_batch=8))
     held = [b for i, b in enumerate(batches) if i % 9 == 4]  # arrive days late
     # A register reset: meter 1000 reads 0-based from the 100th interval on.
-    for edge, rows in batches:
+    for _edge, rows in batches:
         for i, row in enumerate(rows):
             if row[0] == 1000 and row[1] >= T0 + 100 * INTERVAL:
                 rows[i] = (row[0], row[1], row[2] - 900_000 if row[2] > 900_000 else row[2] // 7,

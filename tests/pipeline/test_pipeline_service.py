@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from gridcloud import migrations
 from gridcloud.config import ConfigError
 from gridcloud.pipeline import PipelineConfig, load_pipeline_config
+
 from support.pipeline_data import Fleet, backlog, connect
 from support.waiting import wait_until
 

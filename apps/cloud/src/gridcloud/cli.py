@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.set_defaults(func=cmd_api)
 
-    pipe = sub.add_parser("pipeline", help="aggregates, prepaid credit and alarms (docs/pipeline.md)")
+    pipe = sub.add_parser("pipeline",
+                          help="aggregates, prepaid credit and alarms (docs/pipeline.md)")
     pipe.add_argument("--config", type=Path, help="TOML config file (docs/pipeline.md)")
     pipe.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
     pipe.add_argument("--concurrency", type=int, help="transactions at once (default 2)")

@@ -80,7 +80,7 @@ class PipelineService(service.Service):
         self.pool = DatabasePool(reactor, config.dsn or "", config.connections)
         self.counters: Counter[str] = Counter()
         #: seconds spent in each kind of transaction (wall clock, in this process)
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {"claim": 0.0, "process": 0.0, "sweep": 0.0}
         #: fires once the connections are open (or fails: PostgreSQL unreachable)
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._stopping = False
@@ -94,7 +94,7 @@ class PipelineService(service.Service):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
@@ -131,7 +131,7 @@ class PipelineService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         """Drain: finish the transactions in flight, start no more, close the connections."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
         for call in (self._sweeper, self._reporter):
             if call is not None and call.running:
@@ -147,7 +147,7 @@ class PipelineService(service.Service):
 
         d: defer.Deferred[Any] = defer.DeferredList(loops, consumeErrors=True)
         d.addCallback(close)
-        return d  # type: ignore[return-value]
+        return d
 
     def wake(self) -> None:
         """Something new may be there (NOTIFY, a full batch, stopping): every idle loop looks."""
@@ -160,7 +160,12 @@ class PipelineService(service.Service):
         """Wait for a wake-up or ``seconds``, whichever comes first."""
         waker: defer.Deferred[None] = defer.Deferred()
         self._wakers.append(waker)
-        timer = self.reactor.callLater(seconds, lambda: waker.called or waker.callback(None))
+
+        def expire() -> None:
+            if not waker.called:
+                waker.callback(None)
+
+        timer = self.reactor.callLater(seconds, expire)
         await waker
         if timer.active():
             timer.cancel()

@@ -13,6 +13,7 @@ Tests: tests/pipeline/test_pipeline_api.py, tests/cloud/test_api_schema.py.
 from __future__ import annotations
 
 import datetime
+import itertools
 from typing import Any
 
 import psycopg2
@@ -148,7 +149,7 @@ def _check_bands(body: dict[str, Any]) -> None:
     starts, prices = body["band_start"], body["band_price"]
     if len(starts) != len(prices):
         raise Problem("bad-body", "band_start and band_price must have the same length")
-    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+    if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
         raise Problem("bad-body", "band_start must start at 0 and increase")
     if any(s % 15 for s in starts):
         raise Problem("bad-body", "band_start must be multiples of 15 minutes")

@@ -10,8 +10,18 @@ import datetime
 from typing import Any
 
 from ..config import ApiConfig
-from ..params import EARLIEST, EDGE_PATH, FROM, LATEST, METER_PATH, TO, Param, page_params
-from ..params import rfc3339, time_range
+from ..params import (
+    EARLIEST,
+    EDGE_PATH,
+    FROM,
+    LATEST,
+    METER_PATH,
+    TO,
+    Param,
+    page_params,
+    rfc3339,
+    time_range,
+)
 from ..routes import Call, Operation
 from . import edges, meters, paging
 
