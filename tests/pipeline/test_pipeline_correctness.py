@@ -118,11 +118,10 @@ def _pipeline(dsn: str, log: Path) -> subprocess.Popen[bytes]:
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
 
-def test_kill_9_while_two_days_of_1000_meters_flow(module_dsn: str, db: Any,
+def test_kill_9_while_a_week_of_1000_meters_flows(module_dsn: str, db: Any,
                                                   tmp_path: Path) -> None:
     """Two worker processes, each killed with SIGKILL at random points and restarted, while a
-    two days of 1,000 meters (192,000 readings; a week is bench-pipeline's load) is ingested:
-    afterwards every aggregate and balance
+    week of 1,000 meters (672,000 readings) is ingested: afterwards every aggregate and balance
     equals the recomputation from scratch, and nothing is left unprocessed."""
     fleet = Fleet(edges=20, per_edge=50, seed=7)
     fleet.setup(db, balance=8000)
