@@ -74,7 +74,7 @@ def run_pipeline(dsn: str, workers: int, log: Path) -> dict[str, float]:
     pg0 = postgres_cpu()
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "gridcloud.cli", "pipeline",
-                               "--concurrency", "1", "--batch-size", "800"],
+                               "--concurrency", "1"],
                               env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
              for _ in range(workers)]
     try:

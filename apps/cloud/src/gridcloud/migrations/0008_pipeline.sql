@@ -316,6 +316,11 @@ BEGIN
     o_readings := 0; o_aggregates := 0; o_charges := 0; o_relay := 0;
     o_raised := 0; o_cleared := 0; o_events := 0;
 
+    -- This transaction's commit need not wait for its WAL flush: a crash of PostgreSQL can
+    -- lose only whole pipeline transactions, and with them their acknowledgement (done_seq),
+    -- so the work is simply done again.  Nothing outside PostgreSQL acts on the commit.
+    PERFORM set_config('synchronous_commit', 'off', true);
+
     CREATE TEMP TABLE IF NOT EXISTS pl_claim (
         edge_id text, from_seq bigint, upto bigint) ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS pl_new (
