@@ -477,7 +477,7 @@ BEGIN
     -- thousandths so rounding never drifts), standing charges of new local days, the
     -- balance, the low-balance alarm and the relay decision, in one statement per step.
     WITH charged AS (
-        SELECT d.*, a.tariff_id
+        SELECT d.meter_id, d.edge_id, d.seq, d.interval_end, d.is_new, d.dwh, a.tariff_id
           FROM pl_delta d
           JOIN credit_accounts a ON a.meter_id = d.meter_id AND d.interval_end > a.active_from
     ), price AS MATERIALIZED (
@@ -524,10 +524,11 @@ BEGIN
           FROM acc, generate_series((acc.standing_from + 1)::timestamp, acc.last_day::timestamp,
                                     interval '1 day') day
          WHERE acc.last_day > acc.standing_from
-    ), totals AS (
-        SELECT acc.*, coalesce((SELECT sum(coalesce(s.amount, 0)) FROM standing s
-                                 WHERE s.meter_id = acc.meter_id), 0)::bigint AS standing_amount
+    ), totals AS MATERIALIZED (
+        SELECT acc.*, coalesce(s.amount, 0)::bigint AS standing_amount
           FROM acc
+          LEFT JOIN (SELECT meter_id, sum(coalesce(amount, 0)) AS amount FROM standing
+                      GROUP BY meter_id) s ON s.meter_id = acc.meter_id
     ), moved AS (
         UPDATE credit_accounts a
            SET exact_milli = a.exact_milli + t.exact,
