@@ -80,3 +80,15 @@ def test_notify_wakes_it_a_poison_record_is_set_aside_and_sigterm_drains(
     text = log.read_text()
     assert "set 1 record(s) aside after 3 attempts" in text and "dead_letters=1" in text
     assert "Traceback" not in text
+
+
+def test_cli_refuses_a_missing_database_and_bad_flags(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No DSN, or a flag out of range, is one line on stderr and status 2."""
+    from gridcloud import cli
+
+    monkeypatch.delenv("GRIDCLOUD_DSN", raising=False)
+    assert cli.main(["pipeline"]) == 2
+    assert "missing setting: dsn" in capsys.readouterr().err
+    assert cli.main(["pipeline", "--dsn", "dbname=x", "--concurrency", "0"]) == 2
+    assert "--concurrency must be positive" in capsys.readouterr().err

@@ -5,7 +5,8 @@ pki, revocation) so that tests call the same code without a subprocess.
 Errors the operator can fix are one line on stderr and exit status 2; keys
 are never printed.  Reference: docs/cloud.md.
 
-Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py.
+Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py,
+tests/pipeline/test_pipeline_service.py.
 """
 
 from __future__ import annotations
