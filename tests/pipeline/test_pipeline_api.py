@@ -24,6 +24,8 @@ def test_a_prepaid_meter_over_the_api(api: ApiProcess, world: World) -> None:
     customer = r.json()["customer_id"]
     assert api.call("POST", "/v1/customers", key,
                     json={"name": "Ada", "reference": "ada"}).status_code == 409
+    assert api.call("POST", "/v1/customers", key,
+                    json={"name": "A\u0000da"}).status_code == 400
     bad = api.call("POST", "/v1/tariffs", key, json={
         "name": "x", "standing_charge": 1, "band_start": [0, 700], "band_price": [1, 2]})
     assert bad.status_code == 400 and "multiples of 15" in bad.json()["detail"]
@@ -58,6 +60,8 @@ def test_a_prepaid_meter_over_the_api(api: ApiProcess, world: World) -> None:
         "meter_id": 1, "amount": 61, "reference": "pos-1"}).status_code == 409
     assert api.call("POST", "/v1/topups", key, json={
         "meter_id": 3, "amount": 5, "reference": "pos-2"}).status_code == 400
+    assert api.call("POST", "/v1/topups", key, json={
+        "meter_id": 1, "amount": 5, "reference": "p\u0000s"}).status_code == 400
 
     drain(connect(world.dsn).cursor())
     account = api.get("/v1/meters/1/account", key).json()

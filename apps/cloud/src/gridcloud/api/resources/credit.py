@@ -30,6 +30,11 @@ MONEY = {"type": "integer", "minimum": -(2**62), "maximum": 2**62}
 ID = {"type": "integer", "minimum": 1, "maximum": 2**62}
 _TS = {"type": "string", "format": "date-time"}
 
+def _why(exc: Exception) -> str:
+    """The first line of a refusal by PostgreSQL (or by psycopg2: a string with NUL)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 # -- customers ----------------------------------------------------------------------------
 
 CUSTOMER: dict[str, Any] = {
@@ -61,8 +66,8 @@ async def create_customer(call: Call) -> Any:
             (call.body["name"], call.body.get("reference")))
     except psycopg2.errors.UniqueViolation:
         raise Problem("conflict", "a customer with this reference exists already") from None
-    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-        raise Problem("bad-body", str(exc).splitlines()[0]) from None
+    except (psycopg2.DataError, psycopg2.IntegrityError, ValueError) as exc:
+        raise Problem("bad-body", _why(exc)) from None
     return _customer(rows[0])
 
 
@@ -162,9 +167,8 @@ def _interaction(work: Any) -> Any:
             return await call.db.interaction(work, *args)
         except psycopg2.errors.UniqueViolation as exc:
             raise Problem("conflict", str(exc).splitlines()[0]) from None
-        except (psycopg2.DataError, psycopg2.IntegrityError,
-                psycopg2.errors.InvalidParameterValue) as exc:
-            raise Problem("bad-body", str(exc).splitlines()[0]) from None
+        except (psycopg2.DataError, psycopg2.IntegrityError, ValueError) as exc:
+            raise Problem("bad-body", _why(exc)) from None
     return run
 
 
@@ -354,6 +358,8 @@ async def create_topup(call: Call) -> Any:
     except psycopg2.errors.UniqueViolation:
         raise Problem("conflict", f"reference {body['reference']!r} was used for another "
                                   "top-up") from None
+    except ValueError as exc:  # psycopg2 refuses a string with NUL before sending it
+        raise Problem("bad-body", _why(exc)) from None
     topup_id, created, balance, entry_id, created_at = rows[0]
     return {"topup_id": topup_id, "meter_id": body["meter_id"], "amount": body["amount"],
             "reference": body["reference"], "balance": balance, "entry_id": entry_id,
