@@ -1,7 +1,7 @@
 """Prepaid credit, energy and alarms through the real ``gridcloud api``: a customer, a tariff
 and an account made over HTTP, top-ups idempotent by reference, the pipeline charging the
 world's readings, the relay asked open at zero and closed by a top-up, and what it all left
-(balance, ledger, energy, alarms) readable with the API's conventions."""
+(balance, ledger, energy, alarms, the live feed) readable with the API's conventions."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def test_a_prepaid_meter_over_the_api(api: ApiProcess, world: World) -> None:
     assert api.call("POST", "/v1/topups", key, json={
         "meter_id": 1, "amount": 5, "reference": "p\u0000s"}).status_code == 400
 
+    (xmin,), = query(world.dsn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
     drain(connect(world.dsn).cursor())
     account = api.get("/v1/meters/1/account", key).json()
     assert account["balance"] <= 0 and account["relay"] == "open"
@@ -92,6 +93,16 @@ def test_a_prepaid_meter_over_the_api(api: ApiProcess, world: World) -> None:
     assert alarms[0]["evidence"]["threshold"] == 50
     assert api.get("/v1/alarms", key, params={"kind": "low_balance", "state": "open"}
                    ).json()["items"] == []
+
+    # The live feed sends the raise and the clear, resumably, in commit order.
+    feed = api.get("/v1/feed", key, params={"wait": 0},
+                   headers={"Last-Event-ID": f"{xmin}-0-0"}).text
+    sent = [block for block in feed.split("\n\n") if "event: alarm" in block]
+    low = [b for b in sent if '"low_balance"' in b]
+    assert len(low) == 2, feed[-2000:]
+    last_id = low[-1].split("id: ")[1].split("\n")[0]
+    rest = api.get("/v1/feed", key, params={"wait": 0}, headers={"Last-Event-ID": last_id}).text
+    assert '"low_balance"' not in rest
 
 
 def test_energy_aggregates_over_the_api(api: ApiProcess, world: World) -> None:

@@ -197,11 +197,17 @@ CREATE TABLE alarms (
 CREATE UNIQUE INDEX alarms_open ON alarms (kind, edge_id, meter_id) WHERE cleared_at IS NULL;
 CREATE INDEX alarms_meter ON alarms (meter_id, alarm_id);
 
--- Tell `gridcloud api` processes (live feed) about every raised or cleared alarm.
+-- Every raised or cleared alarm goes into the live feed's log (migration 0005) in the
+-- transaction that changed it, so /v1/feed sends it in the same resumable order as
+-- readings and events; `gridcloud api` processes are woken by NOTIFY gridcloud_alarms.
+ALTER TABLE feed_log ADD COLUMN alarm_id bigint;
+
 CREATE FUNCTION alarms_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('gridcloud_alarms', NEW.alarm_id::text);
+    INSERT INTO feed_log (edge_id, first_seq, last_seq, alarm_id)
+    VALUES (NEW.edge_id, 0, 0, NEW.alarm_id);
+    PERFORM pg_notify('gridcloud_alarms', NEW.edge_id);
     RETURN NULL;
 END
 $$;
