@@ -1,7 +1,8 @@
 """The pipeline's results equal a recomputation from scratch: aggregates from ``readings``,
 balances from top-ups minus charges from readings and tariffs; with late and duplicate
 readings, a register reset, a tariff change mid-day, a poison record, and kill -9 of worker
-processes at random points while a simulated week of 1,000 meters flows.
+processes at random points while a simulated week of 1,000 meters flows.  And every alarm
+kind raised once and cleared with its evidence.
 """
 
 from __future__ import annotations
@@ -164,3 +165,60 @@ def test_kill_9_while_a_week_of_1000_meters_flows(module_dsn: str, db: Any,
     assert db.fetchone()[0] == 0
     assert mismatches(db) == {"aggregates": [], "credit": [], "relay": []}
     assert "Traceback" not in log.read_text()
+
+
+def _alarms(cur: Any) -> list[tuple[Any, ...]]:
+    cur.execute("SELECT kind, edge_id, meter_id, cleared_at IS NOT NULL, evidence,"
+                " cleared_evidence FROM alarms ORDER BY alarm_id")
+    return cur.fetchall()
+
+
+def test_alarms_are_raised_once_and_cleared_with_evidence(db: Any) -> None:
+    """Tamper and voltage from readings, a journal eviction from the unit's event, a silent
+    meter and an offline unit from the sweep: each raised once with its evidence, and cleared
+    (with the clearing evidence) when the condition ends."""
+    fleet = Fleet(edges=2, per_edge=2)
+    fleet.setup(db, prepaid=False)
+    rng = random.Random(5)
+    first = fleet.interval(0, 0, rng)
+    first[0] = (*first[0][:7], 2)            # meter 1000: tamper
+    first[1] = (*first[1][:4], 2600, *first[1][5:])  # meter 1001: 260.0 V
+    fleet.ingest(db, "pe000", first)
+    again = fleet.interval(0, 1, rng)
+    again[0] = (*again[0][:7], 2)            # still tampered: not raised twice
+    again[1] = (*again[1][:4], 2590, *again[1][5:])
+    fleet.ingest(db, "pe000", again)
+    drain(db)
+    kinds = [(a[0], a[2], a[3]) for a in _alarms(db)]
+    assert kinds == [("tamper", 1000, False), ("voltage", 1001, False)]
+    assert _alarms(db)[0][4]["seq"] == 1 and _alarms(db)[1][4]["voltage_dv"] == 2600
+    fleet.ingest(db, "pe000", fleet.interval(0, 2, rng))  # both back to normal
+    db.execute("SELECT ingest_event('pe000', %s, 0, %s, 32769, '12 readings dropped')",
+               (fleet.next_seq["pe000"], T0))
+    fleet.next_seq["pe000"] += 1
+    drain(db)
+    alarms = _alarms(db)
+    assert [(a[0], a[3]) for a in alarms] == [("tamper", True), ("voltage", True),
+                                             ("journal_eviction", False)]
+    assert alarms[0][5]["seq"] == 5 and alarms[2][4]["detail"] == "12 readings dropped"
+    fleet.ingest(db, "pe000", fleet.interval(0, 3, rng))
+    drain(db)
+    assert _alarms(db)[2][3] is True  # the unit's next readings clear the eviction
+
+    # Time passing: pe000 is connected but meter 2000's last reading (pe001) is old; pe001
+    # itself has been offline (no session) for longer than 60 minutes.
+    fleet.ingest(db, "pe001", fleet.interval(1, 0, rng))
+    db.execute("UPDATE edges SET session_token = CASE edge_id WHEN 'pe000' THEN 't' END,"
+               " last_connected_at = now() - interval '2 hours',"
+               " last_batch_at = now() - interval '2 hours'")
+    db.execute("SELECT raised, cleared FROM pipeline_sweep(4, 60)")
+    assert db.fetchone() == (3, 0)  # meters 1000, 1001 silent; unit pe001 offline
+    db.execute("SELECT raised, cleared FROM pipeline_sweep(4, 60)")
+    assert db.fetchone() == (0, 0)  # raised once
+    db.execute("UPDATE meters SET last_interval_end = now() WHERE meter_id = 1000")
+    db.execute("UPDATE edges SET session_token = 'u' WHERE edge_id = 'pe001'")
+    db.execute("SELECT raised, cleared FROM pipeline_sweep(4, 60)")
+    assert db.fetchone() == (2, 2)  # 1000 and pe001 cleared; pe001's meters now silent
+    open_now = {(a[0], a[2]) for a in _alarms(db) if not a[3]}
+    assert open_now == {("meter_silent", 1001), ("meter_silent", 2000),
+                        ("meter_silent", 2001)}
