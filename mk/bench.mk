@@ -1,6 +1,7 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
-BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api bench-commands
+BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api bench-commands \
+	bench-pipeline
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -23,3 +24,5 @@ bench-api: setup ## HTTP API p50/p99 at 100 req/s and CSV export rate vs the sam
 
 bench-commands: setup ## POST-to-outcome latency p50/p99 with 1,000 loadgen units + a real unit on gridsim; commands/s
 	$(PGCLUSTER) run -- $(PY) bench/bench_commands.py
+bench-pipeline: setup ## readings/s through aggregates, credit and alarms with 1 and 2 workers vs raw ingest
+	$(PGCLUSTER) run -- $(PY) bench/bench_pipeline.py

@@ -1,5 +1,5 @@
-"""The ``gridcloud`` command: ``serve``, ``api``, ``apikey``, ``migrate``, ``pki``, ``backup``,
-``restore`` and ``retention``.
+"""The ``gridcloud`` command: ``serve``, ``api``, ``pipeline``, ``apikey``, ``migrate``, ``pki``,
+``backup``, ``restore`` and ``retention``.
 
 Each subcommand is a thin layer over a library module (server, migrations,
 pki, revocation) so that tests call the same code without a subprocess.
@@ -7,7 +7,7 @@ Errors the operator can fix are one line on stderr and exit status 2; keys
 are never printed.  Reference: docs/cloud.md.
 
 Tests: tests/cloud/test_cloud_cli.py, tests/cloud/test_api_auth.py, tests/cloud/test_api_config.py,
-tests/cloud/test_cloud_backup.py.
+tests/cloud/test_cloud_backup.py, tests/pipeline/test_pipeline_service.py.
 """
 
 from __future__ import annotations
@@ -155,6 +155,34 @@ def _serve_until_stopped(name: str, make: Any, log_format: str = "text") -> int:
 
     task.react(run)
     return 0
+
+
+# -- pipeline -----------------------------------------------------------------------------
+
+
+def _pipeline_config(args: argparse.Namespace) -> Any:
+    from .pipeline.config import PipelineConfig, load_pipeline_config
+
+    base = load_pipeline_config(args.config) if args.config else PipelineConfig()
+    return base.with_overrides(
+        dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        migrate=True if args.migrate else None,
+    ).validate()
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args)
+    from .server import check_schema
+
+    assert config.dsn
+    check_schema(config.dsn, apply=config.migrate)
+
+    from .pipeline.service import PipelineService
+
+    return _serve_until_stopped("gridcloud pipeline",
+                                lambda reactor: PipelineService(reactor, config))
 
 
 # -- apikey -------------------------------------------------------------------------------
@@ -341,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     _log_option(api)
     api.set_defaults(func=cmd_api)
 
+    pipe = sub.add_parser("pipeline",
+                          help="aggregates, prepaid credit and alarms (docs/pipeline.md)")
+    pipe.add_argument("--config", type=Path, help="TOML config file (docs/pipeline.md)")
+    pipe.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
+    pipe.add_argument("--concurrency", type=int, help="transactions at once (default 2)")
+    pipe.add_argument("--batch-size", type=int, help="records per edge per transaction")
+    pipe.add_argument(
+        "--migrate", action="store_true", help="apply pending schema migrations before starting"
+    )
+    pipe.set_defaults(func=cmd_pipeline)
+
     ak = sub.add_parser("apikey", help="create, list and revoke API keys")
     aksub = ak.add_subparsers(dest="apikey_command", required=True)
     create = aksub.add_parser("create", help="make a key and print it (shown only once)")
@@ -422,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("days", "pool_size", "expires_days", "keep_days", "days_ahead"):
+    for name in ("days", "pool_size", "expires_days", "keep_days", "days_ahead", "concurrency",
+                 "batch_size"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             print(f"gridcloud: --{name.replace('_', '-')} must be positive", file=sys.stderr)

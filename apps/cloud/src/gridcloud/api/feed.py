@@ -29,7 +29,11 @@ A slow client is paced (gridcloud.api.pacing): its stream stops reading until
 the socket drains.  Every 15 s of silence a comment line keeps proxies from
 closing the stream.
 
-Tests: tests/cloud/test_api_feed.py.
+Alarms: the pipeline's alarm changes are feed_log rows too (migration 0008, with
+``alarm_id`` set): they are sent as ``alarm`` events in the same order, id
+``<txid>-<id>-0``.
+
+Tests: tests/cloud/test_api_feed.py, tests/pipeline/test_pipeline_api.py.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .pacing import Pacer
 from .params import Param
 from .problems import Problem
 from .resources import commands as commands_resource
+from .resources import alarms as alarms_resource
 from .resources import events as events_resource
 from .resources import readings as readings_resource
 from .routes import STREAMED, Call, Operation
@@ -75,7 +80,7 @@ START_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
 
 ROWS_SQL = f"""
 SELECT txid::text::numeric, id, edge_id, first_seq, last_seq,
-       txid < pg_snapshot_xmin(pg_current_snapshot()), command_id
+       txid < pg_snapshot_xmin(pg_current_snapshot()), command_id, alarm_id
   FROM feed_log
  WHERE (txid, id) >= (%(t)s::text::xid8, %(i)s)
    AND (%(edges)s::text[] IS NULL OR edge_id = ANY(%(edges)s::text[]))
@@ -95,6 +100,10 @@ SELECT edge_id, seq, meter_id, event_time, kind, detail, received_at
 
 
 COMMAND_SQL = commands_resource.ONE_SQL
+ALARM_SQL = alarms_resource.LIST_SQL.split("WHERE")[0] + "WHERE alarm_id = %s"
+
+#: The pipeline's alarms (migration 0008) wake the feed on this channel.
+ALARM_CHANNEL = "gridcloud_alarms"
 
 
 class FeedHub:
@@ -113,7 +122,7 @@ class FeedHub:
 
         def subscribe() -> Any:
             self.wake_all()  # anything may have been missed while disconnected
-            return conn.runOperation(f'LISTEN "{CHANNEL}"')
+            return conn.runOperation(f'LISTEN "{CHANNEL}"; LISTEN "{ALARM_CHANNEL}"')
 
         conn.addNotifyObserver(lambda notify: self.wake_all())
         conn.detector.addRecoveryHandler(subscribe)
@@ -137,8 +146,9 @@ class FeedHub:
                 self.serve, response={"type": "string"}, media=(MEDIA_TYPE,),
                 params=(WAIT,),
                 description=(
-                    "Answers `text/event-stream`: events `reading`, `event` and `command` (a "
-                    "command's state changed), each with an "
+                    "Answers `text/event-stream`: events `reading`, `event`, `command` (a "
+                    "command's state changed) and `alarm` (raised or cleared by the pipeline), "
+                    "each with an "
                     "`id` to send back as `Last-Event-ID` to resume after it (docs/api.md)."
                 ),
             ),
@@ -233,10 +243,17 @@ class _Stream:
         while not self._closed:
             t, i, s = self.position
             rows = await db.rows(ROWS_SQL, {"t": str(t), "i": i, "edges": self._call.edges()})
-            for txid, row_id, edge_id, first, last, ready, command_id in rows:
+            for txid, row_id, edge_id, first, last, ready, command_id, alarm_id in rows:
                 if not ready:
                     return True
                 txid = int(txid)
+                if alarm_id is not None:
+                    if (txid, row_id) != (t, i):  # not sent yet
+                        await self._send_alarm(txid, row_id, alarm_id, pacer)
+                    self.position = (txid, row_id, 0)
+                    if self._closed:
+                        return False
+                    continue
                 skip = s if (txid, row_id) == (t, i) else 0
                 if command_id is not None:
                     if skip < last:
@@ -259,6 +276,15 @@ class _Stream:
         data = json.dumps(commands_resource.item(rows[0]))
         self._request.write(f"id: {txid}-{row_id}-1\nevent: command\ndata: {data}\n\n".encode())
         await pacer.ready()
+        self._last_sent = self._call.clock.seconds()
+
+    async def _send_alarm(self, txid: int, row_id: int, alarm_id: int, pacer: Pacer) -> None:
+        """An alarm as it is now (a clear that follows sends it again, cleared)."""
+        rows = await self._call.db.rows(ALARM_SQL, (alarm_id,))
+        if rows:
+            data = json.dumps(alarms_resource.item(rows[0]))
+            self._request.write(f"id: {txid}-{row_id}-0\nevent: alarm\ndata: {data}\n\n".encode())
+            await pacer.ready()
         self._last_sent = self._call.clock.seconds()
 
     async def _send_row(

@@ -324,6 +324,10 @@ def _check_value(name: str, item: Any, spec: dict[str, Any]) -> None:
             raise Problem("bad-body", f"{name}: at least {spec['minItems']} item(s)")
         return
     if "string" in kinds and isinstance(item, str):
+        if "maxLength" in spec and len(item) > spec["maxLength"]:
+            raise Problem("bad-body", f"{name}: at most {spec['maxLength']} characters")
+        if "minLength" in spec and len(item) < spec["minLength"]:
+            raise Problem("bad-body", f"{name}: at least {spec['minLength']} character(s)")
         if "enum" in spec and item not in spec["enum"]:
             raise Problem("bad-body", f"{name}: must be one of {', '.join(spec['enum'])}")
         if "pattern" in spec and not re.fullmatch(spec["pattern"].strip("^$"), item):

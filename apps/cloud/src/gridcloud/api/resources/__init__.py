@@ -1,14 +1,25 @@
 """The API's resources, one module each; :func:`operations` is the whole route table.
 
 Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py,
-tests/cloud/test_api_commands.py.
+tests/cloud/test_api_commands.py, tests/pipeline/test_pipeline_api.py.
 """
 
 from __future__ import annotations
 
 from ..config import ApiConfig
 from ..routes import Operation
-from . import apikeys, commands, document, edges, events, meters, readings
+from . import (
+    alarms,
+    apikeys,
+    commands,
+    credit,
+    document,
+    edges,
+    energy,
+    events,
+    meters,
+    readings,
+)
 
 
 def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
@@ -18,6 +29,9 @@ def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
         *meters.operations(config),
         *readings.operations(config),
         *events.operations(config),
+        *energy.operations(config),
+        *credit.operations(config),
+        *alarms.operations(config),
         *apikeys.operations(config),
         *commands.operations(config),
         *feed,
