@@ -10,7 +10,8 @@ The tree (docs/edge.md, "Supervision tree")::
     ├── supervisor (one_for_one, restart with backoff)
     │   ├── journal   JournalService   (opens the SQLite journal)
     │   ├── radio     RadioService     (serial port -> records -> journal)
-    │   └── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
+    │   ├── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
+    │   └── web       WebService       (HTTPS page for technicians; only with [web] enabled)
     └── health        HealthService    (Unix socket for `gridedge health`)
 
 Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py.
@@ -26,15 +27,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from gridedge.config import Config
-from gridedge.health import HealthService, Snapshot
+from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Journal
-from gridedge.radio import RadioService
+from gridedge.radio import RadioLink, RadioService, RecordSink
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.link import LinkSettings
-from gridedge.uplink.service import UplinkService
+from gridedge.uplink.service import UplinkService, UplinkStatus
 from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
+from gridedge.web import History, HistorySink, RadioActions, WebService
+from gridedge.web.diagnostics import LogTail
 
 
 class JournalService(service.Service):
@@ -74,11 +77,24 @@ class Unit(service.MultiService):
         self.traffic = Traffic(config.journal.path, clock=reactor.seconds)
         self.supervisor = Supervisor(reactor)
         self.supervisor.supervise("journal", lambda crashed: JournalService(self.journal, reactor))
+        # The page keeps the last day of each meter in memory: the radio link's records pass
+        # through its HistorySink after the journal stored them.
+        self.history: History | None = None
+        sink: RecordSink = self.journal
+        if config.web.enabled:
+            self.history = History(reactor.seconds)
+            sink = HistorySink(self.journal, self.history)
         port = config.radio.port
         if port is not None:
             self.supervisor.supervise("radio", lambda crashed: RadioService(
-                port, config.radio.baudrate, self.journal, reactor, config.radio.link))
+                port, config.radio.baudrate, sink, reactor, config.radio.link))
         self.supervisor.supervise("uplink", self._uplink)
+        if self.history is not None:
+            history = self.history
+            actions = RadioActions(self.radio_link, self._upload_now, history)
+            logs = LogTail()
+            self.supervisor.supervise("web", lambda crashed: WebService(
+                self, history, actions, reactor, logs))
         self.supervisor.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.health = HealthService(
             reactor, config.health.socket, self.snapshot, self.radio_frames,
@@ -98,6 +114,25 @@ class Unit(service.MultiService):
                                     up.backoff_revoked),
             connect_timeout=up.connect_timeout,
         )
+
+    # -- what the web page reads (gridedge.web.UnitView) ---------------------------------------
+
+    def radio_link(self) -> RadioLink | None:
+        radio = self.supervisor.child("radio") if self.config.radio.port else None
+        return radio.link if radio is not None else None
+
+    def uplink_status(self) -> UplinkStatus | None:
+        uplink = self.supervisor.child("uplink")
+        return uplink.status() if uplink is not None else None
+
+    def problems(self) -> list[str]:
+        """What `gridedge health` would complain about now."""
+        return evaluate(self.snapshot(), self.config.health.radio_window,
+                        self.config.health.uplink_window)
+
+    def _upload_now(self) -> bool | None:
+        uplink = self.supervisor.child("uplink")
+        return uplink.upload_now() if uplink is not None else None
 
     # -- what the health service reads -------------------------------------------------------
 

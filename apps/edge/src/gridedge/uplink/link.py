@@ -273,6 +273,15 @@ class Link:
         except ProtocolError as exc:
             self._protocol_error(exc)
 
+    def flush_now(self) -> None:
+        """Send what the journal holds now, without waiting for a partial batch to fill (an
+        operator's "upload now")."""
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self._linger_done = True
+        self.pump()
+
     def _linger_expired(self) -> None:
         self._linger = None
         self._linger_done = True

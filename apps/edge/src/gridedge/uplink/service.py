@@ -165,6 +165,14 @@ class UplinkService(service.Service):
         link = self._current.link if self._current is not None else None
         return link is not None and not link.closed and link.session.welcome is not None
 
+    def upload_now(self) -> bool:
+        """Send the journal's pending entries now; False when not connected to the cloud."""
+        link = self._current.link if self._current is not None else None
+        if link is None or not self.connected:
+            return False
+        link.flush_now()
+        return True
+
     def status(self) -> UplinkStatus:
         if self.connected:
             self.last_connected_at = self.reactor.seconds()
