@@ -21,6 +21,8 @@ APPS := wire radio edge cloud sim
 
 # Debian packages the Python side needs; firmware and QEMU targets add theirs in mk/*.mk.
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql-15 postgresql-client-15
+# Debian's browser, driven headless by Playwright in the web page's tests (tests/web).
+APT_PACKAGES += chromium
 
 include mk/*.mk
 

@@ -1,6 +1,6 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
-BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api
+BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api bench-web
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -20,3 +20,6 @@ bench-refusals: setup ## bytes an edge spends in an hour of refusals (revoked, d
 
 bench-api: setup ## HTTP API p50/p99 at 100 req/s and CSV export rate vs the same SQL, 10M readings
 	$(PGCLUSTER) run -- $(PY) bench/bench_api.py
+
+bench-web: setup ## RSS the local web page adds and radio records/s with 10 live pages open, side by side
+	$(PY) bench/bench_web.py

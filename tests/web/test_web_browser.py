@@ -210,7 +210,8 @@ def test_relay_round_trip(page: Any, unit: Unit) -> None:
         page.wait_for_function(
             "t => document.querySelector('#facts [data-c=relay]').textContent === t",
             arg=expected)
-        wait_until(lambda: any(f is flag for f in truth_relay_open(unit, METER)[before + 1:]),
+        wait_until(lambda flag=flag, before=before: any(  # type: ignore[misc]
+                       f is flag for f in truth_relay_open(unit, METER)[before + 1:]),
                    20, f"gridsim's records of meter {METER} with the relay {expected}")
         assert f"relay {state}: confirmed" in page.inner_text("#events")
 
