@@ -256,9 +256,16 @@ def test_cross_site_post_refused(page: Any, unit: Unit) -> None:
 
 
 def test_bad_input_is_a_clear_4xx(page: Any, unit: Unit) -> None:
-    """Unknown pages and meters, bad numbers and oversized bodies get a 4xx, never a
-    traceback; the firmware upload checks type and size; diagnostics download works."""
+    """Actions say their outcome (no cloud here: upload now cannot send); unknown pages and
+    meters, bad numbers and oversized bodies get a 4xx, never a traceback; the firmware upload
+    checks type and size; diagnostics download works."""
     login(page, unit, "olga")
+    submit(page, "button:has-text('Upload to the cloud now')")
+    # No cloud and no device certificate here: the uplink is down, and the page says so.
+    assert "Upload now: uplink down" in page.inner_text("main")
+    page.goto(f"{unit.url}/meters/{METER}")
+    submit(page, "button:has-text('Poll now')")
+    assert f"Poll meter {METER}:" in page.inner_text("main")
     for path, status in (("/nope", 404), ("/meters/abc", 400), ("/meters/999", 404),
                          ("/meters?sort=evil", 400)):
         resp = page.request.get(unit.url + path)

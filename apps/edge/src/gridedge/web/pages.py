@@ -2,8 +2,9 @@
 
 Why no template engine: Klein needs none, the pages are few and short, and each function here
 is a plain, typed, testable call.  Jinja2 (which Buildroot packages) would add a package, its
-template compiler and megabytes of resident memory to a service whose budget is 8 MB; Twisted's own templates (twisted.web.template) are in the image already but turn a
-200-line page into an XML tree built per request.  The rule that keeps this safe: text enters
+template compiler and megabytes of resident memory to a service whose budget is 8 MB;
+Twisted's own templates (twisted.web.template) are in the image already but turn a 200-line
+page into an XML tree built per request.  The rule that keeps this safe: text enters
 HTML only through :func:`h` (``html.escape``), and the only unescaped inserts are fragments this
 module made.
 
