@@ -40,7 +40,7 @@ Example (docs/edge.md has the reference)::
 
     [web]
     enabled = true
-    address = "192.168.4.1"  # the access point's; never every interface
+    address = "192.168.73.1"  # the access point's; never every interface
 
 Tests: tests/edge/test_config.py.
 """

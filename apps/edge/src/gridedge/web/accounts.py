@@ -8,8 +8,11 @@ put there by provisioning); using it deletes it.  After that the administrator c
 other accounts.
 
 Why scrypt: it is memory-hard (each guess costs 16 MiB and ~50 ms here), in the standard
-library (``hashlib.scrypt``, OpenSSL), and so on the unit without a new package.  The memory is
-freed after each hash, so it does not add to the web service's resident size.
+library (``hashlib.scrypt``, OpenSSL), and so on the unit without a new package.  Those 16 MiB
+must go back to the system after each hash, or a second login would leave them resident: glibc
+serves the first such block with mmap but then raises its mmap threshold and keeps later ones
+in the heap.  :func:`_return_big_blocks` pins the threshold at 1 MiB (``mallopt``; the unit's
+C library is glibc; elsewhere it does nothing), so every hash's memory is unmapped when freed.
 
 Roles: ``viewer`` sees everything; ``operator`` also acts (poll, relay, upload now, firmware
 upload); ``admin`` also manages accounts.
@@ -19,6 +22,9 @@ Tests: tests/edge/test_web_parts.py, tests/web/test_web_browser.py.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import hmac
 import os
@@ -54,6 +60,21 @@ class Account:
         return _RANK[self.role] >= _RANK[role]
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+@functools.cache
+def _return_big_blocks() -> bool:
+    """Make glibc serve (and unmap on free) every block of 1 MiB or more; True if it could."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+        return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, 1 << 20) == 1)
+    except OSError:
+        return False
+
+
 def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P,
                           maxmem=64 << 20, dklen=32)
@@ -63,6 +84,7 @@ class Accounts:
     """The accounts file (``accounts.json``) and the provisioning token, both in ``folder``."""
 
     def __init__(self, folder: Path) -> None:
+        _return_big_blocks()
         self.path = folder / "accounts.json"
         self.token_path = folder / "provisioning-token"
         self._accounts: dict[str, dict[str, str]] = read_json(self.path, {})

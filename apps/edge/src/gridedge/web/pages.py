@@ -153,8 +153,8 @@ def dashboard_values(n: dict[str, Any]) -> dict[str, str]:
 
 def dashboard(values: dict[str, str], user: Account, csrf: str) -> str:
     tiles = "".join(
-        f'<div class="tile"><span>{h(label)}</span><b data-k="{key}">{h(values[key])}</b></div>'
-        for key, label in TILES)
+        f'<div class="tile{" wide" if key == "alarms" else ""}"><span>{h(label)}</span>'
+        f'<b data-k="{key}">{h(values[key])}</b></div>' for key, label in TILES)
     actions = ""
     if user.may("operator"):
         actions = (f'<form method="post" action="/upload-now">{csrf_field(csrf)}'
