@@ -188,3 +188,68 @@ def test_certificate_made_once(tmp_path: Path) -> None:
     first = fingerprint(cert)
     assert ensure_certificate(tmp_path, "192.168.73.1", "gridedge") == (cert, key)
     assert fingerprint(cert) == first and len(first) == 95
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self._waitingForTransport = False
+        self.timeouts_reset = 0
+
+    def resetTimeout(self) -> None:
+        self.timeouts_reset += 1
+
+
+class FakeStreamRequest:
+    """What LiveHub uses of a twisted.web request, recording what it was sent."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.channel = FakeChannel()
+        self.written: list[bytes] = []
+        self.finished = False
+        self._finish: Deferred[None] = Deferred()
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def notifyFinish(self) -> object:
+        return self._finish
+
+    def finish(self) -> None:
+        self.finished = True
+        self._finish.callback(None)
+
+
+def test_live_streams_skip_blocked_readers_without_losing_changes() -> None:
+    """A stream whose connection is blocked gets nothing until it drains, then every meter it
+    missed; one blocked for a minute is closed; each write re-arms the idle timeout."""
+    from gridedge.web.live import LiveHub
+
+    clock = Clock()
+    history = History(clock.seconds)
+    hub = LiveHub(clock, 1.0, history, dashboard=lambda: {"uptime": str(clock.seconds())},
+                  meter_rows=lambda ids: [{"id": i} for i in ids],
+                  meter_fragment=lambda m: {"id": m})
+    hub.start()
+    table, dash = FakeStreamRequest(), FakeStreamRequest()
+    assert hub.subscribe(table, "meters", None) and hub.subscribe(dash, "dash", None)
+    table.channel._waitingForTransport = True
+    history.add([record(5, 0, 10)])
+    clock.advance(1)
+    history.add([record(6, 0, 10)])
+    clock.advance(1)
+    assert not any(b"event: meters" in w for w in table.written)
+    table.channel._waitingForTransport = False
+    clock.advance(1)
+    sent = [w for w in table.written if b"event: meters" in w]
+    assert len(sent) == 1 and b'"id": 5' in sent[0] and b'"id": 6' in sent[0]
+    assert table.channel.timeouts_reset >= 1 and dash.channel.timeouts_reset >= 3
+    dash.channel._waitingForTransport = True
+    clock.pump([1.0] * 61)
+    assert dash.finished and not table.finished and hub.streams == 1
+    hub.stop()
+    assert table.finished and hub.streams == 0

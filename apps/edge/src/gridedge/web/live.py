@@ -9,7 +9,14 @@ the history's sequence numbers).  A page sees a new reading within ``live_every`
 the network, and the work per tick does not grow with the number of records in between.
 
 Open streams are bounded (``MAX_STREAMS``); a page beyond that gets 503 and its script retries.
-A comment line every 15 s keeps idle connections from being cut by the browser or the Wi-Fi.
+A comment line every 15 s keeps idle connections from being cut by the browser or the Wi-Fi,
+and every write re-arms the site's idle timeout (twisted.web counts only bytes *received* as
+activity, and a stream's browser sends nothing after its request).
+
+Slow readers cannot make the unit buffer without bound: while the connection's transport has
+asked twisted.web to pause (its send buffer is full), a stream is skipped and its ``seen``
+mark left alone, so the next update it gets carries everything it missed; a stream that stays
+blocked for ``_STALLED`` seconds is closed (the page's script reconnects).
 
 Tests: tests/web/test_web_browser.py.
 """
@@ -31,6 +38,7 @@ __all__ = ["MAX_STREAMS", "LiveHub"]
 
 MAX_STREAMS = 32
 _KEEPALIVE = 15.0
+_STALLED = 60.0
 
 
 @dataclass(slots=True, eq=False)
@@ -107,8 +115,16 @@ class LiveHub:
         dash: str | None = None
         seq = self.history.seq
         changed_cache: dict[int, list[int]] = {}
+        now = self.clock.seconds()
         for stream in list(self._streams):
             try:
+                if _blocked(stream.request):
+                    if now - stream.last_write >= _STALLED:
+                        self.log.info("live page not reading for {s:.0f} s: stream closed",
+                                      s=now - stream.last_write)
+                        self._drop(stream)
+                        stream.request.finish()
+                    continue
                 if stream.view == "dash":
                     if dash is None:
                         dash = json.dumps(self.dashboard())
@@ -142,3 +158,11 @@ class LiveHub:
     def _write(self, stream: _Stream, data: bytes) -> None:
         stream.request.write(data)
         stream.last_write = self.clock.seconds()
+        channel = getattr(stream.request, "channel", None)
+        if channel is not None:
+            channel.resetTimeout()
+
+
+def _blocked(request: Any) -> bool:
+    """True while the connection's transport asked twisted.web to stop writing."""
+    return bool(getattr(getattr(request, "channel", None), "_waitingForTransport", False))
