@@ -56,7 +56,7 @@ class Unit:
 
 def web_section(port: int) -> str:
     return (f'[web]\nenabled = true\naddress = "127.0.0.1"\nport = {port}\n'
-            "login_attempts = 3\nlogin_window = 4\nlive_every = 0.5\n")
+            "login_attempts = 3\nlogin_window = 4\nlive_every = 0.5\nmax_upload = \"1 MiB\"\n")
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,8 @@ def test_bad_input_is_a_clear_4xx(page: Any, unit: Unit) -> None:
     bundle = payload + signature + struct.pack(">Q", len(signature))
     good = page.request.post(unit.url + "/firmware/upload", data=bundle, headers=headers)
     assert good.status == 200, good.text()
+    huge = page.request.post(unit.url + "/firmware/upload", data=bundle * 100, headers=headers)
+    assert huge.status == 413
     page.goto(unit.url + "/firmware")
     assert "update.raucb" in page.inner_text("#bundle")
     diag = page.request.get(unit.url + "/diagnostics/bundle.tar.gz")

@@ -3,7 +3,8 @@
 Why bodies are bounded here, below Klein: twisted.web reads a whole body before any route
 runs, so a limit checked in a route comes too late.  :class:`BoundedRequest` looks at the
 announced length (and counts chunked bodies as they come) and answers 413 and closes the
-connection as soon as a body would pass ``max_body`` (``max_upload`` for the firmware upload).
+connection as soon as a body would pass ``max_body`` (``max_upload`` for the firmware upload,
+whose body is spooled to a file on /data: twisted.web would use /tmp, which is RAM on the unit).
 
 On start: the certificate is made if missing (gridedge.web.tlscert), the provisioning token is
 made if the unit has no administrator (its path is logged, never its value), and the listening
@@ -15,6 +16,9 @@ Tests: tests/web/test_web_browser.py, tests/edge/test_web_parts.py.
 
 from __future__ import annotations
 
+import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -43,28 +47,48 @@ _UPLOAD_PATH = b"/firmware/upload"
 
 
 class BoundedRequest(server.Request):
-    """A request whose body may not pass the site's limits."""
+    """A request whose body may not pass the site's limits; a firmware upload's body is spooled
+    to ``spool_dir`` (on /data) rather than to /tmp, which is RAM on the unit."""
 
     max_body = 16 << 10
     max_upload = 256 << 20
+    spool_dir: Path | None = None
+    _refused = False
 
     def gotLength(self, length: int | None) -> None:
         path = getattr(self.channel, "_path", b"") or b""
-        self._limit = self.max_upload if path.split(b"?")[0] == _UPLOAD_PATH else self.max_body
+        upload = path.split(b"?")[0] == _UPLOAD_PATH
+        self._limit = self.max_upload if upload else self.max_body
         self._received = 0
-        if length is not None and length > self._limit:
-            self._too_large()
-            return
         super().gotLength(length)  # type: ignore[no-untyped-call]
+        if upload and self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            if self.content is not None:
+                self.content.close()
+            # Owned by the request; unlinked from the start, gone when closed or collected.
+            self.content = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115
+        if length is not None and length > self._limit:
+            self._refuse()
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._received += len(data)
         if self._received > self._limit:
-            self._too_large()
+            self._refuse()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
-    def _too_large(self) -> None:
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # answered with 413 already; the connection is closing
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def _refuse(self) -> None:
+        self._refused = True
+        if self.content is not None:
+            self.content.close()
+        self.content = io.BytesIO()
         transport = self.channel.transport if self.channel is not None else None
         if transport is None:
             return
@@ -73,8 +97,6 @@ class BoundedRequest(server.Request):
                         b"connection: close\r\ncontent-length: "
                         + str(len(body)).encode() + b"\r\n\r\n" + body)
         transport.loseConnection()
-        self.channel._dataBuffer = []
-        self.channel.setRawMode = lambda: None  # type: ignore[method-assign]
 
 
 class WebService(service.Service):
@@ -115,6 +137,7 @@ class WebService(service.Service):
         class Request(BoundedRequest):
             max_body = c.max_body
             max_upload = c.max_upload
+            spool_dir = folder / "upload"
 
         site.requestFactory = Request
         site.timeOut = 60  # idle connections; live streams write at least every 15 s
