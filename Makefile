@@ -24,6 +24,8 @@ APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql-15 postgresql-
 # Operations (tests/deploy, tests/system/test_scale_out.py, bench-ingest): the load balancer and
 # systemd-analyze, as on a cloud server.
 APT_PACKAGES += haproxy systemd
+# Debian's browser, driven headless by Playwright in the web page's tests (tests/web).
+APT_PACKAGES += chromium
 
 include mk/*.mk
 

@@ -1,7 +1,7 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
 BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api bench-commands \
-	bench-pipeline
+	bench-pipeline bench-web
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -26,3 +26,6 @@ bench-commands: setup ## POST-to-outcome latency p50/p99 with 1,000 loadgen unit
 	$(PGCLUSTER) run -- $(PY) bench/bench_commands.py
 bench-pipeline: setup ## readings/s through aggregates, credit and alarms with 1 and 2 workers vs raw ingest
 	$(PGCLUSTER) run -- $(PY) bench/bench_pipeline.py
+
+bench-web: setup ## RSS the local web page adds and radio records/s with 10 live pages open, side by side
+	$(PY) bench/bench_web.py

@@ -27,6 +27,10 @@ def test_demo_runs_the_whole_stack_and_readings_reach_postgresql(tmp_path: Path)
     # The HTTP API ran with the demo key the banner prints, and its curl line returns readings.
     assert re.search(r"API key +gck_", result.stdout), result.stdout
     assert "demo: the HTTP API returned 5 readings of demo-edge-1" in result.stdout, result.stdout
+    # The banner names the unit's web page and the first-login token, which is the one on disk.
+    token = (state / "edge" / "web" / "provisioning-token").read_text().strip()
+    assert re.search(r"web page +https://127\.0\.0\.1:\d+/", result.stdout), result.stdout
+    assert f"provisioning token {token}" in result.stdout
     # Everything was stopped: a second start reuses the state (certificates, journal, database).
     assert (state / "edge" / "tls" / "edge.pem").exists()
     assert not (state / "pg" / "data" / "postmaster.pid").exists()

@@ -6,9 +6,11 @@ the state folder), the schema migrations, a PKI (project CA, a server
 certificate for ``localhost`` and one edge certificate) made on first run,
 ``gridcloud serve`` on loopback, ``gridsim`` with 1000 meters at high speed on
 a pseudo-terminal, ``gridedge run`` reading that pseudo-terminal and
-uploading to the cloud, and ``gridcloud api`` (the HTTP API) with a read key
-made on first run (kept in ``<state>/api-key``).  Then it prints where to look
-(with a ``curl`` line that returns readings), reports progress from
+uploading to the cloud (and serving its local web page on loopback; the banner
+prints its URL and, on a new unit, the first-login token), and ``gridcloud api``
+(the HTTP API) with a read key made on first run (kept in ``<state>/api-key``).
+Then it prints where to look (with a ``curl`` line that returns readings),
+reports progress from
 PostgreSQL every few seconds, and on Ctrl-C stops everything in reverse order.
 
 Every process writes its log to ``<state>/logs/``.  A second run reuses the
@@ -39,6 +41,18 @@ EDGE_ID = "demo-edge-1"
 DATABASE = "gridedge"
 
 
+def _port(preferred: int) -> int:
+    """``preferred`` if nothing listens there on loopback, else a free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return pgcluster.free_port()
+    return preferred
+
+
 def _bin(name: str) -> str:
     """The console script of one of our apps, from the same virtualenv as this Python."""
     candidate = Path(sys.executable).parent / name
@@ -60,6 +74,8 @@ class Demo:
         self.dsn = ""
         self.api_url = ""
         self.api_key = ""
+        self.web_port = _port(8443)
+        self.web_token = ""
 
     def run_step(self, what: str, *cmd: str) -> None:
         print(f"demo: {what}", flush=True)
@@ -102,14 +118,29 @@ class Demo:
             f'[radio]\nport = "{self.radio}"\n\n'
             f'[uplink]\nhost = "127.0.0.1"\nport = {port}\nserver_name = "localhost"\n'
             "heartbeat = 30\nbackoff_max = 10\n\n"
-            f'[health]\nsocket = "{self.edge_dir / "health.sock"}"\n'
+            f'[health]\nsocket = "{self.edge_dir / "health.sock"}"\n\n'
+            f'[web]\nenabled = true\naddress = "127.0.0.1"\nport = {self.web_port}\n'
         )
         self.spawn("edge", _bin("gridedge"), "run", "--config", str(config))
+        self.wait_for_web()
         self.api_url = f"http://127.0.0.1:{pgcluster.free_port()}"
         self.spawn("api", _bin("gridcloud"), "api", "--dsn", self.dsn,
                    "--listen", f"tcp:{self.api_url.rsplit(':', 1)[1]}:interface=127.0.0.1",
                    "--public-url", self.api_url)
         self.api_key = self.demo_key()
+
+    def wait_for_web(self) -> None:
+        """The page listens once the edge logged its address; a new unit's token is on disk."""
+        log = self.logs / "edge.log"
+        deadline = time.monotonic() + 60
+        while f"web page at https://127.0.0.1:{self.web_port}/" not in log.read_text(
+                errors="replace"):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                sys.exit(f"demo: the edge's web page did not start; see {log}")
+            time.sleep(0.2)
+        token = self.edge_dir / "web" / "provisioning-token"
+        self.web_token = token.read_text().strip() if token.exists() else ""
 
     def demo_key(self) -> str:
         """The demo's read key: made on the first run, then read from <state>/api-key."""
@@ -160,6 +191,9 @@ demo: everything runs. Where to look:
   API key        {self.api_key}
   readings       curl -H 'Authorization: Bearer {self.api_key}' \\
                    '{self.api_url}/v1/edges/{EDGE_ID}/readings?limit=5'
+  web page       https://127.0.0.1:{self.web_port}/  (the unit's own certificate: accept it once)
+  first login    {("set up the administrator with the provisioning token " + self.web_token)
+                  if self.web_token else "done already: log in with the account you made"}
   docs           docs/cloud.md (schema and queries), docs/api.md, docs/edge.md, docs/protocol.md
 Ctrl-C stops the demo; `make demo` again resumes where it stopped.
 """, flush=True)

@@ -83,8 +83,16 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          'port = 1\n', r"\[edge\] boot_slot: at most 8 bytes"),
         ('data_dir = "/d"\nradio = 3\n[uplink]\nhost = "h"\nport = 1\n',
          r"\[radio\]: must be a table"),
-        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\nport = 80\n',
-         r"\[web\]: unknown section"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[wbe]\nport = 80\n',
+         r"\[wbe\]: unknown section"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\naddress = "0.0.0.0"\n',
+         r"\[web\] address: must name one address"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\nenabled = "yes"\n',
+         r"\[web\] enabled: expected bool"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\nmax_body = "1 B"\n',
+         r"\[web\] max_body: must be at least 1 KiB"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\n[web]\npassword = "x"\n',
+         r"\[web\]: unknown key\(s\) password"),
         ('data_dir = "/d"\n[radio]\npoll_window = 17\n[uplink]\nhost = "h"\nport = 1\n',
          r"\[radio\] poll_window: must be 1\.\.16"),
         ('data_dir = "/d"\n[radio]\npoll_rate = "fast"\n[uplink]\nhost = "h"\nport = 1\n',
@@ -142,3 +150,14 @@ def test_docs_list_every_radio_key_with_its_default() -> None:
     for f in dataclasses.fields(LinkSettings):
         assert f.name in rows, f"docs/edge.md has no row for [radio] {f.name}"
         assert rows[f.name] == repr(f.default), f"[radio] {f.name}: docs say {rows[f.name]}"
+
+
+def test_web_section(tmp_path: Path) -> None:
+    """[web] is off by default and on loopback when enabled without an address; its paths
+    are under data_dir and sizes take units."""
+    c = load(write(tmp_path, EXAMPLE))
+    assert not c.web.enabled and c.web.address == "127.0.0.1"
+    text = EXAMPLE + '\n[web]\nenabled = true\nport = 9443\nmax_upload = "64 MiB"\n'
+    web = load(write(tmp_path, text)).web
+    assert web.enabled and web.address == "127.0.0.1" and web.port == 9443
+    assert web.max_upload == 64 << 20 and web.state_dir == Path("/data/gridedge/web")

@@ -22,7 +22,9 @@ from gridedge.journal import EVENT_JOURNAL_QUARANTINED
 from support import edge_harness
 from support.qemu_unit import Unit
 from support.qemu_world import (
+    DATA,
     GRIDEDGE_PIDS,
+    WEB_CHECK,
     World,
     wait_until_healthy,
     wait_until_marked_good,
@@ -46,7 +48,8 @@ def test_first_boot_runs_gridedge_and_readings_reach_postgresql(
     make_unit: Callable[..., Unit], world: Callable[..., World]
 ) -> None:
     """A fresh unit boots slot A with a read-only root, makes /data, and its gridedge, running
-    as its own user, sends gridsim's readings over mutual TLS into PostgreSQL."""
+    as its own user, sends gridsim's readings over mutual TLS into PostgreSQL and serves its
+    local web page, set up with the provisioning token."""
     w = world(meters=8, speed=300, duration="1d")
     unit = make_unit(radio=w.sim.port)
 
@@ -72,6 +75,14 @@ def test_first_boot_runs_gridedge_and_readings_reach_postgresql(
     got = edge_harness.stored(w.dsn)
     assert got.rows == got.distinct_keys == got.distinct_seqs
     wait_until_healthy(unit, 120)
+
+    # The local web page runs on the unit: the first administrator is set up with the
+    # provisioning token on /data, and the session cookie then opens the dashboard.
+    unit.write_file("/run/web-check.py", WEB_CHECK.encode())
+    token = f"{DATA}/web/provisioning-token"
+    assert unit.value(f"stat -c '%U %a' {token}") == "gridedge 600"
+    assert "landed on Dashboard" in unit.check(f"python3.11 /run/web-check.py {token}", 120)
+    assert unit.run(f"test -e {token}")[0] != 0, "the token must be used up"
 
 
 def test_power_cut_loses_and_duplicates_no_reading(

@@ -18,6 +18,8 @@ HOST_FROM_GUEST = "10.0.2.2"
 #: as on the BeagleBone.
 GUEST_RADIO = "/dev/ttyS1"
 DATA = "/data/gridedge"
+#: The local web page, on the guest's loopback (the CI image has no Wi-Fi access point).
+GUEST_WEB_PORT = 8443
 
 
 @dataclass
@@ -73,6 +75,31 @@ batch_linger = 0.5
 [health]
 radio_window = 120
 uplink_window = 120
+
+[web]
+enabled = true
+address = "127.0.0.1"
+port = {GUEST_WEB_PORT}
+"""
+
+
+#: Run in the guest with the path of the provisioning token: opens the page, sets up the first
+#: administrator with the token and prints the title of the page it lands on.
+WEB_CHECK = f"""\
+import http.cookiejar, re, ssl, sys, urllib.parse, urllib.request
+base = "https://127.0.0.1:{GUEST_WEB_PORT}"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx),
+                                     urllib.request.HTTPCookieProcessor())
+assert "Set up this unit" in opener.open(base + "/").read().decode()
+form = {{"token": open(sys.argv[1]).read().strip(), "name": "admin",
+         "password": "qemu test password"}}
+request = urllib.request.Request(base + "/setup", data=urllib.parse.urlencode(form).encode(),
+                                 headers={{"Origin": base}})
+page = opener.open(request).read().decode()
+print("landed on", re.search("<h1>(.*?)</h1>", page).group(1))
 """
 
 

@@ -38,6 +38,10 @@ Example (docs/edge.md has the reference)::
     [journal]
     max_size = "64 MiB"
 
+    [web]
+    enabled = true
+    address = "192.168.73.1"  # the access point's; never every interface
+
 Tests: tests/edge/test_config.py.
 """
 
@@ -138,6 +142,31 @@ class LogConfig:
     level: str = "info"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    """The local web page for technicians (gridedge.web): off unless ``enabled``; bound to one
+    address, loopback unless the file names the access point's, never every interface by
+    default."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 8443
+    #: Certificate, accounts, sessions, the provisioning token and uploads (on /data).
+    state_dir: Path = Path("web")
+    #: Seconds a login lasts without activity.
+    session_ttl: float = 43200.0
+    #: Failed logins from one address within ``login_window`` seconds before it is refused.
+    login_attempts: int = 5
+    login_window: float = 300.0
+    #: Largest request body, bytes (forms); firmware bundles have ``max_upload``.
+    max_body: int = 16 << 10
+    max_upload: int = 256 << 20
+    #: Seconds between live updates pushed to open pages (Server-Sent Events).
+    live_every: float = 1.0
+    #: RAUC's slot status file (board/common/rauc/system.conf.in): the other slot's version.
+    rauc_status: Path = Path("/data/rauc/status.raucs")
+
+
 @dataclass(frozen=True, slots=True)
 class CommandsConfig:
     """What the command executor needs from the file (gridedge.commands)."""
@@ -160,6 +189,7 @@ class Config:
     health: HealthConfig
     log: LogConfig
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -378,6 +408,33 @@ def _read_commands(s: _Section, data_dir: Path, cmdline: Path) -> CommandsConfig
     return CommandsConfig(**given)
 
 
+def _read_web(s: _Section, data_dir: Path, cmdline: Path) -> WebConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "enabled", bool)
+    s.given(given, "address", str)
+    if "address" in given and given["address"].strip() in ("", "0.0.0.0", "::", "*"):
+        raise s.error("address", "must name one address (the access point's), "
+                      f"not every interface ({given['address']!r})")
+    s.given(given, "port", int)
+    if "port" in given and not 1 <= given["port"] <= 65535:
+        raise s.error("port", f"must be 1..65535, got {given['port']}")
+    for key in ("session_ttl", "login_window", "live_every"):
+        s.given(given, key, float, positive=True)
+    s.given(given, "login_attempts", int, positive=True)
+    for key in ("max_body", "max_upload"):
+        if key in s.table:
+            try:
+                given[key] = parse_size(s.get(key, object))
+            except ValueError as exc:
+                raise s.error(key, str(exc)) from None
+            if given[key] < 1024:
+                raise s.error(key, f"must be at least 1 KiB, got {given[key]} bytes")
+        s.used.add(key)
+    return WebConfig(state_dir=s.path("state_dir", data_dir, "web"),
+                     rauc_status=s.path("rauc_status", data_dir, "/data/rauc/status.raucs"),
+                     **given)
+
+
 #: Every section of the file, in the order they are checked, with its reader.
 _SECTIONS = {
     "edge": _read_edge,
@@ -387,6 +444,7 @@ _SECTIONS = {
     "health": _read_health,
     "log": _read_log,
     "commands": _read_commands,
+    "web": _read_web,
 }
 
 

@@ -11,13 +11,14 @@ The tree (docs/edge.md, "Supervision tree")::
     │   ├── journal   JournalService   (opens the SQLite journal)
     │   ├── commands  CommandService   (opens the command store, runs commands)
     │   ├── radio     RadioService     (serial port -> records -> journal)
-    │   └── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
+    │   ├── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
+    │   └── web       WebService       (HTTPS page for technicians; only with [web] enabled)
     ├── health        HealthService    (Unix socket for `gridedge health`)
     └── metrics       MetricsService   (/metrics on loopback, when [health] metrics_listen is set)
 
 The command executor (``Unit.commands``) outlives its service's restarts, like the
-journal: the uplink hands it commands, and the local page calls its
-``submit_local`` (gridedge.commands.executor).
+journal: the uplink hands it commands, and the local page's actions go through its
+``submit_local`` (gridedge.web.CommandActions).
 
 Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py, tests/edge/test_edge_metrics.py.
 """
@@ -35,16 +36,18 @@ from twisted.internet.task import LoopingCall
 from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
 from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
-from gridedge.health import HealthService, Snapshot
+from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
-from gridedge.radio import RadioService
+from gridedge.radio import RadioLink, RadioService, RecordSink
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.link import LinkSettings
-from gridedge.uplink.service import UplinkService
+from gridedge.uplink.service import UplinkService, UplinkStatus
 from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
+from gridedge.web import CommandActions, History, HistorySink, WebService
+from gridedge.web.diagnostics import LogTail
 
 
 class JournalService(service.Service):
@@ -107,15 +110,28 @@ class Unit(service.MultiService):
         self.commands = CommandExecutor(
             CommandStore(config.data_dir / "commands.db", clock=reactor.seconds),
             self.journal, reactor,
-            UnitHooks(radio=self._radio_link, apply_settings=self.apply_settings,
+            UnitHooks(radio=self.radio_link, apply_settings=self.apply_settings,
                       reboot=self.reboot, upload_now=self.upload_now),
         )
         self.supervisor.supervise("commands", lambda crashed: CommandService(self.commands))
+        # The page keeps the last day of each meter in memory: the radio link's records pass
+        # through its HistorySink after the journal stored them.
+        self.history: History | None = None
+        sink: RecordSink = self.journal
+        if config.web.enabled:
+            self.history = History(reactor.seconds)
+            sink = HistorySink(self.journal, self.history)
         port = config.radio.port
         if port is not None:
             self.supervisor.supervise("radio", lambda crashed: RadioService(
-                port, config.radio.baudrate, self.journal, reactor, config.radio.link))
+                port, config.radio.baudrate, sink, reactor, config.radio.link))
         self.supervisor.supervise("uplink", self._uplink)
+        if self.history is not None:
+            history = self.history
+            actions = CommandActions(self.commands, history)
+            logs = LogTail()
+            self.supervisor.supervise("web", lambda crashed: WebService(
+                self, history, actions, reactor, logs))
         self.supervisor.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.health = HealthService(
             reactor, config.health.socket, self.snapshot, self.radio_frames,
@@ -140,10 +156,11 @@ class Unit(service.MultiService):
             commands=self.commands,
         )
 
-    # -- what the command executor asks of the unit -------------------------------------------
+    # -- what the command executor and the web page ask of the unit ---------------------------
 
-    def _radio_link(self) -> Any:
-        radio = self.supervisor.child("radio")
+    def radio_link(self) -> RadioLink | None:
+        """The running radio link, or None while it is down (or the unit has no radio)."""
+        radio = self.supervisor.child("radio") if self.config.radio.port else None
         return radio.link if radio is not None and radio.running else None
 
     def apply_settings(self, changes: Mapping[str, float]) -> str:
@@ -175,6 +192,17 @@ class Unit(service.MultiService):
     def upload_now(self) -> bool:
         uplink = self.supervisor.child("uplink")
         return bool(uplink is not None and uplink.upload_now())
+
+    # -- what the web page reads (gridedge.web.UnitView) ---------------------------------------
+
+    def uplink_status(self) -> UplinkStatus | None:
+        uplink = self.supervisor.child("uplink")
+        return uplink.status() if uplink is not None else None
+
+    def problems(self) -> list[str]:
+        """What `gridedge health` would complain about now."""
+        return evaluate(self.snapshot(), self.config.health.radio_window,
+                        self.config.health.uplink_window)
 
     # -- what the health service reads -------------------------------------------------------
 

@@ -163,15 +163,15 @@ class UplinkService(service.Service):
             received=received,
         )
 
-    def upload_now(self) -> bool:
-        """Upload what the journal holds now; False when not connected."""
-        link = self._current.link if self._current is not None else None
-        return link is not None and link.upload_now()
-
     @property
     def connected(self) -> bool:
         link = self._current.link if self._current is not None else None
         return link is not None and not link.closed and link.session.welcome is not None
+
+    def upload_now(self) -> bool:
+        """Send the journal's pending entries now; False when not connected to the cloud."""
+        link = self._current.link if self._current is not None else None
+        return link is not None and self.connected and link.upload_now()
 
     def status(self) -> UplinkStatus:
         if self.connected:
