@@ -87,7 +87,8 @@ def settings(**uplink: Any) -> LinkSettings:
 
 def connect(journal: Journal, cloud: Cloud, clock: Clock, **uplink: Any) -> Link:
     """A Link wired to ``cloud``, connected (Hello sent, Welcome answered)."""
-    opts: dict[str, Any] = {"batch_linger": 0.0, "batch_records": 100, "max_in_flight": 4}
+    opts: dict[str, Any] = {"batch_linger": 0.0, "batch_records": 100, "max_in_flight": 4,
+                            "upload_deadline": 0.0}
     opts.update(uplink)
 
     def close() -> None:

@@ -97,7 +97,17 @@ class Unit(service.MultiService):
             backoff=ReconnectPolicy(up.backoff_initial, up.backoff_max, up.backoff_factor,
                                     up.backoff_revoked),
             connect_timeout=up.connect_timeout,
+            expected_meters=self.reporting_meters,
         )
+
+    def reporting_meters(self) -> int:
+        """Meters expected to report each interval: those the radio link knows as joined
+        (0 without a radio link; the upload schedule then relies on its deadline)."""
+        radio = self.supervisor.child("radio")
+        link = getattr(radio, "link", None)
+        if link is None:
+            return 0
+        return sum(1 for state in link.registry.states() if state.joined)
 
     # -- what the health service reads -------------------------------------------------------
 

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from gridedge.journal import Journal
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.counting import CountingEndpoint, raw_counter
-from gridedge.uplink.link import Link, LinkSettings
+from gridedge.uplink.link import Link, LinkCounters, LinkSettings
 from gridedge.uplink.protocol import UplinkProtocol
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic
@@ -49,6 +49,11 @@ class UplinkStatus:
     last_handshake_bytes: int | None
     bytes_sent: int
     bytes_received: int
+    #: gridwire frames without TLS, and uploads, since start (gridedge.uplink.link.LinkCounters)
+    payload_sent: int
+    payload_received: int
+    batches_sent: int
+    records_sent: int
 
 
 class UplinkService(service.Service):
@@ -70,7 +75,9 @@ class UplinkService(service.Service):
         backoff: ReconnectPolicy,
         connect_timeout: float,
         flush_every: float = 60.0,
+        expected_meters: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._expected_meters = expected_meters
         self.reactor = reactor
         self.journal = journal
         self.traffic = traffic
@@ -91,6 +98,7 @@ class UplinkService(service.Service):
         self.last_handshake_bytes: int | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.counters = LinkCounters()
 
     def startService(self) -> None:
         # Load the certificates first: a missing or bad file fails the start with a clear
@@ -137,7 +145,8 @@ class UplinkService(service.Service):
         return Link(
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
-            on_error=self._backoff.refused,
+            on_error=self._backoff.refused, counters=self.counters,
+            expected_meters=self._expected_meters,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
@@ -178,4 +187,8 @@ class UplinkService(service.Service):
             last_handshake_bytes=self.last_handshake_bytes,
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
+            payload_sent=self.counters.payload_sent,
+            payload_received=self.counters.payload_received,
+            batches_sent=self.counters.batches_sent,
+            records_sent=self.counters.records_sent,
         )
