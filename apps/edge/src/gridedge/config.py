@@ -115,6 +115,9 @@ class UplinkConfig:
     #: Seconds a reading may wait for the rest of its interval before it is uploaded anyway
     #: (gridedge.uplink.schedule); 0: upload within batch_linger, as before.
     upload_deadline: float = 600.0
+    #: Megabytes (10**6 bytes, both directions, TLS included) the link may use per UTC
+    #: month; 0: no budget (gridedge.uplink.budget).
+    budget_mb_per_month: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +299,9 @@ def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:
         s.given(given, key, int, positive=True)
     s.given(given, "batch_linger", float)
     s.given(given, "upload_deadline", float)
+    s.given(given, "budget_mb_per_month", float)
+    if given.get("budget_mb_per_month", 0.0) < 0:
+        raise s.error("budget_mb_per_month", "must be >= 0 (0: no budget)")
     if given.get("upload_deadline", 0.0) < 0:
         raise s.error("upload_deadline", "must be >= 0 (0: upload within batch_linger)")
     uplink = UplinkConfig(

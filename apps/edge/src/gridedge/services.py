@@ -98,6 +98,7 @@ class Unit(service.MultiService):
                                     up.backoff_revoked),
             connect_timeout=up.connect_timeout,
             expected_meters=self.reporting_meters,
+            budget_bytes=int(up.budget_mb_per_month * 1e6),
         )
 
     def reporting_meters(self) -> int:

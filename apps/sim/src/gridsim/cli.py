@@ -240,10 +240,13 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
         truth = TruthWriter(args.truth, resume=args.resume)
         if truth.resumed:
             meta = truth.meta()
-            if (meta.get("seed"), meta.get("meters")) != (args.seed, args.meters):
+            if (meta.get("seed"), meta.get("meters"), meta.get("fleet", "lab")) != (
+                args.seed, args.meters, args.fleet
+            ):
                 raise SystemExit(
-                    f"gridsim: {args.truth} is a run with seed {meta.get('seed')} and "
-                    f"{meta.get('meters')} meters; resume it with the same --seed and --meters"
+                    f"gridsim: {args.truth} is a run with seed {meta.get('seed')}, "
+                    f"{meta.get('meters')} meters and fleet {meta.get('fleet', 'lab')}; resume "
+                    "it with the same --seed, --meters and --fleet"
                 )
             start, end = meta["start"], meta["end"]
             memory = truth.latest(args.meter_memory)
@@ -256,6 +259,7 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
             truth.set_meta(
                 seed=args.seed,
                 meters=args.meters,
+                fleet=args.fleet,
                 start=start,
                 end=end,
                 interval=INTERVAL_SECONDS,

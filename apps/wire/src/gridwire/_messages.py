@@ -100,6 +100,7 @@ class AlarmKind(enum.IntEnum):
     JOURNAL_DISK_FULL = 0x8002  #: the data partition was full; readings may have been refused
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
     JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
+    DATA_BUDGET = 0x8010  #: the month's data use crossed 80% or 100% of the unit's budget
 
 
 class CommandKind(enum.IntEnum):

@@ -129,7 +129,9 @@ class Link:
         limits: Limits | None = None,
         counters: LinkCounters | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
+        stretch: Callable[[], float] = lambda: 1.0,
     ) -> None:
+        self._stretch = stretch
         self.journal = journal
         self.counters = counters if counters is not None else LinkCounters()
         self.settings = settings
@@ -316,6 +318,7 @@ class Link:
         if self.next_send <= self._flush_to:
             return True
         now = self.clock.seconds()
+        self.schedule.stretch = self._stretch()
         while True:  # show the schedule what arrived since it last looked
             entries = self.journal.read(max(self._scanned + 1, self.next_send), 1000)
             for seq, entry in entries:
@@ -357,10 +360,11 @@ class Link:
         """(Re)arm the heartbeat: a Ping goes after ``heartbeat`` seconds of sending nothing."""
         if self.closed or self.session.state is not State.READY:
             return
+        heartbeat = self._heartbeat * self._stretch()  # the data budget may stretch it
         if self._ping is not None and self._ping.active():
-            self._ping.reset(self._heartbeat)
+            self._ping.reset(heartbeat)
         else:
-            self._ping = self.clock.callLater(self._heartbeat, self._send_ping)
+            self._ping = self.clock.callLater(heartbeat, self._send_ping)
 
     def _send_ping(self) -> None:
         self._ping = None
@@ -369,8 +373,8 @@ class Link:
 
     def _alive(self) -> None:
         """Something arrived: the peer is alive; re-arm the dead-peer timer."""
-        timeout = (self.settings.dead_after if self.session.state is State.READY
-                   else self.settings.welcome_timeout)
+        timeout = (self.settings.dead_after * self._stretch()  # as long as heartbeats stretch
+                   if self.session.state is State.READY else self.settings.welcome_timeout)
         if self._dead is not None and self._dead.active():
             self._dead.reset(timeout)
         else:

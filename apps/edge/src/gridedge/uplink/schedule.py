@@ -44,6 +44,9 @@ class UploadSchedule:
     deadline: float
     batch_records: int
     expected: Callable[[], int] = lambda: 0
+    #: Set by the data budget (gridedge.uplink.budget): > 1 makes the deadline that many
+    #: times longer and turns the "interval complete" rule off.
+    stretch: float = 1.0
     waiting: int = 0
     urgent: bool = False
     oldest_at: float | None = None
@@ -74,14 +77,15 @@ class UploadSchedule:
         """Whether what waits should go now."""
         if self.oldest_at is None:
             return False
-        return (self.urgent or self._complete or self.waiting >= self.batch_records
-                or now - self.oldest_at >= self.deadline)
+        return (self.urgent or (self._complete and self.stretch <= 1.0)
+                or self.waiting >= self.batch_records
+                or now - self.oldest_at >= self.deadline * self.stretch)
 
     def wait(self, now: float) -> float | None:
         """Seconds until the deadline makes an upload due (None: nothing waits)."""
         if self.oldest_at is None:
             return None
-        return max(0.0, self.oldest_at + self.deadline - now)
+        return max(0.0, self.oldest_at + self.deadline * self.stretch - now)
 
     def reset(self) -> None:
         """Everything seen so far is being sent: start over."""
