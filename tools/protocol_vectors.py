@@ -101,6 +101,10 @@ HELLO = Hello(min_version=1, max_version=1, firmware_version="1.4.2", boot_slot=
               last_command_id=0, edge_time=T0)
 WELCOME = Welcome(version=1, server_time=T0 + 2, last_acked_seq=0, heartbeat_interval=1200,
                   max_in_flight=8)
+HELLO_V2 = Hello(min_version=1, max_version=2, firmware_version="1.5.0", boot_slot="B",
+                 last_command_id=0, edge_time=T0)
+WELCOME_V2 = Welcome(version=2, server_time=T0 + 2, last_acked_seq=0, heartbeat_interval=1200,
+                     max_in_flight=8)
 
 
 def _record(meter: int, end: int, energy: int, flags: int = 0) -> IntervalRecord:
@@ -110,8 +114,8 @@ def _record(meter: int, end: int, energy: int, flags: int = 0) -> IntervalRecord
 class _Recorder:
     """A real edge and cloud session; each message goes through both and becomes a step."""
 
-    def __init__(self) -> None:
-        self.edge, self.cloud = EdgeSession(), CloudSession()
+    def __init__(self, cloud_versions: tuple[int, ...] = (1, 2)) -> None:
+        self.edge, self.cloud = EdgeSession(), CloudSession(versions=cloud_versions)
         self.steps: list[Step] = []
 
     def say(self, sender: str, message: Message) -> bytes:
@@ -161,6 +165,27 @@ def conversations() -> Iterator[dict[str, Any]]:
     yield {"name": "v1 session: handshake, two batches (the second refers to the first), an "
                    "event, heartbeat, a command", "version": 1, "steps": r.steps}
 
+    r = _Recorder()
+    r.say("edge", HELLO_V2)
+    r.say("cloud", WELCOME_V2)
+    meters = [412_003 + 7 * i + (i * i) % 13 for i in range(40)]
+    seq = 1
+    for k in (1, 2, 3):
+        rows = [_record(m, T0 + 900 * k, 1_000_000 + m % 977 * 100 + 37 * k) for m in meters]
+        r.say("edge", ReadingBatch(first_seq=seq, records=rows))  # codec 2 from the second
+        seq += len(rows)
+        r.say("cloud", Ack(up_to_seq=seq - 1))
+    yield {"name": "v2 session: three batches, each deflated against the previous (codec 2)",
+           "version": 2, "steps": r.steps}
+
+    r = _Recorder(cloud_versions=(1,))
+    r.say("edge", HELLO_V2)
+    r.say("cloud", WELCOME)
+    r.say("edge", ReadingBatch(first_seq=1, records=first))
+    r.say("edge", ReadingBatch(first_seq=4, records=second))
+    yield {"name": "v2 edge, v1 cloud: version 1 is chosen and batches are v1's",
+           "version": 1, "cloud_versions": [1], "steps": r.steps}
+
     r = _opened()
     good = r.edge.send(ReadingBatch(first_seq=1, records=first))
     # frame = length prefix (1 byte here), type, first_seq (1), count (1), codec
@@ -194,7 +219,7 @@ def conversations() -> Iterator[dict[str, Any]]:
 def build() -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "protocol_versions": [1],
+        "protocol_versions": [1, 2],
         "spec": "docs/protocol.md",
         "how_to_play": (
             "For role R (edge or cloud), start a fresh session per conversation and go "
@@ -202,7 +227,8 @@ def build() -> dict[str, Any]:
             "exactly 'hex' from 'message'; a step from the other role is fed to R's decoder, "
             "which must yield exactly 'message', or, when the step has 'error', fail with "
             "that protocol error code (the conversation ends there). Steps with 'error' are "
-            "never produced by a correct sender, so R skips its own."),
+            "never produced by a correct sender, so R skips its own. 'cloud_versions', where "
+            "present, are the only versions the cloud of that conversation speaks."),
         "conversations": list(conversations()),
     }
 
@@ -216,7 +242,8 @@ def text() -> str:
 
 def play(conversation: dict[str, Any], role: str) -> None:
     """Play ``conversation`` as ``role`` with gridwire's session; AssertionError on a mismatch."""
-    session = EdgeSession() if role == "edge" else CloudSession()
+    versions = tuple(conversation.get("cloud_versions", (1, 2)))
+    session = EdgeSession() if role == "edge" else CloudSession(versions=versions)
     for index, step in enumerate(conversation["steps"]):
         where = f"{conversation['name']!r} step {index}"
         if step["from"] == role:

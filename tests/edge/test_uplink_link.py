@@ -51,7 +51,8 @@ class Cloud:
         for message in self.session.receive_data(data):
             self.got.append(message)
             if isinstance(message, Hello):
-                self.to_edge(Welcome(version=1, server_time=0, last_acked_seq=self.last_acked,
+                self.to_edge(Welcome(version=self.session.choose_version() or 1, server_time=0,
+                                     last_acked_seq=self.last_acked,
                                      heartbeat_interval=self.heartbeat,
                                      max_in_flight=self.max_in_flight,
                                      **self.welcome_limits))

@@ -55,7 +55,8 @@ class TinyCloud(Protocol):
         for m in self.session.receive_data(data):
             if isinstance(m, Hello):
                 self.transport.write(self.session.send(Welcome(  # type: ignore[union-attr]
-                    version=1, server_time=0, last_acked_seq=self.state["acked"],
+                    version=self.session.choose_version() or 1, server_time=0,
+                    last_acked_seq=self.state["acked"],
                     heartbeat_interval=300, max_in_flight=8)))
             elif isinstance(m, ReadingBatch):
                 self.state["seqs"].extend(range(m.first_seq, m.last_seq + 1))
