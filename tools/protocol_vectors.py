@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,7 +235,11 @@ def build() -> dict[str, Any]:
 
 
 def text() -> str:
-    return json.dumps(build(), indent=1, sort_keys=False) + "\n"
+    """The file's text: indented, but a list of numbers (a record) on one line."""
+    out = json.dumps(build(), indent=1)
+    out = re.sub(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]",
+                 lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]", out)
+    return out + "\n"
 
 
 # -- playing a conversation --------------------------------------------------------------------
