@@ -150,12 +150,18 @@ def trim_handshake(connection: SSL.Connection) -> None:
       side does the same (gridcloud.tls).
     * TLS 1.3 only: the cloud speaks it, and a ClientHello that also offers TLS 1.2 lists
       its cipher suites and extensions (about 90 bytes of every handshake, resumed or not).
-    Both through SSL_set_mode/SSL_set_options, which every binding release has.
+    Both through SSL_set_mode/SSL_set_options; should a binding lack one, the connection
+    keeps OpenSSL's default (bigger, equally secure).
     """
     from OpenSSL._util import lib
 
-    lib.SSL_set_mode(connection._ssl, MODE_NO_AUTO_CHAIN)
-    lib.SSL_set_options(connection._ssl, lib.SSL_OP_NO_TLSv1_2)
+    set_mode = getattr(lib, "SSL_set_mode", None)
+    if set_mode is not None:
+        set_mode(connection._ssl, MODE_NO_AUTO_CHAIN)
+    set_options, no_tls12 = getattr(lib, "SSL_set_options", None), getattr(
+        lib, "SSL_OP_NO_TLSv1_2", None)
+    if set_options is not None and no_tls12 is not None:
+        set_options(connection._ssl, no_tls12)
 
 
 def session_reused(connection: SSL.Connection) -> bool:
