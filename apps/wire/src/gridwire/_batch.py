@@ -41,7 +41,7 @@ Codec contract: ``decode_batch`` returns RecordColumns or raises
 ProtocolError (BAD_BATCH, BATCH_TOO_LARGE, MALFORMED_FRAME, INVALID_FIELD);
 it computes the exact decoded size from the headers and never inflates more.
 
-Tests: tests/wire/test_batch.py, tests/wire/test_fuzz.py.
+Tests: tests/wire/test_batch.py, tests/wire/test_fuzz.py, tests/wire/test_version2.py.
 """
 
 from __future__ import annotations

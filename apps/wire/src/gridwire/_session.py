@@ -25,7 +25,7 @@ There is no end-of-stream call: when the connection closes, the adapter drops
 the session (a new connection gets new sessions).  ``buffered`` > 0 at that
 moment means the peer stopped in the middle of a frame, worth a log line.
 
-Tests: tests/wire/test_session.py, tests/wire/test_pair.py.
+Tests: tests/wire/test_session.py, tests/wire/test_pair.py, tests/wire/test_version2.py.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ Sending policy, tuned for a metered cellular link with ~1 s round trips:
   the peer is declared dead and the connection aborted, so the reconnect
   logic takes over instead of waiting for TCP's own timeouts (hours).
 
-Tests: tests/edge/test_uplink_link.py.
+Tests: tests/edge/test_uplink_link.py, tests/edge/test_uplink_schedule.py,
+tests/edge/test_uplink_budget.py.
 """
 
 from __future__ import annotations
