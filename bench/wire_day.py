@@ -3,7 +3,10 @@
 1000 meters (by default) on 10 feeders, 96 fifteen-minute intervals, deterministic
 by seed.  Realism that matters for encoding size:
 
-- meter ids come from three manufacturing lots, sequential with gaps;
+- meter ids are sparse 6-7 digit serials from three manufacturing lots (runs
+  of consecutive serials broken by gaps of up to 400), and the journal holds
+  each interval's readings in the order the meters report (each meter's fixed
+  report delay, 5-294 s, as in the field), not sorted by id;
 - three customer classes (small and medium households, small businesses) with
   morning and evening peaks, per-meter timing jitter, appliance spikes;
 - cumulative energy registers (Wh) that start anywhere between 1 and 40 MWh;
@@ -52,11 +55,11 @@ class _Meter:
 
 def _meters(rng: random.Random, count: int) -> list[_Meter]:
     ids: list[int] = []
-    lots = [(41_200_000, 0.45), (41_350_000, 0.35), (52_010_000, 0.20)]
+    lots = [(412_000, 0.45), (1_735_000, 0.35), (5_201_000, 0.20)]
     for base, share in lots:
         next_id = base
         for _ in range(round(count * share)):
-            next_id += 1 if rng.random() > 0.1 else rng.randint(2, 30)
+            next_id += 1 if rng.random() < 0.6 else rng.randint(2, 400)
             ids.append(next_id)
     ids = sorted(ids[:count])
     while len(ids) < count:
@@ -138,6 +141,9 @@ def make_day(seed: int = 2, meters: int = 1000, intervals: int = 96) -> list[lis
     """
     rng = random.Random(seed)
     fleet = _meters(rng, meters)
+    delays = random.Random(seed * 7919 + 1)
+    offsets = [delays.randrange(5, 295) for _ in fleet]
+    report_order = sorted(range(len(fleet)), key=lambda i: (offsets[i], i))
     outage_feeder, outage = 7, range(56, 62)  # 14:00 - 15:30
     tamper = (rng.randrange(meters), rng.randrange(intervals))
     polls: list[list[Row]] = []
@@ -151,6 +157,7 @@ def make_day(seed: int = 2, meters: int = 1000, intervals: int = 96) -> list[lis
             feeder_load[meter.feeder] += load
         rows: list[Row] = list(late)
         late = []
+        produced: list[Row | None] = [None] * len(fleet)
         for index, (meter, load) in enumerate(zip(fleet, loads, strict=True)):
             flags = 0
             cut = meter.credit_cut
@@ -191,7 +198,8 @@ def make_day(seed: int = 2, meters: int = 1000, intervals: int = 96) -> list[lis
             if roll > 0.99 and k + 1 < intervals:
                 late.append(row)  # answered on the retry during the next poll
             else:
-                rows.append(row)
+                produced[index] = row
+        rows.extend(r for r in (produced[i] for i in report_order) if r is not None)
         polls.append(rows)
     polls[-1].extend(late)
     return polls

@@ -1,7 +1,7 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
-BENCH_TARGETS := bench-wire bench-radio bench-ingest bench-refusals bench-api bench-commands \
-	bench-pipeline bench-web
+BENCH_TARGETS := bench-wire bench-link bench-radio bench-ingest bench-refusals bench-api \
+	bench-commands bench-pipeline bench-web
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -9,6 +9,9 @@ bench: $(BENCH_TARGETS) ## run every benchmark
 
 bench-wire: setup ## bytes per reading on the wire vs MQTT, Sparkplug B, CoAP, HTTPS, Sink; codec speed
 	$(PY) bench/bench_wire.py
+
+bench-link: setup ## a day of the real gridsim -> gridedge run -> gridcloud serve: bytes/reading on the socket, latency
+	$(PGCLUSTER) run -- $(PY) bench/bench_link.py
 
 bench-radio: setup ## radio frames parsed per second, edge CPU per record and peak RSS with 5,000 meters
 	$(PY) bench/bench_radio.py

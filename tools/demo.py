@@ -117,7 +117,9 @@ class Demo:
             f'data_dir = "{self.edge_dir}"\n\n'
             f'[radio]\nport = "{self.radio}"\n\n'
             f'[uplink]\nhost = "127.0.0.1"\nport = {port}\nserver_name = "localhost"\n'
-            "heartbeat = 30\nbackoff_max = 10\n\n"
+            # gridsim runs --speed times faster than the unit's clock: a deadline of a
+            # few seconds stands for the production 600 s (docs/edge.md, upload_deadline)
+            "heartbeat = 30\nbackoff_max = 10\nupload_deadline = 2\n\n"
             f'[health]\nsocket = "{self.edge_dir / "health.sock"}"\n\n'
             f'[web]\nenabled = true\naddress = "127.0.0.1"\nport = {self.web_port}\n'
         )

@@ -289,10 +289,10 @@ def test_an_edge_with_no_common_protocol_version_is_refused(cloud: Cloud) -> Non
     edge = cloud.edge()
     edge.connection.connected()
     edge.connection.handshake_completed(EDGE_CERT)
-    edge.send(hello(min_version=2, max_version=3))
+    edge.send(hello(min_version=3, max_version=4))
     assert cloud.store.admissions == []
     assert edge.errors() == [
-        (ErrorCode.UNSUPPORTED_VERSION, "no common protocol version (edge speaks 2..3)")
+        (ErrorCode.UNSUPPORTED_VERSION, "no common protocol version (edge speaks 3..4)")
     ]
     assert edge.wire.closed
 

@@ -53,6 +53,8 @@ def test_example_loads_with_defaults(tmp_path: Path) -> None:
     assert c.journal.max_bytes == 32 << 20 and c.journal.synchronous == "FULL"
     assert c.journal.path == Path("/data/gridedge/journal.db")
     assert c.health.socket == Path("/data/gridedge/health.sock")
+    assert c.uplink.upload_deadline == 600.0 and c.uplink.budget_mb_per_month == 0.0
+    assert c.uplink.batch_records == 4000
 
 
 def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
@@ -105,6 +107,10 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          r"\[radio\] backoff_max: must be >= backoff_initial"),
         ('data_dir = "/d"\n[radio]\npol_rate = 5\n[uplink]\nhost = "h"\nport = 1\n',
          r"\[radio\]: unknown key\(s\) pol_rate"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\nbudget_mb_per_month = -5\n',
+         r"\[uplink\] budget_mb_per_month: must be >= 0"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\nupload_deadline = -1\n',
+         r"\[uplink\] upload_deadline: must be >= 0"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -60,3 +60,31 @@ def test_shares_the_journal_file_and_reads_existing_units(tmp_path: Path) -> Non
     journal.open()  # the journal still opens the shared file
     journal.close()
     assert Traffic(path).per_day() == {"1970-01-02": (1, 2), "2025-01-01": (10, 20)}
+
+
+def test_month_total_and_the_traffic_command_show_the_budget(tmp_path: Path) -> None:
+    """month_total sums this UTC month's days only; `gridedge traffic` prints the month's use
+    against [uplink] budget_mb_per_month."""
+    import calendar
+    import subprocess
+    import sys
+    import time
+
+    now = time.time()
+    t = time.gmtime(now)
+    month_start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+    clock = [month_start - DAY]  # the last day of the previous month
+    data = tmp_path / "data"
+    traffic = Traffic(data / "journal.db", clock=lambda: clock[0])
+    traffic.count(sent=5_000)
+    clock[0] = now
+    traffic.count(sent=300_000, received=20_000)
+    traffic.flush()
+    assert traffic.month_total(now) == 320_000
+    cfg = tmp_path / "gridedge.toml"
+    cfg.write_text(f'data_dir = "{data}"\n[uplink]\nhost = "h"\nport = 1\n'
+                   "budget_mb_per_month = 1\n")
+    out = subprocess.run([str(Path(sys.executable).parent / "gridedge"), "traffic", "--config",
+                          str(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"month {time.strftime('%Y-%m', t)}: 320,000 of 1,000,000 bytes" in out.stdout

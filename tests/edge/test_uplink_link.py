@@ -51,7 +51,8 @@ class Cloud:
         for message in self.session.receive_data(data):
             self.got.append(message)
             if isinstance(message, Hello):
-                self.to_edge(Welcome(version=1, server_time=0, last_acked_seq=self.last_acked,
+                self.to_edge(Welcome(version=self.session.choose_version() or 1, server_time=0,
+                                     last_acked_seq=self.last_acked,
                                      heartbeat_interval=self.heartbeat,
                                      max_in_flight=self.max_in_flight,
                                      **self.welcome_limits))
@@ -87,7 +88,8 @@ def settings(**uplink: Any) -> LinkSettings:
 
 def connect(journal: Journal, cloud: Cloud, clock: Clock, **uplink: Any) -> Link:
     """A Link wired to ``cloud``, connected (Hello sent, Welcome answered)."""
-    opts: dict[str, Any] = {"batch_linger": 0.0, "batch_records": 100, "max_in_flight": 4}
+    opts: dict[str, Any] = {"batch_linger": 0.0, "batch_records": 100, "max_in_flight": 4,
+                            "upload_deadline": 0.0}
     opts.update(uplink)
 
     def close() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 from gridradio import Flags
@@ -76,3 +77,19 @@ def test_outage_zero_supply_and_flag() -> None:
     records, _ = produce_interval(meters, T0 + IV, 1, 3.0)
     assert records[0].voltage_dv == 0 and records[0].energy_wh == before
     assert records[0].flags & Flags.OUTAGE
+
+
+def test_field_fleet_has_sparse_serials_and_dormant_meters() -> None:
+    """--fleet field: unique sparse 6-7 digit ids in several lots, ~5% dormant meters with a
+    flat few watts; the lab fleet is unchanged by the option's existence."""
+    meters = make_meters(1000, 11, "field")
+    ids = [m.params.meter_id for m in meters]
+    assert len(set(ids)) == 1000 and all(100_000 <= i <= 9_999_999 for i in ids)
+    gaps = [b - a for a, b in itertools.pairwise(ids)]
+    assert sum(g > 1 for g in gaps) > 200  # sparse, not 1..N
+    dormant = [m.params for m in meters if m.params.kind == "dormant"]
+    assert 20 <= len(dormant) <= 90
+    assert all(expected_load(p, h, 2) < 5 for p in dormant for h in (3.0, 13.0, 20.0))
+    lab = make_meters(50, 11)
+    assert [m.params for m in lab] == [m.params for m in make_meters(50, 11, "lab")]
+    assert lab[0].params.meter_id == FIRST_METER_ID

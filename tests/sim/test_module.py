@@ -125,3 +125,25 @@ def test_clock_stops_after_the_run_but_polls_are_answered() -> None:
     [resp] = [f for f in _run(module, dec, T0 + 11 * IV) if isinstance(f, F.PollResponse)]
     assert [r.interval_end for r in resp.records] == [T0 + 3 * IV, T0 + 4 * IV]
     assert resp.newest_end == T0 + 4 * IV
+
+
+def test_relay_open_fault_opens_then_closes_the_relay() -> None:
+    """relay_open_per_day: prepaid cut-offs open relays (RELAY_OPEN, no consumption) for
+    1-12 h, then close them again."""
+    from gridsim.module import FaultRates
+
+    module = RadioModule(make_meters(40, 1), seed=1, start=T0, end=T0 + 30 * 3600,
+                         faults=FaultRates(relay_open_per_day=1.0))
+    dec = FrameDecoder()
+    reports = []
+    for step in range(1, 30 * 60 + 1):
+        reports += [f.record for f in _run(module, dec, T0 + step * 60)
+                    if isinstance(f, F.IntervalReport)]
+    by_meter: dict[int, list[int]] = {}
+    for r in sorted(reports, key=lambda r: r.interval_end):
+        by_meter.setdefault(r.meter_id, []).append(r.flags & Flags.RELAY_OPEN)
+    opened = [m for m, flags in by_meter.items() if any(flags)]
+    assert len(opened) >= 20
+    # open spells end: some meter reports closed again after reporting open
+    assert any(0 in flags[flags.index(1):] for flags in (by_meter[m] for m in opened))
+    assert all(r.current_ma == 0 for r in reports if r.flags & Flags.RELAY_OPEN)

@@ -135,7 +135,8 @@ def edge_config(data: Path, *, uplink_port: int, radio: Path | None,
     radio_section = f'[radio]\nport = "{radio}"\nbaudrate = 115200\n' if radio else ""
     settings: dict[str, object] = {
         "heartbeat": 5, "dead_after": 12, "connect_timeout": 10, "backoff_initial": 0.05,
-        "backoff_max": 0.5, "batch_records": 200, "batch_linger": 0.2, **uplink}
+        "backoff_max": 0.5, "batch_records": 200, "batch_linger": 0.2, "upload_deadline": 0,
+        **uplink}
     uplink_lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
     return f"""\
 data_dir = "{data}"

@@ -71,6 +71,7 @@ backoff_initial = 0.5
 backoff_max = 5
 batch_records = 200
 batch_linger = 0.5
+upload_deadline = 0
 
 [health]
 radio_window = 120

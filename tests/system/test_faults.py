@@ -207,7 +207,8 @@ def test_unprovisioned_uplink_restarts_alone_while_radio_and_journal_work(
 def test_tls_session_resumed_after_cuts_saves_bytes(setup: tuple[Path, Path, Pki],
                                                     pg_dsn: str) -> None:
     """Against gridcloud serve (stateless tickets), every reconnect after a cut resumes the TLS
-    session, and costs at most 60% of the bytes of the first, full handshake."""
+    session, and costs at most 65% of the bytes of the first, full handshake (60% before the
+    full handshake stopped carrying the CA certificate both ways, issue 17)."""
     import re
 
     root, data, pki = setup
@@ -231,6 +232,6 @@ def test_tls_session_resumed_after_cuts_saves_bytes(setup: tuple[Path, Path, Pki
             assert seen[0][0] == "new"
             assert all(kind == "resumed" for kind, _ in seen[1:5]), seen
             full, resumed = seen[0][1], max(b for _, b in seen[1:5])
-            assert resumed <= 0.6 * full, seen
+            assert resumed <= 0.65 * full, seen
             print(f"\nhandshake to Welcome: full {full} B, resumed {resumed} B "
                   f"({100 * (full - resumed) / full:.0f}% saved)")

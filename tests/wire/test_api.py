@@ -62,7 +62,7 @@ def test_public_names_are_pinned() -> None:
     assert set(gridwire.__all__) == PUBLIC
     for name in PUBLIC:
         assert getattr(gridwire, name) is not None
-    assert gridwire.PROTOCOL_VERSION == 1
+    assert gridwire.PROTOCOL_VERSION == 2 and list(gridwire.SUPPORTED_VERSIONS) == [1, 2]
 
 
 def test_package_is_typed() -> None:

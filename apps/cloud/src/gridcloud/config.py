@@ -74,8 +74,11 @@ class ServerConfig:
     migrate: bool = False
     #: Seconds a new connection has to finish TLS and say Hello.
     hello_timeout: float = 30.0
-    #: Told to edges in Welcome; the server drops a connection silent for 3 intervals.
-    heartbeat_interval: int = 300
+    #: Told to edges in Welcome (an edge pings at the shorter of this and its own
+    #: [uplink] heartbeat); the server drops a connection silent for 3 intervals.  Above
+    #: the edges' 15-minute upload cycle, so edges whose uploads keep the NAT mapping
+    #: alive send no Pings at all; an edge behind a stricter NAT lowers its own.
+    heartbeat_interval: int = 1200
     max_in_flight: int = 8
     max_frame_size: int = 256 * 1024
     max_batch_records: int = 8192

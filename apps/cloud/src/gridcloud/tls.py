@@ -10,6 +10,11 @@ Why not just ``PrivateCertificate.options(ca)``: three things are needed on top.
   the client certificate -- about 1.4 KB more per reconnection, measured by
   bench/bench_ingest.py.  Key-exchange groups are limited to classical ones
   for the same reason (see DEFAULT_GROUPS).
+- No certificate chain: the server sends its own certificate only (OpenSSL
+  would otherwise add the CA's, built from the trust store: about 430 bytes
+  of every full handshake), since edges trust exactly that CA.  A server
+  certificate signed by an intermediate would need the chain configured
+  explicitly (then OpenSSL sends it).
 - A clear log line for each refused handshake.  OpenSSL only says "certificate
   verify failed"; the verify callback installed here records *which*
   certificate failed and why (expired, unknown CA...), keyed by connection, so
@@ -59,6 +64,9 @@ def ssl_error_text(value: Any) -> str:
             return "; ".join(reasons)
     return str(value) or type(value).__name__
 
+
+#: OpenSSL's SSL_MODE_NO_AUTO_CHAIN (ssl.h); the bindings do not name it.
+_MODE_NO_AUTO_CHAIN = 0x00000008
 
 #: How long an edge may resume its TLS session, seconds.
 SESSION_LIFETIME = 86400
@@ -196,6 +204,9 @@ class ServerTLS:
         # and the edge's tests run this server on the unit's Twisted 24.11 (make test-unit-libs).
         connection = SSL.Connection(self._options.getContext(), None)
         connection.set_app_data(tlsProtocol)
+        from OpenSSL._util import lib
+
+        lib.SSL_set_mode(connection._ssl, _MODE_NO_AUTO_CHAIN)
         return connection
 
     def _verify(

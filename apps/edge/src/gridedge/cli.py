@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,12 @@ def traffic(config: Config) -> int:
     print(f"{'day (UTC)':<12} {'sent':>14} {'received':>14}")
     for day, (sent, received) in days.items():
         print(f"{day:<12} {sent:>14,} {received:>14,}")
+    budget = int(config.uplink.budget_mb_per_month * 1e6)
+    if budget > 0:
+        month = time.strftime("%Y-%m", time.gmtime())
+        used = sum(s + r for day, (s, r) in days.items() if day.startswith(month))
+        print(f"month {month}: {used:,} of {budget:,} bytes budgeted "
+              f"({100 * used / budget:.1f}%; [uplink] budget_mb_per_month)")
     return 0
 
 

@@ -33,7 +33,7 @@ Example (docs/edge.md has the reference)::
     host = "cloud.example.net"
     port = 7400
     server_name = "cloud.example.net"
-    heartbeat = 60
+    heartbeat = 1200
 
     [journal]
     max_size = "64 MiB"
@@ -97,11 +97,14 @@ class UplinkConfig:
     port: int
     server_name: str
     tls_dir: Path
-    heartbeat: float = 60.0
+    #: Seconds without sending before a Ping keeps the carrier's NAT mapping: above the
+    #: 15-minute upload cycle, so no Pings while data flows (docs/edge.md: lower it for
+    #: carriers whose NAT forgets idle TCP sooner).
+    heartbeat: float = 1200.0
     #: Seconds of silence before the cloud is taken for dead.  The file's default is
-    #: three heartbeats (the reader works it out, as it depends on ``heartbeat``); 180
+    #: three heartbeats (the reader works it out, as it depends on ``heartbeat``); 3600
     #: is that for the default heartbeat, for records made in code.
-    dead_after: float = 180.0
+    dead_after: float = 3600.0
     #: TCP connect, and TLS + Hello -> Welcome.
     connect_timeout: float = 30.0
     backoff_initial: float = 1.0
@@ -110,8 +113,17 @@ class UplinkConfig:
     #: Wait after the cloud said the unit is revoked (docs/edge.md, "Backoff policy").
     backoff_revoked: float = 21600.0
     max_in_flight: int = 4
-    batch_records: int = 500
+    #: Readings per ReadingBatch at most: above the meters of one interval, so that an
+    #: interval is one upload (the cloud's Welcome may lower it).
+    batch_records: int = 4000
+    #: Used only with upload_deadline = 0: how long a partial batch waits for more.
     batch_linger: float = 1.0
+    #: Seconds a reading may wait for the rest of its interval before it is uploaded anyway
+    #: (gridedge.uplink.schedule); 0: upload within batch_linger, as before.
+    upload_deadline: float = 600.0
+    #: Megabytes (10**6 bytes, both directions, TLS included) the link may use per UTC
+    #: month; 0: no budget (gridedge.uplink.budget).
+    budget_mb_per_month: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +343,12 @@ def _read_uplink(s: _Section, data_dir: Path, cmdline: Path) -> UplinkConfig:
     for key in ("max_in_flight", "batch_records"):
         s.given(given, key, int, positive=True)
     s.given(given, "batch_linger", float)
+    s.given(given, "upload_deadline", float)
+    s.given(given, "budget_mb_per_month", float)
+    if given.get("budget_mb_per_month", 0.0) < 0:
+        raise s.error("budget_mb_per_month", "must be >= 0 (0: no budget)")
+    if given.get("upload_deadline", 0.0) < 0:
+        raise s.error("upload_deadline", "must be >= 0 (0: upload within batch_linger)")
     uplink = UplinkConfig(
         host=host,
         port=port,

@@ -154,7 +154,17 @@ class Unit(service.MultiService):
                                     up.backoff_revoked),
             connect_timeout=up.connect_timeout,
             commands=self.commands,
+            expected_meters=self.reporting_meters,
+            budget_bytes=int(up.budget_mb_per_month * 1e6),
         )
+
+    def reporting_meters(self) -> int:
+        """Meters expected to report each interval: those the radio link knows as joined
+        (0 without a radio link; the upload schedule then relies on its deadline)."""
+        link = self.radio_link()
+        if link is None:
+            return 0
+        return sum(1 for state in link.registry.states() if state.joined)
 
     # -- what the command executor and the web page ask of the unit ---------------------------
 

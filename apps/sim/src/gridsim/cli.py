@@ -22,7 +22,7 @@ from gridradio import INTERVAL_SECONDS, Flags, ResetReason
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 
-from .model import FIRST_METER_ID, make_meters
+from .model import FIRST_METER_ID, FLEETS, make_meters
 from .module import FREEZE_AFTER_END, FaultRates, RadioModule
 from .truth import TruthWriter
 
@@ -51,7 +51,7 @@ examples:
           --corrupt-rate 0.01 --noise-rate 0.002
   gridsim ... --truth truth.sqlite --resume     # continue after a restart
 
-meter ids are {FIRST_METER_ID}, {FIRST_METER_ID + 1}, ...
+meter ids are {FIRST_METER_ID}, {FIRST_METER_ID + 1}, ... (--fleet field: sparse serials)
 times are Unix seconds UTC or ISO 8601 (2026-01-05T00:00:00Z).
 """
 
@@ -100,7 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--meters", type=int, default=1000, help="number of meters (default 1000)")
     g.add_argument("--port", required=True, help="path of the link to create, e.g. /tmp/radio")
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    g.add_argument(
+        "--fleet",
+        choices=FLEETS,
+        default="lab",
+        help="lab: ids 100001, 100002, ...; field: sparse 6-7 digit serials and ~5%% dormant "
+        "meters (default lab)",
+    )
     g.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    g.add_argument(
+        "--anchor",
+        type=float,
+        help="Unix time (real) at which the simulated clock reads --start (default: when "
+        "gridsim starts); lets another time-scaled process share the same simulated clock",
+    )
     g.add_argument(
         "--start",
         type=parse_time,
@@ -135,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tamper-rate", type=_rate, default=0.0, help="tamper events per meter per day")
     f.add_argument("--outage-rate", type=_rate, default=0.0, help="outages per meter per day")
     f.add_argument("--reset-rate", type=_rate, default=0.0, help="module resets per day")
+    f.add_argument(
+        "--relay-open-rate",
+        type=_rate,
+        default=0.0,
+        help="prepaid cut-offs per meter per day (relay open 1-12 h)",
+    )
     t = p.add_argument_group("plumbing")
     t.add_argument("--tick", type=float, default=0.02, help="real seconds between steps (0.02)")
     t.add_argument(
@@ -215,17 +234,20 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
     if args.days is not None:
         args.duration = int(args.days * 86400)
     end = start + args.duration if args.duration else 2**32 - 1 - 2 * 86400
-    meters = make_meters(args.meters, args.seed)
+    meters = make_meters(args.meters, args.seed, args.fleet)
     truth = None
     memory = None
     if args.truth:
         truth = TruthWriter(args.truth, resume=args.resume)
         if truth.resumed:
             meta = truth.meta()
-            if (meta.get("seed"), meta.get("meters")) != (args.seed, args.meters):
+            if (meta.get("seed"), meta.get("meters"), meta.get("fleet", "lab")) != (
+                args.seed, args.meters, args.fleet
+            ):
                 raise SystemExit(
-                    f"gridsim: {args.truth} is a run with seed {meta.get('seed')} and "
-                    f"{meta.get('meters')} meters; resume it with the same --seed and --meters"
+                    f"gridsim: {args.truth} is a run with seed {meta.get('seed')}, "
+                    f"{meta.get('meters')} meters and fleet {meta.get('fleet', 'lab')}; resume "
+                    "it with the same --seed, --meters and --fleet"
                 )
             start, end = meta["start"], meta["end"]
             memory = truth.latest(args.meter_memory)
@@ -238,6 +260,7 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
             truth.set_meta(
                 seed=args.seed,
                 meters=args.meters,
+                fleet=args.fleet,
                 start=start,
                 end=end,
                 interval=INTERVAL_SECONDS,
@@ -262,6 +285,7 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
             tamper_per_day=args.tamper_rate,
             outage_per_day=args.outage_rate,
             reset_per_day=args.reset_rate,
+            relay_open_per_day=args.relay_open_rate,
         ),
         tz_offset_h=args.tz_offset,
         memory_intervals=args.meter_memory,
@@ -278,12 +302,12 @@ def _run(reactor: Any, args: argparse.Namespace) -> Deferred[None]:
         + (f", truth in {args.truth}" if args.truth else "")
     )
     sim_anchor = module.now
-    wall_anchor = reactor.seconds()
+    wall_anchor = args.anchor if args.anchor is not None else reactor.seconds()
     done: Deferred[None] = Deferred()
     finished_at: list[float] = []
 
     def tick() -> None:
-        now = sim_anchor + (reactor.seconds() - wall_anchor) * args.speed
+        now = max(module.now, sim_anchor + (reactor.seconds() - wall_anchor) * args.speed)
         data = module.advance(now)
         if data:
             link.send(data, args.uart_buffer)

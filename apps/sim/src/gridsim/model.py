@@ -16,6 +16,12 @@ Voltage sags with load: the feeder drops up to 8% of nominal at the grid's
 peak, and each meter's service drop a little more with its own current.  An
 open relay or a supply outage means zero consumption for the time it lasts.
 
+A field-like fleet (``make_meters(..., fleet="field")``, ``gridsim --fleet
+field``) differs where it matters for what the uplink pays per reading: meter
+ids are sparse 6-7 digit serials from several manufacturing lots (a real
+installation is never 1..N), and about 5% of the meters are dormant (an
+empty house, a closed shop: a few watts at most, flat all day).
+
 Every random draw comes from a generator seeded with (seed, interval), taken
 in meter order, so a meter's readings depend only on the seed and on the relay
 commands it received, not on how fast the simulation runs or whether it was
@@ -32,13 +38,30 @@ from dataclasses import dataclass
 
 from gridradio import INTERVAL_SECONDS, Flags, IntervalRecord
 
-__all__ = ["FIRST_METER_ID", "Meter", "MeterParams", "make_meters", "produce_interval"]
+__all__ = ["FIRST_METER_ID", "FLEETS", "Meter", "MeterParams", "make_meters", "produce_interval"]
 
 #: Meter ids are FIRST_METER_ID, FIRST_METER_ID + 1, ...
 FIRST_METER_ID = 100_001
 
 _NOMINAL_DV = 2300  # 230.0 V
-_HOUSEHOLD, _BUSINESS = "household", "business"
+_HOUSEHOLD, _BUSINESS, _DORMANT = "household", "business", "dormant"
+#: The fleets make_meters can draw: "lab" (ids 100001.., households and businesses) and
+#: "field" (sparse serials, some dormant meters).
+FLEETS = ("lab", "field")
+
+
+def _serials(count: int, seed: int) -> list[int]:
+    """Sparse 6-7 digit serials: a few manufacturing lots, in lot order with gaps."""
+    rng = random.Random(f"{seed}:serials")
+    ids: list[int] = []
+    lots = sorted(rng.sample(range(1, 99), max(1, min(8, count // 150 + 1))))
+    per_lot = -(-count // len(lots))
+    for lot in lots:
+        serial = lot * 100_000 + rng.randrange(0, 20_000)
+        for _ in range(per_lot):
+            serial += 1 if rng.random() < 0.6 else rng.randint(2, 400)
+            ids.append(serial)
+    return ids[:count]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +89,7 @@ class Meter:
         "params",
         "relay_changed_at",
         "relay_open",
+        "relay_until",
         "silent_until",
         "tamper_pending",
     )
@@ -75,30 +99,38 @@ class Meter:
         self.energy = energy_wh
         self.relay_open = False
         self.relay_changed_at = 0
+        self.relay_until = 0  # a prepaid cut-off (gridsim's relay-open fault) ends here
         self.silent_until = 0
         self.outage_until = 0
         self.tamper_pending = False
 
 
-def make_meters(count: int, seed: int) -> list[Meter]:
-    """``count`` meters drawn from ``seed`` (same seed, same meters)."""
+def make_meters(count: int, seed: int, fleet: str = "lab") -> list[Meter]:
+    """``count`` meters drawn from ``seed`` (same seed and fleet, same meters)."""
+    if fleet not in FLEETS:
+        raise ValueError(f"unknown fleet {fleet!r} (one of {', '.join(FLEETS)})")
+    ids = (_serials(count, seed) if fleet == "field"
+           else [FIRST_METER_ID + i for i in range(count)])
     meters = []
     for i in range(count):
         rng = random.Random(f"{seed}:meter:{i}")
         business = rng.random() < 0.15
-        meter_id = FIRST_METER_ID + i
+        dormant = fleet == "field" and rng.random() < 0.05
+        meter_id = ids[i]
         hops = 1 + min(5, int(rng.expovariate(0.8)))
         params = MeterParams(
             meter_id=meter_id,
-            kind=_BUSINESS if business else _HOUSEHOLD,
-            base_w=rng.uniform(50, 200) if business else rng.uniform(15, 60),
-            peak_w=rng.uniform(400, 3000) if business else rng.uniform(150, 900),
+            kind=_DORMANT if dormant else _BUSINESS if business else _HOUSEHOLD,
+            base_w=(rng.uniform(0, 4) if dormant else rng.uniform(50, 200) if business
+                    else rng.uniform(15, 60)),
+            peak_w=(0.0 if dormant else rng.uniform(400, 3000) if business
+                    else rng.uniform(150, 900)),
             pf=rng.uniform(0.78, 0.93) if business else rng.uniform(0.92, 0.99),
             drop_dv_per_w=rng.uniform(0.005, 0.03),
             report_offset=rng.randrange(5, 295),
             hops=hops,
             rssi=-55 - 8 * hops - rng.randrange(0, 15),
-            parent_id=0 if hops == 1 or i == 0 else FIRST_METER_ID + rng.randrange(0, i),
+            parent_id=0 if hops == 1 or i == 0 else ids[rng.randrange(0, i)],
         )
         meters.append(Meter(params, rng.uniform(0, 2_000_000)))
     return meters
@@ -115,6 +147,8 @@ def _smooth_step(x: float) -> float:
 
 def expected_load(params: MeterParams, local_hour: float, weekday: int) -> float:
     """Mean load in W at ``local_hour`` (0-24) on ``weekday`` (0 Monday .. 6 Sunday)."""
+    if params.kind == _DORMANT:
+        return params.base_w
     if params.kind == _HOUSEHOLD:
         shape = (
             0.35 * _bump(local_hour, 7.0, 0.8)

@@ -94,6 +94,8 @@ class FaultRates:
     tamper_per_day: float = 0.0  #: tamper events per meter per day
     outage_per_day: float = 0.0  #: supply outages per meter per day (15 min - 3 h)
     reset_per_day: float = 0.0  #: module resets per day
+    #: prepaid credit running out per meter per day: the relay opens for 1 - 12 h
+    relay_open_per_day: float = 0.0
 
 
 @dataclass
@@ -375,6 +377,18 @@ class RadioModule:
                 and rand() < f.outage_per_day * per_interval
             ):
                 meter.outage_until = end + rng.randint(900, 3 * 3600)
+            if meter.relay_until and meter.relay_until <= end:
+                meter.relay_open = False
+                meter.relay_changed_at = meter.relay_until
+                meter.relay_until = 0
+            elif (
+                f.relay_open_per_day
+                and not meter.relay_open
+                and rand() < f.relay_open_per_day * per_interval
+            ):
+                meter.relay_open = True
+                meter.relay_changed_at = end + rng.randrange(0, _I)
+                meter.relay_until = end + rng.randint(3600, 12 * 3600)
         if f.reset_per_day and rand() < f.reset_per_day * per_interval:
             self._reset_at = end + rng.uniform(0, _I)
         self._batches.append(_Batch(end, 0, fate))

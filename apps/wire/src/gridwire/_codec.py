@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._batch import decode_batch, encode_batch
+from ._batch import decode_batch_primed, encode_batch
 from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import Limits
 from ._messages import MESSAGE_CLASSES, Message, ReadingBatch
@@ -100,8 +100,13 @@ def decode_body(
     body: bytes | memoryview,
     limits: Limits,
     previous: RecordColumns | None = None,
+    primer: bytes | None = None,
+    planes: list[bytes] | None = None,
 ) -> Message | None:
-    """The message in one frame body, or None for an unknown optional type."""
+    """The message in one frame body, or None for an unknown optional type.
+
+    ``primer``: version 2's batch dictionary (see gridwire._batch), None in version 1;
+    a ReadingBatch's uncompressed planes are appended to ``planes`` when given."""
     cls = MESSAGE_CLASSES.get(message_type)
     if cls is None:
         if message_type & OPTIONAL_TYPE_BIT:
@@ -110,7 +115,9 @@ def decode_body(
     reader = Reader(body)
     if cls is ReadingBatch:
         first_seq = reader.uvarint(64)
-        columns = decode_batch(reader, limits.max_batch_records, previous)
+        columns, raw = decode_batch_primed(reader, limits.max_batch_records, previous, primer)
+        if planes is not None:
+            planes.append(raw)
         kwargs: dict[str, object] = {"first_seq": first_seq, "columns": columns}
     else:
         kwargs = {name: _decode_field(reader, kind, bound) for name, (kind, bound) in cls.WIRE}
@@ -157,13 +164,16 @@ class FrameDecoder:
     (what a session does, so that a frame the state forbids costs no decoding).
     """
 
-    __slots__ = ("_buffer", "frames", "limits", "previous_batch", "skipped")
+    __slots__ = ("_buffer", "frames", "limits", "previous_batch", "primer", "skipped")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._buffer = bytearray()
         #: columns of the last ReadingBatch decoded (METER_DELTA reference of the next one)
         self.previous_batch: RecordColumns | None = None
+        #: version 2: the last batch's planes, the next one's deflate dictionary (b"" before
+        #: the first); None in version 1 (the session sets it once the version is known)
+        self.primer: bytes | None = None
         #: unknown optional messages skipped so far (for logs and metrics)
         self.skipped = 0
         #: complete frames taken from the stream so far, skipped ones included
@@ -211,12 +221,16 @@ class FrameDecoder:
             body = bytes(buffer[start:end])
             del buffer[:end]
             self.frames += 1
-            message = decode_body(message_type, body, self.limits, self.previous_batch)
+            planes: list[bytes] = []
+            message = decode_body(message_type, body, self.limits, self.previous_batch,
+                                  self.primer, planes)
             if message is None:
                 self.skipped += 1
                 continue
             if isinstance(message, ReadingBatch):
                 self.previous_batch = message.columns
+                if self.primer is not None:
+                    self.primer = planes[0]
             return message
 
     def _header(self) -> tuple[int, int, int] | None:

@@ -25,14 +25,15 @@ There is no end-of-stream call: when the connection closes, the adapter drops
 the session (a new connection gets new sessions).  ``buffered`` > 0 at that
 moment means the peer stopped in the middle of a frame, worth a log line.
 
-Tests: tests/wire/test_session.py, tests/wire/test_pair.py.
+Tests: tests/wire/test_session.py, tests/wire/test_pair.py, tests/wire/test_version2.py.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
-from ._batch import encode_batch_modes, records_per_frame
+from ._batch import encode_batch_primed, records_per_frame
 from ._codec import FrameDecoder, encode_message, frame
 from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import MAX_HANDSHAKE_FRAME, MAX_HANDSHAKE_FRAMES, SUPPORTED_VERSIONS, Limits
@@ -70,9 +71,12 @@ def _prefix_length(frame: bytes) -> int:
     return length
 
 
-def negotiate_version(min_version: int, max_version: int) -> int | None:
-    """The highest version both this implementation and the range speak, or None."""
-    common = [v for v in SUPPORTED_VERSIONS if min_version <= v <= max_version]
+def negotiate_version(
+    min_version: int, max_version: int, versions: Sequence[int] = SUPPORTED_VERSIONS
+) -> int | None:
+    """The highest version both ``versions`` (this implementation's) and the range speak,
+    or None."""
+    common = [v for v in versions if min_version <= v <= max_version]
     return max(common) if common else None
 
 
@@ -81,8 +85,13 @@ class _Session:
 
     role: Role
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, *, versions: Sequence[int] = SUPPORTED_VERSIONS
+    ) -> None:
         self.limits = limits if limits is not None else Limits()
+        #: the protocol versions this end speaks (a subset of SUPPORTED_VERSIONS: tests and
+        #: deployments may pin an older one)
+        self.versions = versions
         self._state = INITIAL_STATE[self.role]
         self._decoder = FrameDecoder(self.limits)
         #: the negotiated protocol version (None before Welcome)
@@ -98,6 +107,7 @@ class _Session:
         self._offers: dict[int, FirmwareOffer] = {}
         self._requested: set[tuple[int, int]] = set()
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
+        self._previous_planes = b""  # version 2: the next batch's deflate dictionary
         self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
         self._batches_sent = 0
         self._receivable_in: State | None = None  # the state _receivable was made for
@@ -162,7 +172,9 @@ class _Session:
         modes: tuple[int, ...] | None = None
         if isinstance(message, ReadingBatch):
             hint = self._batch_modes if self._batches_sent % RETRY_MODES_EVERY else None
-            body, modes = encode_batch_modes(message.columns, self._previous_batch, None, hint)
+            primer = self._previous_planes if (self.version or 1) >= 2 else None
+            body, modes, planes = encode_batch_primed(message.columns, self._previous_batch,
+                                                      None, hint, primer)
             data = frame(message.TYPE, uvarint(message.first_seq) + body)
         else:
             data = encode_message(message)
@@ -178,6 +190,7 @@ class _Session:
             # modes chosen without a previous batch (no METER_DELTA) are no hint for the next
             self._batch_modes = modes if self._previous_batch is not None else None
             self._previous_batch = message.columns
+            self._previous_planes = planes
             self._batches_sent += 1
         return data
 
@@ -286,6 +299,8 @@ class _Session:
     def _start(self, welcome: Welcome) -> None:
         self.welcome = welcome
         self.version = welcome.version
+        if welcome.version >= 2:  # batches deflate against the previous one (gridwire._batch)
+            self._decoder.primer = b""
         self._acked = self._highest = welcome.last_acked_seq
         # the edge may choose a smaller window than offered; the cloud holds it to the offer
         self._window = min(welcome.max_in_flight, self.limits.max_in_flight)
@@ -379,7 +394,7 @@ class EdgeSession(_Session):
             assert self.hello is not None
             if not (
                 self.hello.min_version <= message.version <= self.hello.max_version
-                and message.version in SUPPORTED_VERSIONS
+                and message.version in self.versions
             ):
                 raise self._fail(
                     ErrorCode.UNSUPPORTED_VERSION,
@@ -401,7 +416,7 @@ class CloudSession(_Session):
         """The version to put in Welcome: the highest both sides speak (None: send Error)."""
         if self.hello is None:
             return None
-        return negotiate_version(self.hello.min_version, self.hello.max_version)
+        return negotiate_version(self.hello.min_version, self.hello.max_version, self.versions)
 
     @property
     def unacked_seq(self) -> int:

@@ -19,14 +19,21 @@ Sending policy, tuned for a metered cellular link with ~1 s round trips:
 * A batch holds at most ``batch_records`` readings, and never more than the
   cloud accepts (``EdgeSession.batch_limit``: Welcome's max_batch_records and
   max_frame_size), so a cloud with smaller limits gets batches it can take.
-* A full batch goes at once; a partial one waits up to ``batch_linger``
-  seconds for more readings, since per-frame overhead is paid per batch.
+* When to upload is gridedge.uplink.schedule's rule (``upload_deadline`` > 0,
+  the default): readings wait until their interval's expected readings are in
+  or the oldest has waited ``upload_deadline`` seconds; events and command
+  results go at once.  Whatever is pending at Welcome (a backlog after a cut)
+  goes at once.  With ``upload_deadline = 0`` the older rule applies: a full
+  batch goes at once, a partial one waits up to ``batch_linger`` seconds.
 * A Ping goes when nothing was sent for ``heartbeat`` seconds (keeps cellular
-  NAT mappings alive); when nothing at all arrives for ``dead_after`` seconds
+  NAT mappings alive; uploads reset the timer, so a heartbeat longer than the
+  upload cycle means no pings while data flows); when nothing at all arrives
+  for ``dead_after`` seconds
   the peer is declared dead and the connection aborted, so the reconnect
   logic takes over instead of waiting for TCP's own timeouts (hours).
 
-Tests: tests/edge/test_uplink_link.py.
+Tests: tests/edge/test_uplink_link.py, tests/edge/test_uplink_schedule.py,
+tests/edge/test_uplink_budget.py.
 """
 
 from __future__ import annotations
@@ -62,6 +69,18 @@ from twisted.logger import Logger
 
 from gridedge.config import EdgeConfig, UplinkConfig
 from gridedge.journal import Event, Journal, JournalError
+from gridedge.uplink.schedule import UploadSchedule
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """What the unit's connections carried, summed over all of them (the uplink service owns
+    one and shows it in health): gridwire frame bytes without TLS, and uploads."""
+
+    payload_sent: int = 0
+    payload_received: int = 0
+    batches_sent: int = 0
+    records_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +96,7 @@ class LinkSettings:
     max_in_flight: int
     batch_records: int
     batch_linger: float
+    upload_deadline: float = 0.0
 
     @classmethod
     def from_config(cls, edge: EdgeConfig, uplink: UplinkConfig) -> LinkSettings:
@@ -89,6 +109,7 @@ class LinkSettings:
             max_in_flight=uplink.max_in_flight,
             batch_records=uplink.batch_records,
             batch_linger=uplink.batch_linger,
+            upload_deadline=uplink.upload_deadline,
         )
 
 
@@ -123,10 +144,15 @@ class Link:
         on_error: Callable[[Error], None] = lambda error: None,
         limits: Limits | None = None,
         commands: CommandReceiver | None = None,
+        counters: LinkCounters | None = None,
+        expected_meters: Callable[[], int] = lambda: 0,
+        stretch: Callable[[], float] = lambda: 1.0,
     ) -> None:
+        self._stretch = stretch
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
+        self.counters = counters if counters is not None else LinkCounters()
         self.settings = settings
         self.clock = clock
         self._write = write
@@ -145,6 +171,11 @@ class Link:
         self._ping: IDelayedCall | None = None
         self._dead: IDelayedCall | None = None
         self._remove_listener: Callable[[], None] | None = None
+        self.schedule = UploadSchedule(settings.upload_deadline, settings.batch_records,
+                                       expected_meters)
+        self._scanned = 0  # the last journal seq the schedule has seen
+        self._flush_to = 0  # uploads are due up to this seq
+        self._deadline: IDelayedCall | None = None
 
     # -- events from the adapter -------------------------------------------------------------
 
@@ -165,6 +196,7 @@ class Link:
         """Bytes from the cloud: feed the session, act on each message."""
         if self.closed:
             return
+        self.counters.payload_received += len(data)
         try:
             messages = self.session.receive_data(data)
             for message in messages:
@@ -189,10 +221,10 @@ class Link:
     def connection_lost(self) -> None:
         """The connection is gone (for any reason): stop every timer."""
         self.closed = True
-        for call in (self._linger, self._ping, self._dead):
+        for call in (self._linger, self._ping, self._dead, self._deadline):
             if call is not None and call.active():
                 call.cancel()
-        self._linger = self._ping = self._dead = None
+        self._linger = self._ping = self._dead = self._deadline = None
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
@@ -248,6 +280,9 @@ class Link:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
+        # It overrides the metered schedule too: everything journalled so far is owed now.
+        self._scanned = self._flush_to = self.journal.next_seq - 1
+        self.schedule.reset()
         self.pump()
         return True
 
@@ -264,6 +299,8 @@ class Link:
             self.journal.ack(acked)
         first = self.journal.first_pending_seq
         self.next_send = max(acked + 1, first if first is not None else acked + 1)
+        # A backlog (entries kept over a cut or a restart) has waited already: it goes now.
+        self._scanned = self._flush_to = self.journal.next_seq - 1
         self._heartbeat = min(self.settings.heartbeat, float(welcome.heartbeat_interval))
         self.log.info(
             "uplink ready: protocol v{version}, cloud has up to seq {acked}, "
@@ -285,10 +322,15 @@ class Link:
         """Send uploads while the window has room and the journal has entries."""
         if self.closed or self.session.state is not State.READY:
             return
+        metered = self.settings.upload_deadline > 0
         try:
+            if metered and not self._upload_due():
+                return
             size = min(self.settings.batch_records, self.session.batch_limit)
             while self.session.in_flight < self.window:
                 entries = self.journal.read(self.next_send, size)
+                if metered:
+                    entries = [e for e in entries if e[0] <= self._flush_to]
                 if not entries:
                     return
                 seq, first = entries[0]
@@ -302,7 +344,7 @@ class Link:
                     if s != seq + len(run) or not isinstance(entry, IntervalRecord):
                         break
                     run.append(entry)
-                full = len(run) >= size or len(run) < len(entries)
+                full = metered or len(run) >= size or len(run) < len(entries)
                 if not full and not self._linger_done and self.settings.batch_linger > 0:
                     if self._linger is None:
                         self._linger = self.clock.callLater(
@@ -311,12 +353,43 @@ class Link:
                 self._send(ReadingBatch(first_seq=seq, records=run))
                 self.sent_batches += 1
                 self.sent_records += len(run)
+                self.counters.batches_sent += 1
+                self.counters.records_sent += len(run)
                 self.next_send = seq + len(run)
                 self._linger_done = False
         except JournalError as exc:
             self.log.warn("uplink cannot read the journal: {error}", error=str(exc))
         except ProtocolError as exc:
             self._protocol_error(exc)
+
+    def _upload_due(self) -> bool:
+        """The upload schedule's verdict: True while entries up to ``_flush_to`` are owed."""
+        if self.next_send <= self._flush_to:
+            return True
+        now = self.clock.seconds()
+        self.schedule.stretch = self._stretch()
+        while True:  # show the schedule what arrived since it last looked
+            entries = self.journal.read(max(self._scanned + 1, self.next_send), 1000)
+            for seq, entry in entries:
+                self.schedule.add(entry, now)
+                self._scanned = seq
+            if len(entries) < 1000:
+                break
+        if self.schedule.due(now):
+            self.schedule.reset()
+            self._flush_to = self._scanned
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+            return True
+        wait = self.schedule.wait(now)
+        if wait is not None and (self._deadline is None or not self._deadline.active()):
+            self._deadline = self.clock.callLater(wait, self._deadline_reached)
+        return False
+
+    def _deadline_reached(self) -> None:
+        self._deadline = None
+        self.pump()
 
     def _linger_expired(self) -> None:
         self._linger = None
@@ -325,6 +398,7 @@ class Link:
 
     def _send(self, message: Message) -> None:
         data = self.session.send(message)
+        self.counters.payload_sent += len(data)
         self._write(data)
         if not isinstance(message, Hello):
             self._schedule_ping()
@@ -335,10 +409,11 @@ class Link:
         """(Re)arm the heartbeat: a Ping goes after ``heartbeat`` seconds of sending nothing."""
         if self.closed or self.session.state is not State.READY:
             return
+        heartbeat = self._heartbeat * self._stretch()  # the data budget may stretch it
         if self._ping is not None and self._ping.active():
-            self._ping.reset(self._heartbeat)
+            self._ping.reset(heartbeat)
         else:
-            self._ping = self.clock.callLater(self._heartbeat, self._send_ping)
+            self._ping = self.clock.callLater(heartbeat, self._send_ping)
 
     def _send_ping(self) -> None:
         self._ping = None
@@ -347,8 +422,8 @@ class Link:
 
     def _alive(self) -> None:
         """Something arrived: the peer is alive; re-arm the dead-peer timer."""
-        timeout = (self.settings.dead_after if self.session.state is State.READY
-                   else self.settings.welcome_timeout)
+        timeout = (self.settings.dead_after * self._stretch()  # as long as heartbeats stretch
+                   if self.session.state is State.READY else self.settings.welcome_timeout)
         if self._dead is not None and self._dead.active():
             self._dead.reset(timeout)
         else:

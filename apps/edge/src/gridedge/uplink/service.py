@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gridwire import Welcome
+from gridwire import AlarmKind, Welcome
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -28,13 +28,14 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gridedge.journal import Journal
+from gridedge.journal import Event, Journal, JournalError
 from gridedge.uplink.backoff import ReconnectPolicy
+from gridedge.uplink.budget import DataBudget
 from gridedge.uplink.counting import CountingEndpoint, raw_counter
-from gridedge.uplink.link import CommandReceiver, Link, LinkSettings
+from gridedge.uplink.link import CommandReceiver, Link, LinkCounters, LinkSettings
 from gridedge.uplink.protocol import UplinkProtocol
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
-from gridedge.uplink.traffic import Traffic
+from gridedge.uplink.traffic import Traffic, TrafficError
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,16 @@ class UplinkStatus:
     last_handshake_bytes: int | None
     bytes_sent: int
     bytes_received: int
+    #: gridwire frames without TLS, and uploads, since start (gridedge.uplink.link.LinkCounters)
+    payload_sent: int
+    payload_received: int
+    batches_sent: int
+    records_sent: int
+    #: [uplink] budget_mb_per_month in bytes (0: none), this UTC month's use, and how many
+    #: times rarer uploads and heartbeats are because of it (gridedge.uplink.budget)
+    budget_bytes: int
+    month_bytes: int
+    budget_stretch: float
 
 
 class UplinkService(service.Service):
@@ -71,8 +82,14 @@ class UplinkService(service.Service):
         connect_timeout: float,
         flush_every: float = 60.0,
         commands: CommandReceiver | None = None,
+        expected_meters: Callable[[], int] = lambda: 0,
+        budget_bytes: int = 0,
     ) -> None:
         self._commands = commands
+        self._expected_meters = expected_meters
+        self.budget = DataBudget(budget_bytes)
+        self.month_bytes = 0
+        self.stretch = 1.0
         self.reactor = reactor
         self.journal = journal
         self.traffic = traffic
@@ -93,6 +110,7 @@ class UplinkService(service.Service):
         self.last_handshake_bytes: int | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.counters = LinkCounters()
 
     def startService(self) -> None:
         # Load the certificates first: a missing or bad file fails the start with a clear
@@ -105,7 +123,8 @@ class UplinkService(service.Service):
         self._client = ClientService(endpoint, factory, retryPolicy=self._backoff,
                                      clock=self.reactor)
         super().startService()  # type: ignore[no-untyped-call]
-        self._flush = LoopingCall(self.traffic.flush)
+        self._check_budget(starting=True)
+        self._flush = LoopingCall(self._every_minute)
         self._flush.clock = self.reactor
         self._flush.start(self._flush_every, now=False)
         self._client.startService()
@@ -123,6 +142,35 @@ class UplinkService(service.Service):
         d: defer.Deferred[None] = client.stopService()
         return d.addBoth(self._flushed)
 
+    def _every_minute(self) -> None:
+        self.traffic.flush()
+        self._check_budget()
+
+    def _check_budget(self, starting: bool = False) -> None:
+        """Re-pace against the monthly budget; an event at 80% and at 100% (once a month)."""
+        if self.budget.budget_bytes <= 0:
+            return
+        now = self.reactor.seconds()
+        try:
+            self.month_bytes = self.traffic.month_total(now)
+        except TrafficError as exc:  # keep the last known use
+            self.log.warn("data budget: cannot read the month's use: {error}", error=str(exc))
+            return
+        self.stretch = self.budget.stretch(self.month_bytes, now)
+        crossed = self.budget.crossed(self.month_bytes, now)
+        if starting:
+            return  # crossed before this start: the previous run reported it
+        mb = self.budget.budget_bytes / 1e6
+        for threshold in crossed:
+            detail = (f"{threshold:.0%} of the {mb:g} MB monthly data budget used "
+                      f"({self.month_bytes:,} bytes); uploads and heartbeats "
+                      f"{self.stretch:g}x rarer")
+            self.log.warn("data budget: {detail}", detail=detail)
+            try:
+                self.journal.append_event(Event(0, int(now), AlarmKind.DATA_BUDGET, detail))
+            except JournalError as exc:
+                self.log.warn("data budget event not journalled: {error}", error=str(exc))
+
     def _flushed(self, result: Any) -> Any:
         self.traffic.flush()  # after the last connection's bytes are counted
         return result
@@ -139,8 +187,8 @@ class UplinkService(service.Service):
         return Link(
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
-            on_error=self._backoff.refused,
-            commands=self._commands,
+            on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
+            expected_meters=self._expected_meters, stretch=lambda: self.stretch,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
@@ -186,4 +234,11 @@ class UplinkService(service.Service):
             last_handshake_bytes=self.last_handshake_bytes,
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
+            payload_sent=self.counters.payload_sent,
+            payload_received=self.counters.payload_received,
+            batches_sent=self.counters.batches_sent,
+            records_sent=self.counters.records_sent,
+            budget_bytes=self.budget.budget_bytes,
+            month_bytes=self.month_bytes,
+            budget_stretch=self.stretch,
         )

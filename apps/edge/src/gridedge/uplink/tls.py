@@ -137,6 +137,33 @@ def set_groups(connection: SSL.Connection, groups: str) -> bool:
     return True
 
 
+#: OpenSSL's SSL_MODE_NO_AUTO_CHAIN (ssl.h); the bindings do not name it.
+MODE_NO_AUTO_CHAIN = 0x00000008
+
+
+def trim_handshake(connection: SSL.Connection) -> None:
+    """Leave out of the handshake what this project's TLS never needs, for its bytes.
+
+    * No certificate chain: without explicit chain certificates OpenSSL builds one from the
+      trust store and sends the CA's certificate after the device certificate (about 430
+      bytes of every full handshake); the cloud trusts exactly that CA already.  The cloud's
+      side does the same (gridcloud.tls).
+    * TLS 1.3 only: the cloud speaks it, and a ClientHello that also offers TLS 1.2 lists
+      its cipher suites and extensions (about 90 bytes of every handshake, resumed or not).
+    Both through SSL_set_mode/SSL_set_options; should a binding lack one, the connection
+    keeps OpenSSL's default (bigger, equally secure).
+    """
+    from OpenSSL._util import lib
+
+    set_mode = getattr(lib, "SSL_set_mode", None)
+    if set_mode is not None:
+        set_mode(connection._ssl, MODE_NO_AUTO_CHAIN)
+    set_options, no_tls12 = getattr(lib, "SSL_set_options", None), getattr(
+        lib, "SSL_OP_NO_TLSv1_2", None)
+    if set_options is not None and no_tls12 is not None:
+        set_options(connection._ssl, no_tls12)
+
+
 def session_reused(connection: SSL.Connection) -> bool:
     """Whether the handshake resumed a session (pyOpenSSL has no public call for this,
     so OpenSSL's SSL_session_reused is reached through pyOpenSSL's bindings)."""
@@ -174,6 +201,7 @@ class ResumingCreator:
         connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
         if self.groups:
             set_groups(connection, self.groups)
+        trim_handshake(connection)
         if self._session:
             session = session_from_der(self._session, connection.get_context())
             if session is not None:

@@ -90,6 +90,11 @@ class Traffic:
             self.log.warn("traffic counters not saved yet ({path}): {error}",
                           path=str(self.path), error=str(exc))
 
+    def month_total(self, now: float) -> int:
+        """Bytes both ways in the UTC month of ``now`` (written and not yet written)."""
+        month = time.strftime("%Y-%m", time.gmtime(now))
+        return sum(s + r for day, (s, r) in self.per_day().items() if day.startswith(month))
+
     def per_day(self) -> dict[str, tuple[int, int]]:
         """Bytes (sent, received) per UTC day, oldest first, including what is not written yet.
 
