@@ -16,8 +16,8 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -50,8 +50,8 @@ from .database import Database
 from .pacing import Pacer
 from .params import Param
 from .problems import Problem
-from .resources import commands as commands_resource
 from .resources import alarms as alarms_resource
+from .resources import commands as commands_resource
 from .resources import events as events_resource
 from .resources import readings as readings_resource
 from .routes import STREAMED, Call, Operation
