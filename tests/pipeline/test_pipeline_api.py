@@ -88,6 +88,15 @@ def test_a_prepaid_meter_over_the_api(api: ApiProcess, world: World) -> None:
     rows = query(world.dsn, "SELECT desired FROM relay_requests WHERE meter_id = 1"
                             " ORDER BY request_id")
     assert [r[0] for r in rows] == ["open", "closed"]
+    # Each decision became a command in its own transaction (migration 0009), delivered by the
+    # commands path like any other: open first, then close.
+    commands = api.get("/v1/commands", key, params={"meter_id": 1}).json()["items"]
+    assert [(c["action"], c["origin"], c["edge_id"]) for c in reversed(commands)] == [
+        ("relay_open", "pipeline", "e1"), ("relay_close", "pipeline", "e1")]
+    linked = query(world.dsn, "SELECT r.desired, c.action FROM relay_requests r"
+                              " JOIN commands c ON c.id = r.command_id WHERE r.meter_id = 1"
+                              " ORDER BY r.request_id")
+    assert linked == [("open", "relay_open"), ("closed", "relay_close")]
     alarms = api.get("/v1/alarms", key, params={"kind": "low_balance"}).json()["items"]
     assert len(alarms) == 1 and alarms[0]["cleared_at"] is not None
     assert alarms[0]["evidence"]["threshold"] == 50

@@ -103,8 +103,9 @@ SCHEMA: dict[str, Any] = {
         "action": {"type": "string", "enum": list(ACTIONS)},
         "config": {"type": ["object", "null"],
                    "description": "The settings of a set_config command."},
-        "origin": {"type": "string", "enum": ["api", "unit"],
-                   "description": "unit: an operator action on the unit's own page."},
+        "origin": {"type": "string", "enum": ["api", "unit", "pipeline"],
+                   "description": ("unit: an operator action on the unit's own page; pipeline: "
+                                  "prepaid credit ran out or was topped up.")},
         "state": {"type": "string", "enum": list(STATES)},
         "reason": {"type": ["string", "null"],
                    "description": "Why it failed or expired, or what the unit reported."},
