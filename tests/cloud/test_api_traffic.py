@@ -49,7 +49,8 @@ def stored(dsn: str, edge_id: str) -> dict[str, tuple[int, int]]:
 
 def make_uplink(journal: Journal, tls: Path, port: int) -> UplinkService:
     config = UplinkConfig(host="127.0.0.1", port=port, server_name=SERVER_NAME, tls_dir=tls,
-                          batch_linger=0.0, batch_records=100)
+                          batch_linger=0.0, batch_records=100,
+                          upload_deadline=0.0)
     return UplinkService(
         reactor, journal, Traffic(journal.path), host=config.host, port=config.port,
         server_name=config.server_name, identity_loader=lambda: DeviceIdentity.load(tls),

@@ -103,7 +103,8 @@ class Cloud:
         for message in self.session.receive_data(data):
             self.got.append(message)
             if isinstance(message, Hello):
-                self.to_edge(Welcome(version=1, server_time=0, last_acked_seq=0,
+                version = self.session.choose_version() or 1
+                self.to_edge(Welcome(version=version, server_time=0, last_acked_seq=0,
                                      heartbeat_interval=300, max_in_flight=8))
 
     def to_edge(self, *messages: Message) -> None:
