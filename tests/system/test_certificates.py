@@ -106,8 +106,14 @@ async def test_revoked_edge_is_refused_despite_a_valid_certificate(
     revocation.revoke_edge(pg_dsn, "edge-r", "unit reported stolen")
     client = await attempt(cloud, tls)
     assert [e.code for e in client.errors] == [ErrorCode.UNAUTHORIZED]
-    assert "unit reported stolen" in client.errors[0].detail
-    await logs.wait_for(reactor(), "refused edge edge-r", "edge revoked", "unit reported stolen")
+    if client.errors[0].detail == "revoked":
+        # On a loaded machine the revocation's NOTIFY can reach the node while this new
+        # connection is still being admitted: the listener closes it before admission does.
+        await logs.wait_for(reactor(), "edge edge-r", "revoked while connected")
+    else:
+        assert "unit reported stolen" in client.errors[0].detail
+        await logs.wait_for(reactor(), "refused edge edge-r", "edge revoked",
+                            "unit reported stolen")
     await logs.wait_for(reactor(), "no session with the cloud", "Error UNAUTHORIZED", "revoked")
 
 

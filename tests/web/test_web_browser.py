@@ -204,7 +204,7 @@ def test_relay_round_trip(page: Any, unit: Unit) -> None:
         submit(page, f"button:has-text('{state.capitalize()} relay…')")
         assert page.locator("h1").inner_text() == "Confirm"
         submit(page, f"button:has-text('Yes, {state} the relay')")
-        assert f"Relay {state} on meter {METER}: confirmed" in page.inner_text("main")
+        assert f"Relay {state} on meter {METER}: meter confirmed" in page.inner_text("main")
         page.goto(f"{unit.url}/meters/{METER}")
         expected = "open" if flag else "closed"
         page.wait_for_function(
@@ -213,7 +213,7 @@ def test_relay_round_trip(page: Any, unit: Unit) -> None:
         wait_until(lambda flag=flag, before=before: any(  # type: ignore[misc]
                        f is flag for f in truth_relay_open(unit, METER)[before + 1:]),
                    20, f"gridsim's records of meter {METER} with the relay {expected}")
-        assert f"relay {state}: confirmed" in page.inner_text("#events")
+        assert f"relay {state}: succeeded, meter confirmed" in page.inner_text("#events")
 
 
 def test_viewer_may_not_act(page: Any, unit: Unit) -> None:
@@ -262,7 +262,7 @@ def test_bad_input_is_a_clear_4xx(page: Any, unit: Unit) -> None:
     login(page, unit, "olga")
     submit(page, "button:has-text('Upload to the cloud now')")
     # No cloud and no device certificate here: the uplink is down, and the page says so.
-    assert "Upload now: uplink down" in page.inner_text("main")
+    assert "Upload now: not connected to the cloud" in page.inner_text("main")
     page.goto(f"{unit.url}/meters/{METER}")
     submit(page, "button:has-text('Poll now')")
     assert f"Poll meter {METER}:" in page.inner_text("main")
