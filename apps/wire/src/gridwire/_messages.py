@@ -153,6 +153,10 @@ class FirmwareState(enum.IntEnum):
     INSTALLED = 4  #: written to the inactive slot; active after reboot
     FAILED = 5
     REJECTED = 6  #: refused (wrong platform, not newer, bad signature)
+    VERIFYING = 7  #: checking a downloaded bundle (signature, compatible, rebuilt delta's hash)
+    REBOOTING = 8  #: installed; rebooting into the new slot now or in the maintenance window
+    HEALTHY = 9  #: running the offered version, and its slot marked good after health
+    ROLLED_BACK = 10  #: the new slot never became healthy; back on the old one (detail: why)
 
 
 def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
@@ -467,6 +471,14 @@ class FirmwareOffer(Message):
     """Cloud -> edge: an update bundle is available; the edge pulls it chunk by chunk.
 
     Chunk i covers bytes i*chunk_size .. min(size, (i+1)*chunk_size) - 1.
+
+    A delta offer (extensions, all three set) carries not the bundle but a patch that
+    rebuilds it from a bundle the edge already holds: ``delta_base`` is that bundle's
+    sha256, ``target_sha256``/``target_size`` the rebuilt bundle's, checked before
+    install.  The cloud offers the full bundle beside it (another offer_id, same
+    version), so an edge without the base takes the full one: no round trip to ask.
+    An edge that does not know the extensions skips them and sees a blob that is not
+    a bundle; it then fails the signature check (REJECTED) and the full offer remains.
     """
 
     TYPE = MessageType.FIRMWARE_OFFER
@@ -477,17 +489,36 @@ class FirmwareOffer(Message):
         ("sha256", ("fixed", 32)),
         ("chunk_size", U32),
     )
+    EXTENSIONS = (
+        (2, "delta_base", ("fixed", 32)),
+        (4, "target_size", ("uint", 40)),
+        (6, "target_sha256", ("fixed", 32)),
+    )
     offer_id: int
     version: str
     size: int
     sha256: bytes
     chunk_size: int = 32768
+    delta_base: bytes | None = None
+    target_size: int = 0
+    target_sha256: bytes | None = None
 
     def _check(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK or self.size < 1:
             raise local_error(
                 ErrorCode.INVALID_FIELD, f"FirmwareOffer needs size >= 1, chunk_size 1..{MAX_CHUNK}"
             )
+        delta = (self.delta_base is not None, self.target_sha256 is not None, self.target_size > 0)
+        if any(delta) and not all(delta):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                "FirmwareOffer: a delta needs delta_base, target_size and target_sha256 together",
+            )
+
+    @property
+    def is_delta(self) -> bool:
+        """True when the blob is a patch against ``delta_base``, not the bundle itself."""
+        return self.delta_base is not None
 
     @property
     def chunk_count(self) -> int:
