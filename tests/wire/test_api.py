@@ -20,6 +20,7 @@ PUBLIC = {
     "EVENT_TIME_RANGE",
     "VALUE_RANGES",
     "Ack",
+    "Allowance",
     "AlarmKind",
     "ChunkRequest",
     "CloudSession",

@@ -83,3 +83,12 @@ def test_error_codes_and_limits_are_documented() -> None:
         f"(skipped ones included) of at most {gridwire.MAX_HANDSHAKE_FRAME} bytes each"
     ) in DOC
     assert f"| max_batch_records | {limits.max_batch_records} |" in DOC
+
+
+def test_command_kinds_and_unit_events_are_documented() -> None:
+    """Every command kind and every unit event (0x8000 up) has its row in the doc's tables."""
+    for kind in gridwire.CommandKind:
+        assert f"| {kind.value} | {kind.name} |" in DOC, kind
+    for alarm in gridwire.AlarmKind:
+        if alarm.value >= 0x8000:
+            assert f"| 0x{alarm.value:04X} | {alarm.name} |" in DOC, alarm

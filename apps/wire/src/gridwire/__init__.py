@@ -11,6 +11,7 @@ API (everything else is private and may change).
 Tests: tests/wire/ (test_api.py pins this surface).
 """
 
+from ._allowance import Allowance
 from ._errors import ErrorCode, ProtocolError, Side
 from ._limits import (
     MAX_BOOT_SLOT,
@@ -62,6 +63,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "VALUE_RANGES",
     "Ack",
+    "Allowance",
     "AlarmKind",
     "ChunkRequest",
     "CloudSession",

@@ -102,6 +102,10 @@ class AlarmKind(enum.IntEnum):
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
     JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
     DATA_BUDGET = 0x8005  #: the month's data use crossed 80% or 100% of the unit's budget
+    #: the unit opened meter_id's relay on its own: its prepaid allowance ran out (or expired)
+    CREDIT_RELAY_OPENED = 0x8007
+    #: the unit closed the relay it had opened for credit: a newer allowance gave credit again
+    CREDIT_RELAY_CLOSED = 0x8008
     # A command's final outcome (meter_id: the command's meter, 0 for the unit), journalled
     # like any event so that it rides the exactly-once path; detail "<id> <action> <reason>".
     COMMAND_SUCCEEDED = 0x8010
@@ -120,6 +124,7 @@ class CommandKind(enum.IntEnum):
     READ_NOW = 6  #: read meter_id now instead of at the next interval
     SET_CONFIG = 7  #: payload: configuration document (application defined)
     UPLOAD_NOW = 8  #: upload what the journal holds now, without waiting (meter_id 0)
+    SET_ALLOWANCE = 9  #: payload: meter_id's prepaid allowance (:class:`gridwire.Allowance`)
 
 
 #: The action names of the command kinds a unit executes, as command outcomes name them
@@ -131,6 +136,7 @@ COMMAND_ACTIONS: dict[int, str] = {
     CommandKind.SET_CONFIG: "set_config",
     CommandKind.REBOOT: "reboot",
     CommandKind.UPLOAD_NOW: "upload_now",
+    CommandKind.SET_ALLOWANCE: "set_allowance",
 }
 
 
