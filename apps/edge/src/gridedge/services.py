@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
+from gridedge.credit import CreditSink, CreditStore, CreditStoreError, UnitCredit
 from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
 from gridedge.health import HealthService, Snapshot, evaluate
@@ -74,17 +75,25 @@ class JournalService(service.Service):
 
 
 class CommandService(service.Service):
-    """Opens the command store and runs what it holds; closes it on stop."""
+    """Opens the command store and runs what it holds, then the prepaid credit countdown
+    (whose relay decisions are commands); closes both on stop."""
 
-    def __init__(self, executor: CommandExecutor) -> None:
+    def __init__(self, executor: CommandExecutor, credit: UnitCredit) -> None:
         self.executor = executor
+        self.credit = credit
 
     def startService(self) -> None:
         self.executor.start()  # CommandStoreError: the supervisor logs it and retries
+        try:
+            self.credit.start()
+        except CreditStoreError:
+            self.executor.stop()
+            raise
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
+        self.credit.stop()
         self.executor.stop()
 
 
@@ -111,9 +120,15 @@ class Unit(service.MultiService):
             CommandStore(config.data_dir / "commands.db", clock=reactor.seconds),
             self.journal, reactor,
             UnitHooks(radio=self.radio_link, apply_settings=self.apply_settings,
-                      reboot=self.reboot, upload_now=self.upload_now),
+                      reboot=self.reboot, upload_now=self.upload_now,
+                      set_allowance=self._set_allowance),
         )
-        self.supervisor.supervise("commands", lambda crashed: CommandService(self.commands))
+        # Prepaid credit: allowances from the cloud counted down from the radio's records,
+        # relay decisions as local commands (gridedge.credit), with or without the cloud.
+        self.credit = UnitCredit(CreditStore(config.data_dir / "credit.db"), self.journal,
+                                 reactor, self.commands.submit_local)
+        self.supervisor.supervise("commands", lambda crashed: CommandService(
+            self.commands, self.credit))
         # The page keeps the last day of each meter in memory: the radio link's records pass
         # through its HistorySink after the journal stored them.
         self.history: History | None = None
@@ -121,6 +136,7 @@ class Unit(service.MultiService):
         if config.web.enabled:
             self.history = History(reactor.seconds)
             sink = HistorySink(self.journal, self.history)
+        sink = CreditSink(sink, self.credit)
         port = config.radio.port
         if port is not None:
             self.supervisor.supervise("radio", lambda crashed: RadioService(
@@ -198,6 +214,10 @@ class Unit(service.MultiService):
         """Stop the way SIGTERM does (journal closed cleanly), then reboot (gridedge.cli)."""
         self.reboot_requested = True
         self.stop()
+
+    def _set_allowance(self, meter_id: int, payload: bytes) -> str:
+        """The set_allowance command: the credit countdown takes it (ValueError: refused)."""
+        return self.credit.set_allowance(meter_id, payload)
 
     def upload_now(self) -> bool:
         uplink = self.supervisor.child("uplink")

@@ -28,6 +28,9 @@ set_config      whitelisted unit settings saved on the data partition
 reboot          the outcome is reported first, then the unit stops the same way
                 as on SIGTERM (journal closed cleanly) and reboots
 upload_now      the uplink sends what the journal holds without waiting
+set_allowance   the meter's prepaid allowance, handed to the unit's credit
+                countdown (:mod:`gridedge.credit`), which may open or close the
+                relay through :meth:`CommandExecutor.submit_local`
 =============== ==============================================================
 
 The outcome is committed in the store, then journalled as an ``EventReport``
@@ -100,6 +103,9 @@ class UnitHooks:
     reboot: Callable[[], None]
     #: upload what the journal holds now; False when there is no connection
     upload_now: Callable[[], bool]
+    #: apply a prepaid allowance (meter id, payload); returns what was done, raises
+    #: ValueError when refused.  None: this unit does not count prepaid credit
+    set_allowance: Callable[[int, bytes], str] | None = None
 
 
 class CommandExecutor:
@@ -309,6 +315,13 @@ class CommandExecutor:
                 return "failed", f"refused: {exc}"
         if action == "reboot":
             return "succeeded", "rebooting after a clean stop"
+        if action == "set_allowance":
+            if hooks.set_allowance is None:
+                return "failed", "this unit does not count prepaid credit"
+            try:
+                return "succeeded", hooks.set_allowance(command.meter_id, command.payload)
+            except ValueError as exc:
+                return "failed", f"refused: {exc}"
         return "failed", f"unsupported action {action}"  # upload_now is decided in _decide
 
     # -- outcomes -----------------------------------------------------------------------------
