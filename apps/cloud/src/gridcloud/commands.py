@@ -39,12 +39,14 @@ Tests: tests/cloud/test_cloud_commands.py, tests/system/test_commands_e2e.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gridwire import (
     COMMAND_ACTIONS,
+    Allowance,
     Command,
     CommandResult,
     CommandStatus,
@@ -246,7 +248,7 @@ class CommandDispatcher(service.Service):
             if state != "sent":
                 continue
             kind = KINDS[action]
-            payload = b"" if params in (None, "{}") else params.encode()
+            payload = command_payload(action, params)
             try:
                 connection.send(Command(command_id=command_id, kind=kind, meter_id=meter_id,
                                         payload=payload, expires_at=max(0, expires_at)))
@@ -315,3 +317,14 @@ class CommandDispatcher(service.Service):
             lambda failure: log.warn("edge {edge}: recording command {id} failed: {why}",
                                      edge=edge_id, id=command_id,
                                      why=failure.getErrorMessage()))
+
+
+def command_payload(action: str, params: str | None) -> bytes:
+    """A command's payload from its ``params`` (jsonb as text): set_config's JSON as it is,
+    set_allowance's fields as the compact binary ``gridwire.Allowance`` (metered links)."""
+    if params in (None, "{}"):
+        return b""
+    assert params is not None
+    if action == "set_allowance":
+        return Allowance(**json.loads(params)).encode()
+    return params.encode()

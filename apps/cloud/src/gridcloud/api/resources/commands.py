@@ -31,6 +31,8 @@ from . import paging
 
 ACTIONS = ("relay_open", "relay_close", "read_now", "set_config", "reboot", "upload_now")
 METER_ACTIONS = ("relay_open", "relay_close", "read_now")
+#: what a listed command can be: also the prepaid allowances the pipeline sends (never posted)
+LISTED_ACTIONS = (*ACTIONS, "set_allowance")
 STATES = ("queued", "sent", "acknowledged", "succeeded", "failed", "expired")
 
 #: The unit settings a set_config command may change (docs/edge.md, "Commands"): bounds.
@@ -100,12 +102,15 @@ SCHEMA: dict[str, Any] = {
         "id": {"type": "integer"},
         "edge_id": {"type": "string"},
         "meter_id": {"type": ["integer", "null"]},
-        "action": {"type": "string", "enum": list(ACTIONS)},
+        "action": {"type": "string", "enum": list(LISTED_ACTIONS),
+                   "description": "set_allowance: a prepaid meter's allowance, sent by the "
+                                  "pipeline (docs/pipeline.md); not accepted by POST."},
         "config": {"type": ["object", "null"],
                    "description": "The settings of a set_config command."},
         "origin": {"type": "string", "enum": ["api", "unit", "pipeline"],
-                   "description": ("unit: an operator action on the unit's own page; pipeline: "
-                                  "prepaid credit ran out or was topped up.")},
+                   "description": ("unit: an operator action on the unit's own page, or the "
+                                  "unit's own prepaid credit decision; pipeline: prepaid "
+                                  "credit ran out or was topped up, or a new allowance.")},
         "state": {"type": "string", "enum": list(STATES)},
         "reason": {"type": ["string", "null"],
                    "description": "Why it failed or expired, or what the unit reported."},
@@ -254,7 +259,7 @@ FILTERS = (
     Param("edge_id", "string", "Only this edge's commands.", pattern=EDGE_ID_PATTERN),
     Param("meter_id", "integer", "Only this meter's commands.", minimum=0, maximum=2**32 - 1),
     Param("state", "string", "Only commands in this state.", enum=STATES),
-    Param("action", "string", "Only this action.", enum=ACTIONS),
+    Param("action", "string", "Only this action.", enum=LISTED_ACTIONS),
 )
 
 
