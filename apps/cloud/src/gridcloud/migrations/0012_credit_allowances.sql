@@ -39,6 +39,9 @@ CREATE TABLE credit_allowances (
     balance        bigint NOT NULL,      -- the ledger balance it was made from
     price          bigint NOT NULL,      -- minor units per kWh: the tariff's highest band
     reserve        bigint NOT NULL,      -- standing charges held back for the validity
+    -- thousandths of a minor unit of energy already used but not yet charged (the account's
+    -- exact_milli - 1000 * energy_charged): the Wh are those that take the balance to zero
+    carried_milli  integer NOT NULL,
     allowance_wh   bigint NOT NULL,
     anchor_end     timestamptz NOT NULL,
     anchor_wh      bigint NOT NULL,
@@ -89,9 +92,9 @@ BEGIN
                    AS reserve
           FROM made
     ), rows AS (
-        INSERT INTO credit_allowances (meter_id, reason, balance, price, reserve, allowance_wh,
-                                       anchor_end, anchor_wh, valid_until)
-        SELECT meter_id, reason, balance, price, reserve,
+        INSERT INTO credit_allowances (meter_id, reason, balance, price, reserve, carried_milli,
+                                       allowance_wh, anchor_end, anchor_wh, valid_until)
+        SELECT meter_id, reason, balance, price, reserve, frac,
                CASE WHEN balance - reserve <= 0 THEN 0
                     WHEN price <= 0 THEN 9007199254740991  -- a free tariff: no limit
                     ELSE ceil((1000 * (balance - reserve) - frac) / price)::bigint END,
