@@ -119,7 +119,7 @@ def test_countdown_opens_the_relay_at_the_reading_that_uses_it_up(world: World) 
     assert w.radio.relays == [(METER, True)]
     assert w.state.opened and w.state.used_wh == 600
     assert w.credit_events() == [AlarmKind.CREDIT_RELAY_OPENED]
-    opened = [d for k, _, d in w.events() if k == AlarmKind.CREDIT_RELAY_OPENED][0]
+    opened = next(d for k, _, d in w.events() if k == AlarmKind.CREDIT_RELAY_OPENED)
     assert f"used_wh=600 at={T0 + 2700}" in opened
     assert any(" relay_open meter confirmed" in d for d in w.outcome_details())
     w.read(T0 + 3600, 10_600)  # the relay is open: the register stands still

@@ -45,7 +45,7 @@ class Meter:
         cur.execute("INSERT INTO tariffs (name) VALUES ('flat') RETURNING tariff_id")
         (self.tariff,), = cur.fetchall()
         cur.execute("INSERT INTO tariff_versions VALUES (%s, to_timestamp(0), %s, '{0}', %s)",
-                    (self.tariff, standing, "{%d}" % price))
+                    (self.tariff, standing, f"{{{price}}}"))
         cur.execute("INSERT INTO customers (name, reference) VALUES ('c', 'c') "
                     "RETURNING customer_id")
         (customer,), = cur.fetchall()
@@ -98,8 +98,9 @@ def test_first_allowance_takes_the_balance_exactly_to_zero(db: Any) -> None:
     assert action == "set_allowance" and state == "queued" and payload is not None
     assert payload.generation == first["generation"] and payload.allowance_wh == 47_620
     assert payload.anchor_end == T0 + INTERVAL and payload.anchor_wh == 50_000
-    assert len(command_payload("set_allowance", '{"generation": %d, "allowance_wh": 47620, '
-               '"anchor_end": 1, "anchor_wh": 2, "valid_until": 3}' % first["generation"])) < 24
+    params = ('{"generation": %s, "allowance_wh": 47620, "anchor_end": 1, "anchor_wh": 2, '
+              '"valid_until": 3}').replace("%s", str(first["generation"]))
+    assert len(command_payload("set_allowance", params)) < 24
 
     m.read(10_000, 10_000, 3_000)  # 23,000 Wh: the balance stays above half
     assert len(m.allowances()) == 1
@@ -118,7 +119,7 @@ def test_topup_supersedes_a_queued_allowance_and_tariff_versions_send_new_ones(d
     assert first["balance"] == 490  # the first day's standing charge
     assert first["allowance_wh"] == (1000 * (490 - 30) + 29) // 30
     m.topup(2000, "pos-1")
-    first_, second = m.allowances()
+    _, second = m.allowances()
     assert second["reason"] == "credit" and second["balance"] == 2490
     _, state, _, reason = m.command(first["command_id"])
     assert state == "expired" and reason is not None and "superseded" in reason

@@ -25,7 +25,6 @@ from gridwire import AlarmKind, Flags, IntervalRecord
 from support.api_harness import ApiProcess, query
 from support.edge_harness import (
     BIN,
-    EDGE_ID,
     Cloud,
     Edge,
     Proc,

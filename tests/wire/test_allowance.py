@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gridwire import COMMAND_ACTIONS, Allowance, AlarmKind, CommandKind, ErrorCode, ProtocolError
+from gridwire import COMMAND_ACTIONS, AlarmKind, Allowance, CommandKind, ErrorCode, ProtocolError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,7 +25,8 @@ def test_documented_example_and_size() -> None:
     assert Allowance.decode(a.encode() + b"\x05") == a  # later fields are ignored
 
 
-@pytest.mark.parametrize("payload", [b"", b"\x01\x02\x03\x04", b"\x01\x80", b"\x01\x80\x00\x01\x01\x01"])
+@pytest.mark.parametrize(
+    "payload", [b"", b"\x01\x02\x03\x04", b"\x01\x80", b"\x01\x80\x00\x01\x01\x01"])
 def test_truncated_or_non_minimal_is_refused(payload: bytes) -> None:
     with pytest.raises(ProtocolError) as info:
         Allowance.decode(payload)

@@ -34,9 +34,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
-from gridedge.credit import CreditSink, CreditStore, CreditStoreError, UnitCredit
 from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
+from gridedge.credit import CreditSink, CreditStore, CreditStoreError, UnitCredit
 from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService

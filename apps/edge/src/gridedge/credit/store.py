@@ -1,4 +1,4 @@
-"""The unit's prepaid allowances on the data partition (``credit.db``, SQLite, ``synchronous=FULL``).
+"""The unit's prepaid allowances on the data partition: ``credit.db`` (SQLite, FULL sync).
 
 Why durable and why a file of its own: the countdown must survive a power cut in the
 middle of a two-day outage of the link (an allowance forgotten would leave a meter
