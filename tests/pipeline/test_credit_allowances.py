@@ -25,7 +25,7 @@ def db(module_dsn: str) -> Any:
     conn = connect(module_dsn)
     cur = conn.cursor()
     cur.execute("TRUNCATE edges, readings, events, meters, pipeline_progress, meter_state,"
-                " energy_meter, energy_edge, customers, tariffs, tariff_versions,"
+                " energy_meter, energy_edge, edge_demand, customers, tariffs, tariff_versions,"
                 " credit_accounts, topups, ledger, relay_requests, alarms, commands,"
                 " pipeline_dead_letters, feed_log, dead_letters, credit_allowances CASCADE")
     yield cur
@@ -150,3 +150,31 @@ def test_unit_opened_with_credit_in_the_ledger_gets_a_new_allowance(db: Any) -> 
     m.read(100, 100, 100)
     assert [a["reason"] for a in m.allowances()] == ["first", "unit_opened"]
     assert m.allowances()[0]["unit_opened_at"] is not None
+
+
+def test_edge_peak_is_the_coincident_peak(db: Any) -> None:
+    """Two meters on one edge peak in different intervals: the edge's peak is the largest sum
+    of their demand in one interval, not the sum (nor the larger) of their own peaks; a late
+    reading adds to its own interval's sum."""
+    fleet = Fleet(edges=1, per_edge=2)
+    fleet.setup(db, prepaid=False)
+    a, b = fleet.meters_of(0)
+
+    def row(meter: int, k: int, demand: int) -> tuple[int, ...]:
+        return (meter, T0 + k * INTERVAL, 10_000 + k * 100, demand, 2300, 1000, 950, 0)
+
+    # interval 1: a 5000 W, b 1000 W; interval 2: a 1000, b 4000; interval 3: a 3000 (late), b 3500
+    fleet.ingest(db, EDGE, [row(a, 1, 5000), row(b, 1, 1000), row(a, 2, 1000), row(b, 2, 4000),
+                            row(b, 3, 3500)])
+    drain(db)
+    db.execute("SELECT period, peak_demand_w FROM energy_edge WHERE edge_id = %s "
+               "ORDER BY period", (EDGE,))
+    assert db.fetchall() == [("day", 6000), ("hour", 6000)]  # not 9000, not 5000
+    fleet.ingest(db, EDGE, [row(a, 3, 3000)])  # late: interval 3 now sums to 6500
+    drain(db)
+    db.execute("SELECT period, peak_demand_w FROM energy_edge WHERE edge_id = %s "
+               "ORDER BY period", (EDGE,))
+    assert db.fetchall() == [("day", 6500), ("hour", 6500)]
+    db.execute("SELECT period, peak_demand_w FROM energy_meter WHERE meter_id = %s "
+               "ORDER BY period", (a,))
+    assert db.fetchall() == [("day", 5000), ("hour", 5000)]

@@ -51,7 +51,7 @@ def db(module_dsn: str) -> Any:
     conn = connect(module_dsn)
     cur = conn.cursor()
     cur.execute("TRUNCATE edges, readings, events, meters, pipeline_progress, meter_state,"
-                " energy_meter, energy_edge, customers, tariffs, tariff_versions,"
+                " energy_meter, energy_edge, edge_demand, customers, tariffs, tariff_versions,"
                 " credit_accounts, topups, ledger, relay_requests, alarms,"
                 " pipeline_dead_letters, feed_log, dead_letters CASCADE")
     yield cur

@@ -163,6 +163,13 @@ AGGREGATE_MISMATCHES = f"""
 WITH d AS ({DELTAS}), h AS (
     SELECT meter_id, edge_id, dwh, max_demand_w,
            date_trunc('hour', interval_end - interval '1 microsecond') AS hour FROM d
+), coincident AS (
+    -- per edge and interval: the sum of its meters' demand (the edge's peak is the largest)
+    SELECT edge_id, hour, date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+           sum(max_demand_w) AS demand
+      FROM (SELECT edge_id, interval_end, max_demand_w,
+                   date_trunc('hour', interval_end - interval '1 microsecond') AS hour FROM d) i
+     GROUP BY edge_id, interval_end, hour
 ), want AS (
     SELECT 'm' AS scope, meter_id::text AS id, 'hour' AS period, hour AS start,
            sum(dwh)::bigint AS e, max(max_demand_w) AS p, count(*)::int AS n
@@ -172,12 +179,16 @@ WITH d AS ({DELTAS}), h AS (
            AT TIME ZONE 'UTC', sum(dwh), max(max_demand_w), count(*)
       FROM h GROUP BY 2, 4
     UNION ALL
-    SELECT 'e', edge_id, 'hour', hour, sum(dwh), max(max_demand_w), count(*)
-      FROM h GROUP BY edge_id, hour
+    SELECT 'e', h.edge_id, 'hour', h.hour, sum(dwh), min(c.p), count(*)
+      FROM h JOIN (SELECT edge_id, hour, max(demand) AS p FROM coincident GROUP BY 1, 2) c
+           USING (edge_id, hour)
+     GROUP BY h.edge_id, h.hour
     UNION ALL
-    SELECT 'e', edge_id, 'day', date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-           sum(dwh), max(max_demand_w), count(*)
-      FROM h GROUP BY 2, 4
+    SELECT 'e', h.edge_id, 'day', c.day, sum(dwh), min(c.p), count(*)
+      FROM h JOIN (SELECT edge_id, day, max(demand) AS p FROM coincident GROUP BY 1, 2) c
+           ON c.edge_id = h.edge_id
+          AND c.day = date_trunc('day', h.hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+     GROUP BY h.edge_id, c.day
 ), have AS (
     SELECT 'm' AS scope, meter_id::text AS id, period, start, energy_wh AS e,
            peak_demand_w AS p, readings AS n FROM energy_meter
