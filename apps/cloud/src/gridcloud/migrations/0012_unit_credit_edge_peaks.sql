@@ -672,3 +672,68 @@ BEGIN
 END
 $$;
 
+
+-- ---------------------------------------------------------------------------------------------
+-- Bounded growth (issue 13): feed_log gains a row per stored batch, event, command transition
+-- and alarm change, alarms a row per condition, edge_demand a row per edge and interval.
+-- `gridcloud pipeline`'s sweeper calls pipeline_trim() (one process at a time: an advisory
+-- lock), which deletes at most p_limit rows of each per call, oldest first, so a large backlog
+-- is worked off in short transactions over several sweeps:
+--   feed_log     rows created more than p_feed_days ago (a live-feed client resuming from
+--                further back resumes at the oldest row kept, docs/api.md)
+--   alarms       alarms cleared more than p_alarm_days ago (open alarms are never deleted);
+--                the configuration keeps p_alarm_days >= p_feed_days, so no feed_log row
+--                still names a deleted alarm
+--   edge_demand  intervals more than p_demand_days older than the edge's newest (relative to
+--                the edge's own data, not the clock: a reading that late no longer raises its
+--                edge's coincident peak with the other meters' demand of that interval)
+-- 0 days: keep that table whole.
+CREATE INDEX alarms_cleared ON alarms (cleared_at) WHERE cleared_at IS NOT NULL;
+
+CREATE FUNCTION pipeline_trim(p_feed_days integer, p_alarm_days integer, p_demand_days integer,
+                              p_limit integer,
+                              OUT feed integer, OUT alarms integer, OUT demand integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_upto bigint;
+BEGIN
+    feed := 0; alarms := 0; demand := 0;
+    IF NOT pg_try_advisory_xact_lock(hashtext('gridcloud pipeline trim')) THEN
+        RETURN;
+    END IF;
+    IF p_feed_days > 0 THEN
+        -- Only the p_limit oldest rows are looked at (ids grow with time): bounded work even
+        -- when nothing is old enough.
+        SELECT max(f.id) INTO v_upto
+          FROM (SELECT id, created_at FROM feed_log ORDER BY id LIMIT p_limit) f
+         WHERE f.created_at < now() - make_interval(days => p_feed_days);
+        IF v_upto IS NOT NULL THEN
+            DELETE FROM feed_log
+             WHERE id <= v_upto AND created_at < now() - make_interval(days => p_feed_days);
+            GET DIAGNOSTICS feed = ROW_COUNT;
+        END IF;
+    END IF;
+    IF p_alarm_days > 0 THEN
+        DELETE FROM alarms
+         WHERE alarm_id IN (SELECT a.alarm_id FROM alarms a
+                             WHERE a.cleared_at < now() - make_interval(days => p_alarm_days)
+                             ORDER BY a.cleared_at LIMIT p_limit);
+        GET DIAGNOSTICS alarms = ROW_COUNT;
+    END IF;
+    IF p_demand_days > 0 THEN
+        DELETE FROM edge_demand d
+         USING (SELECT e.edge_id, o.interval_end
+                  FROM (SELECT DISTINCT edge_id FROM energy_edge) e
+                  CROSS JOIN LATERAL (
+                        SELECT x.interval_end FROM edge_demand x
+                         WHERE x.edge_id = e.edge_id
+                           AND x.interval_end < (SELECT max(y.interval_end) FROM edge_demand y
+                                                  WHERE y.edge_id = e.edge_id)
+                                                - make_interval(days => p_demand_days)
+                         ORDER BY x.interval_end LIMIT p_limit) o
+                 LIMIT p_limit) old
+         WHERE d.edge_id = old.edge_id AND d.interval_end = old.interval_end;
+        GET DIAGNOSTICS demand = ROW_COUNT;
+    END IF;
+END
+$$;

@@ -31,6 +31,10 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "offline_minutes",
             "sweep_interval",
             "report_interval",
+            "feed_days",
+            "alarm_days",
+            "demand_days",
+            "trim_batch",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -69,6 +73,16 @@ class PipelineConfig:
     sweep_interval: float = 30.0
     #: Seconds between the counter log lines.
     report_interval: float = 60.0
+    #: Retention, applied by the sweeper (0: keep all).  feed_log rows older than this many
+    #: days (a live-feed client can resume at most this far back) ...
+    feed_days: int = 7
+    #: ... alarms cleared this many days ago (open ones are kept; at least feed_days) ...
+    alarm_days: int = 90
+    #: ... and per-edge interval demand this many days older than the edge's newest interval
+    #: (a reading later than that no longer counts in its edge's coincident peak).
+    demand_days: int = 62
+    #: Rows of each table deleted per sweep, at most (short transactions).
+    trim_batch: int = 10_000
 
     def validate(self) -> PipelineConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -79,6 +93,14 @@ class PipelineConfig:
                      "sweep_interval", "report_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in ("feed_days", "alarm_days", "demand_days"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)!r}")
+        if self.trim_batch <= 0:
+            raise ConfigError(f"trim_batch must be positive, not {self.trim_batch!r}")
+        if self.alarm_days and (self.feed_days == 0 or self.alarm_days < self.feed_days):
+            # feed_log rows name alarms: an alarm must not go before the rows naming it
+            raise ConfigError("alarm_days must be at least feed_days (and 0 when feed_days is 0)")
         if self.pool_size < 0:
             raise ConfigError(f"pool_size must not be negative, not {self.pool_size!r}")
         if not 0 <= self.voltage_min < self.voltage_max:

@@ -60,6 +60,7 @@ CLAIM_SQL = "SELECT edge_id, from_seq, upto, failures FROM pipeline_claim(%s, %s
 PROCESS_SQL = "SELECT * FROM pipeline_process(%s::text[], %s::bigint[], %s::bigint[], %s, %s)"
 FAILED_SQL = "SELECT pipeline_failed(%s::text[], %s::bigint[], %s::bigint[], %s, %s, %s)"
 SWEEP_SQL = "SELECT raised, cleared FROM pipeline_sweep(%s, %s)"
+TRIM_SQL = "SELECT feed, alarms, demand FROM pipeline_trim(%s, %s, %s, %s)"
 
 #: Counter names of pipeline_process()'s result columns, in order.
 STAGE_COUNTERS = ("readings", "aggregate_rows", "ledger_rows", "relay_requests",
@@ -265,6 +266,17 @@ class PipelineService(service.Service):
         raised, cleared = rows[0]
         self.counters["alarms_raised"] += raised
         self.counters["alarms_cleared"] += cleared
+        c = self.config
+        try:
+            rows = await self.pool.runQuery(
+                TRIM_SQL, (c.feed_days, c.alarm_days, c.demand_days, c.trim_batch))
+        except (psycopg2.Error, StoreUnavailable) as exc:
+            log.warn("trim failed: {why}", why=str(exc).strip())
+            return
+        for name, n in zip(("trimmed_feed", "trimmed_alarms", "trimmed_demand"), rows[0],
+                           strict=True):
+            if n:
+                self.counters[name] += n
 
     def _sweep(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._sweep_once())
