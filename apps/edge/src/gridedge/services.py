@@ -10,6 +10,7 @@ The tree (docs/edge.md, "Supervision tree")::
     ├── supervisor (one_for_one, restart with backoff)
     │   ├── journal   JournalService   (opens the SQLite journal)
     │   ├── commands  CommandService   (opens the command store, runs commands)
+    │   ├── credit    CreditService    (prepaid countdown on credit.db; gridedge.credit)
     │   ├── radio     RadioService     (serial port -> records -> journal)
     │   ├── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
     │   └── web       WebService       (HTTPS page for technicians; only with [web] enabled)
@@ -36,7 +37,7 @@ from twisted.internet.task import LoopingCall
 from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
 from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
-from gridedge.credit import CreditSink, CreditStore, CreditStoreError, UnitCredit
+from gridedge.credit import CreditSink, CreditStore, UnitCredit
 from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
@@ -75,26 +76,34 @@ class JournalService(service.Service):
 
 
 class CommandService(service.Service):
-    """Opens the command store and runs what it holds, then the prepaid credit countdown
-    (whose relay decisions are commands); closes both on stop."""
+    """Opens the command store and runs what it holds; closes it on stop."""
 
-    def __init__(self, executor: CommandExecutor, credit: UnitCredit) -> None:
+    def __init__(self, executor: CommandExecutor) -> None:
         self.executor = executor
-        self.credit = credit
 
     def startService(self) -> None:
         self.executor.start()  # CommandStoreError: the supervisor logs it and retries
-        try:
-            self.credit.start()
-        except CreditStoreError:
-            self.executor.stop()
-            raise
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.executor.stop()
+
+
+class CreditService(service.Service):
+    """Opens credit.db and runs the prepaid countdown; a child of its own, so that a broken
+    credit.db never stops the cloud's commands (the supervisor logs it and retries)."""
+
+    def __init__(self, credit: UnitCredit) -> None:
+        self.credit = credit
+
+    def startService(self) -> None:
+        self.credit.start()  # CreditStoreError: the supervisor logs it and retries
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
         self.credit.stop()
-        self.executor.stop()
 
 
 class Unit(service.MultiService):
@@ -127,8 +136,8 @@ class Unit(service.MultiService):
         # relay decisions as local commands (gridedge.credit), with or without the cloud.
         self.credit = UnitCredit(CreditStore(config.data_dir / "credit.db"), self.journal,
                                  reactor, self.commands.submit_local)
-        self.supervisor.supervise("commands", lambda crashed: CommandService(
-            self.commands, self.credit))
+        self.supervisor.supervise("commands", lambda crashed: CommandService(self.commands))
+        self.supervisor.supervise("credit", lambda crashed: CreditService(self.credit))
         # The page keeps the last day of each meter in memory: the radio link's records pass
         # through its HistorySink after the journal stored them.
         self.history: History | None = None
