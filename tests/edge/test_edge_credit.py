@@ -5,7 +5,6 @@ relay decisions as local commands with their events, and restarts."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -124,6 +123,7 @@ def test_countdown_opens_the_relay_at_the_reading_that_uses_it_up(world: World) 
     assert any(" relay_open meter confirmed" in d for d in w.outcome_details())
     w.read(T0 + 3600, 10_600)  # the relay is open: the register stands still
     assert w.radio.relays == [(METER, True)]  # opened once
+    assert w.credit is not None and w.credit.summary() == {"meters": 1, "opened": 1}
 
 
 def test_register_reset_counts_the_readings_own_value(world: World) -> None:
@@ -261,5 +261,3 @@ def test_pure_rules() -> None:
     assert s is not None and s.used_wh == 40 and not wants_open(s, NOW - 1)
     assert wants_open(s, NOW)  # expired
     assert apply_allowance(s, METER, a, None) is None  # the same generation again
-    seen: Mapping[int, int] = {}
-    assert not seen

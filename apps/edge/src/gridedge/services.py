@@ -261,6 +261,8 @@ class Unit(service.MultiService):
         if self.commands.store.is_open:
             details["commands"] = {"stored": self.commands.store.counts(),
                                    "executed": dict(self.commands.executed)}
+        if self.credit.store.is_open:
+            details["credit"] = dict(self.credit.summary())
         if stats is not None:
             details["journal"] = asdict(stats)
             details["journal_oldest_pending_at"] = self._oldest_pending_at(stats.first_pending_seq)
