@@ -6,6 +6,7 @@ slots and the cloud's end of the link are stand-ins (tests/support/firmware_kit.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import time
@@ -14,13 +15,25 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from gridedge.config import FirmwareConfig
+from gridedge.config import EdgeConfig, FirmwareConfig, UplinkConfig
 from gridedge.firmware import Agent, DownloadStore, UpdateFailed
-from gridwire import FirmwareState
+from gridedge.uplink.link import Link, LinkSettings
+from gridwire import (
+    Ack,
+    ChunkRequest,
+    CloudSession,
+    FirmwareChunk,
+    FirmwareState,
+    Hello,
+    Message,
+    ReadingBatch,
+    Welcome,
+)
 from twisted.internet import reactor, task
 from twisted.internet.task import Clock
 
 from support.firmware_kit import CHUNK, FakeCloud, FakeSlots, Kit, make_kit, offer_of
+from support.journal_helpers import open_journal, rec
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +289,7 @@ async def test_readings_first_and_the_rate_cap(tmp_path: Path, kit: Kit, v2: byt
     unit.agent.wake()
     await settle(unit.clock, lambda: len(cloud.requests) >= 8)
     times = [t for t, _ in cloud.requests]
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.5 - 1e-9
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5 - 1e-9
     cloud.idle = False
     n = len(cloud.requests)
     await idle(unit.clock, 5)
@@ -360,3 +373,69 @@ async def test_local_bundle_takes_the_same_path(tmp_path: Path, kit: Kit, v2: by
     with pytest.raises(UpdateFailed, match="signature verification failed"):
         await other.agent.install_local(foreign, "0" * 64)
     assert other.slots.installed == [] and other.agent.view()["last_state"] == "REJECTED"
+
+
+class WireCloud:
+    """The cloud end of a real uplink Link, in memory (gridwire's CloudSession): Welcome,
+    Acks when told, and chunks of the offers it made."""
+
+    def __init__(self, clock: Clock, blobs: dict[int, bytes]) -> None:
+        self.session = CloudSession()
+        self.clock = clock
+        self.blobs = blobs
+        self.got: list[Message] = []
+        self.link: Link | None = None
+
+    def from_edge(self, data: bytes) -> None:
+        for message in self.session.receive_data(data):
+            self.got.append((self.clock.seconds(), message))  # type: ignore[arg-type]
+            if isinstance(message, Hello):
+                self.to_edge(Welcome(version=self.session.choose_version() or 1,
+                                     server_time=0, last_acked_seq=0, heartbeat_interval=300,
+                                     max_in_flight=4))
+            elif isinstance(message, ChunkRequest):
+                data = self.blobs[message.offer_id][message.index * CHUNK:
+                                                    (message.index + 1) * CHUNK]
+                self.clock.callLater(0.3, self.to_edge, FirmwareChunk(
+                    offer_id=message.offer_id, index=message.index, data=data))
+
+    def to_edge(self, message: Message) -> None:
+        assert self.link is not None
+        self.link.data_received(self.session.send(message))
+
+    def of(self, kind: type[Message]) -> list[tuple[float, Message]]:
+        return [(t, m) for t, m in self.got if isinstance(m, kind)]  # type: ignore[misc]
+
+
+@pytest_twisted.ensureDeferred
+async def test_readings_first_over_a_real_uplink_link(tmp_path: Path, kit: Kit,
+                                                      v2: bytes) -> None:
+    """With gridedge's Link and journal: no ChunkRequest while a reading batch waits for its
+    Ack, and readings are never held back by a chunk in flight."""
+    unit = Unit(tmp_path, kit)
+    journal = open_journal(tmp_path)
+    cloud = WireCloud(unit.clock, {100: v2})
+    settings = LinkSettings.from_config(
+        EdgeConfig(firmware_version="1.0", boot_slot="A"),
+        UplinkConfig(host="c", port=1, server_name="c", tls_dir=tmp_path, batch_linger=0.0,
+                     upload_deadline=0.0))
+    link = Link(journal, settings, unit.clock, cloud.from_edge, lambda: None,
+                firmware=unit.agent)
+    cloud.link = link
+    journal.append([rec(i) for i in range(10)])
+    link.connected()
+    assert len(cloud.of(ReadingBatch)) == 1 and not link.uploads_idle()
+    cloud.to_edge(offer_of(v2, 100, "2.0"))
+    await idle(unit.clock, 5)
+    assert cloud.of(ChunkRequest) == [], "the batch is not acknowledged yet"
+    cloud.to_edge(Ack(up_to_seq=10))
+    await settle(unit.clock, lambda: len(cloud.of(ChunkRequest)) == 3)
+    journal.append([rec(i) for i in range(10, 15)])  # readings while a chunk is in flight
+    assert len(cloud.of(ReadingBatch)) == 2, "a reading batch goes at once"
+    asked = len(cloud.of(ChunkRequest))
+    await idle(unit.clock, 5)
+    assert len(cloud.of(ChunkRequest)) == asked, "no chunk while that batch is unacked"
+    cloud.to_edge(Ack(up_to_seq=15))
+    await settle(unit.clock, lambda: unit.slots.reboots == 1)
+    assert unit.slots.installed == [("2.0", sha(v2))]
+    link.connection_lost()

@@ -12,8 +12,7 @@ keyring and its compatible, and records what was installed.  :class:`FakeCloud` 
 end of one connection (a :class:`gridedge.firmware.Port`): it answers ChunkRequests with the
 offer's bytes after a simulated round trip on the test's clock, and can tamper with a chunk.
 
-Tests: a helper of tests/edge/test_firmware_agent.py, tests/edge/test_firmware_verity.py,
-tests/edge/test_firmware_agent.py.
+Tests: a helper of tests/edge/test_firmware_agent.py and tests/edge/test_firmware_verity.py.
 """
 
 from __future__ import annotations
@@ -43,9 +42,9 @@ def rootfs(folder: Path, out: Path, files: dict[str, bytes], size: str = "3M") -
         path = tree / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-U", "6f1c1b4e-4c1a-4f5e-9d2a-0a0b0c0d0e0f",
-                    "-E", "hash_seed=6f1c1b4e-4c1a-4f5e-9d2a-0a0b0c0d0e0f", "-d", str(tree),
-                    str(out), size],
+    fixed = "6f1c1b4e-4c1a-4f5e-9d2a-0a0b0c0d0e0f"  # the same image for the same files
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-U", fixed, "-E",
+                    f"hash_seed={fixed}", "-d", str(tree), str(out), size],
                    check=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
     return out
 

@@ -27,8 +27,7 @@ Rules (docs/updates.md, "The unit"):
   the boot: running the pending version with the slot marked good (the firmware's mark-good
   script) is HEALTHY; running another version is ROLLED_BACK, with the reason mark-good wrote.
 
-Tests: tests/edge/test_firmware_agent.py, tests/edge/test_firmware_verity.py,
-tests/edge/test_firmware_agent.py.
+Tests: tests/edge/test_firmware_agent.py, tests/edge/test_firmware_verity.py.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ A delta (:class:`DeltaFetch`) is a ``zstd --patch-from`` blob with no inner stru
 chunks are fetched in order into a running sha256, checked against the offer's when the last
 one is in (and the rebuilt bundle against the target's hash before install).
 
-Tests: tests/edge/test_firmware_verity.py, tests/edge/test_firmware_agent.py,
-tests/edge/test_firmware_agent.py.
+Tests: tests/edge/test_firmware_verity.py, tests/edge/test_firmware_agent.py.
 """
 
 from __future__ import annotations

@@ -150,6 +150,8 @@ class DownloadStore:
         """The download in progress, or None (none, or its files do not agree: discarded)."""
         data: dict[str, Any] | None = read_json(self.meta, None)
         if data is None:
+            if self.meta.exists() or self.part.exists():
+                self.discard()  # damaged, or a part without its state: start over
             return None
         try:
             download = Download(**data)
