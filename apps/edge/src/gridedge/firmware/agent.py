@@ -510,19 +510,26 @@ class Agent:
             await self.slots.install(bundle)
         except ToolError as exc:
             raise UpdateFailed(FirmwareState.FAILED, f"rauc install: {exc}") from None
-        self.store.keep_installed(bundle, version, sha256)
-        self.store.discard()
-        self._download, self._plan = None, None
-        self._status(FirmwareState.INSTALLED, size, "", offer_id)
+        # The other slot is now the boot loader's first choice: say so first, so that any
+        # boot from here on is judged against it.
         self.store.set_pending({"offer_id": offer_id, "version": version,
                                 "from_version": self.running_version, "boot_id": self._boot_id(),
                                 "booted": status.booted})
+        self.store.keep_installed(bundle, version, sha256)
+        if offer_id:  # a local install leaves an offer's download where it is
+            self.store.discard()
+            self._download, self._plan = None, None
+        self._status(FirmwareState.INSTALLED, size, "", offer_id)
+        self._schedule_reboot(offer_id, size)
+
+    def _schedule_reboot(self, offer_id: int, size: int) -> None:
+        """Reboot now, or at the start of the maintenance window."""
         wait = 0.0 if self.settings.reboot == "now" else \
             seconds_until_window(self.clock.seconds(), self.settings.window)
         self.phase = "window" if wait > 0 else "rebooting"
         if wait > 0:
             self.log.info("firmware {version} installed; rebooting in the window, in {s:.0f} s",
-                          version=version, s=wait)
+                          version=self.version, s=wait)
         self._later(wait, lambda: self._reboot(offer_id, size))
 
     def _reboot(self, offer_id: int, size: int) -> None:
@@ -539,9 +546,8 @@ class Agent:
     async def _judge(self, pending: dict[str, Any]) -> None:
         offer_id, version = int(pending["offer_id"]), str(pending["version"])
         if pending.get("boot_id") and pending["boot_id"] == self._boot_id():
-            self.log.warn("firmware {version}: installed but not rebooted yet; rebooting",
-                          version=version)
-            self._reboot(offer_id, 0)
+            self.log.warn("firmware {version}: installed but not rebooted yet", version=version)
+            self._schedule_reboot(offer_id, 0)
             return
         if self.running_version != version:
             reason = self.store.failure_reason() or \
