@@ -197,3 +197,18 @@ def test_docs_list_every_firmware_key() -> None:
     text = DOCS.read_text()
     for key in ("enabled", "keyring", "reboot", "window", "min_free_mb", "max_chunk_rate"):
         assert f"`[firmware] {key}`" in text, key
+
+
+def test_firmware_version_is_the_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without [edge] firmware_version, Hello says the image's /etc/gridedge/version: the
+    version its RAUC bundle carries (docs/updates.md)."""
+    import gridedge.config
+
+    image = tmp_path / "version"
+    image.write_text("2026.12-3-gabcdef\n")
+    monkeypatch.setattr(gridedge.config, "IMAGE_VERSION", image)
+    text = EXAMPLE.replace('firmware_version = "2026.11.1"\n', "")
+    assert load(write(tmp_path, text)).edge.firmware_version == "2026.12-3-gabcdef"
+    image.unlink()
+    assert load(write(tmp_path, text)).edge.firmware_version != ""
+    assert load(write(tmp_path, EXAMPLE)).edge.firmware_version == "2026.11.1"

@@ -24,8 +24,9 @@ Rules (docs/updates.md, "The unit"):
 * A chunk that fails verification is fetched again, up to 3 times; then FAILED.  A bad
   signature, a foreign compatible or a bundle that is not a verity bundle: REJECTED.
 * Installed: ``pending.json`` is written and the unit reboots (now or in the window).  After
-  the boot: running the pending version with the slot marked good (the firmware's mark-good
-  script) is HEALTHY; running another version is ROLLED_BACK, with the reason mark-good wrote.
+  the boot: the new slot running and marked good (by the firmware's mark-good script) is
+  HEALTHY; back on the slot it was installed from is ROLLED_BACK, with the reason mark-good
+  wrote.
 
 Tests: tests/edge/test_firmware_agent.py, tests/edge/test_firmware_verity.py.
 """
@@ -511,7 +512,9 @@ class Agent:
         except ToolError as exc:
             raise UpdateFailed(FirmwareState.FAILED, f"rauc install: {exc}") from None
         # The other slot is now the boot loader's first choice: say so first, so that any
-        # boot from here on is judged against it.
+        # boot from here on is judged against it (and by its own failure, not an older one).
+        with contextlib.suppress(OSError):
+            os.unlink(self.store.last_failure)
         self.store.set_pending({"offer_id": offer_id, "version": version,
                                 "from_version": self.running_version, "boot_id": self._boot_id(),
                                 "booted": status.booted})
@@ -549,26 +552,35 @@ class Agent:
             self.log.warn("firmware {version}: installed but not rebooted yet", version=version)
             self._schedule_reboot(offer_id, 0)
             return
-        if self.running_version != version:
+        try:
+            status = await self.slots.status()
+        except ToolError as exc:
+            self.log.warn("firmware: rauc status failed ({error})", error=str(exc))
+            self._later(self.retry_after / 6, lambda: self._judge_boot(pending))
+            return
+        # Back on the slot the update was installed from: the boot loader gave the new one
+        # up (mark-good rebooted it until its attempts ran out).  Without the slot on record,
+        # the version tells.
+        old_slot = pending.get("booted")
+        if (status.booted == old_slot) if old_slot else (self.running_version != version):
             reason = self.store.failure_reason() or \
-                f"the unit came back on {self.running_version} instead of {version}"
+                f"the unit came back on slot {status.booted}, running {self.running_version}"
             self.store.drop_installed()
             self._final(offer_id, FirmwareState.ROLLED_BACK, reason)
             self.log.warn("firmware {version} rolled back: {reason}", version=version,
                           reason=reason)
             return
-        try:
-            status = await self.slots.status()
-        except ToolError as exc:
-            status = None
-            self.log.warn("firmware: rauc status failed ({error})", error=str(exc))
-        if status is None or not status.good:
+        if not status.good:  # mark-good has not judged the new slot yet
             self._later(self.retry_after / 6, lambda: self._judge_boot(pending))
             return
+        if self.running_version != version:
+            self.log.warn("firmware: slot {slot} runs {running}, the bundle said {version}",
+                          slot=status.booted, running=self.running_version, version=version)
         self.store.promote_installed()
         with contextlib.suppress(OSError):
             os.unlink(self.store.last_failure)
-        self._final(offer_id, FirmwareState.HEALTHY, f"slot {status.booted} marked good")
+        self._final(offer_id, FirmwareState.HEALTHY,
+                    f"slot {status.booted} marked good, running {self.running_version}")
         self.log.info("firmware {version}: healthy, slot {slot} marked good", version=version,
                       slot=status.booted)
 
