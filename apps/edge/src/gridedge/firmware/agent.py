@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from gridwire import ChunkRequest, FirmwareChunk, FirmwareOffer, FirmwareState, 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gridedge.config import FirmwareConfig
 from gridedge.firmware.fetch import DeltaFetch, FullFetch
@@ -252,7 +253,7 @@ class Agent:
                 and self._download.offer_id == chosen.offer_id:
             self._pump()  # resumed on a new connection
             return
-        defer.Deferred.fromCoroutine(self._begin(chosen, current))
+        self._spawn(self._begin(chosen, current))
 
     async def _begin(self, offer: FirmwareOffer, current: Download | None) -> None:
         try:
@@ -316,7 +317,7 @@ class Agent:
             step = plan.next(download)
             if step.check:
                 self.phase = "checking"
-                defer.Deferred.fromCoroutine(self._check_tail(download))
+                self._spawn(self._check_tail(download))
                 return
         except (ManifestError, VerityError) as exc:
             self._bad_tail(exc)
@@ -326,7 +327,7 @@ class Agent:
             return
         if step.done:
             self.phase = "checking"
-            defer.Deferred.fromCoroutine(self._downloaded(download))
+            self._spawn(self._downloaded(download))
             return
         assert step.index is not None
         now = self.clock.seconds()
@@ -482,6 +483,10 @@ class Agent:
         except UpdateFailed as exc:
             self._fail(exc, 0)
             raise
+        except (ToolError, OSError) as exc:
+            failed = UpdateFailed(FirmwareState.FAILED, str(exc))
+            self._fail(failed, 0)
+            raise failed from None
 
     async def _install(self, bundle: Path, offer_id: int, version: str | None, sha256: str,
                        size: int) -> None:
@@ -501,7 +506,7 @@ class Agent:
             # Cannot happen for an offer (checked before fetching; only a reboot unmarks it)
             # unless someone marked it bad by hand: wait rather than fail.
             self.phase = "waiting"
-            self._later(self.retry_after, lambda: defer.Deferred.fromCoroutine(
+            self._later(self.retry_after, lambda: self._spawn(
                 self._install(bundle, offer_id, version, sha256, size)))
             return
         self.phase = "installing"
@@ -544,7 +549,7 @@ class Agent:
     # -- after the reboot --------------------------------------------------------------------
 
     def _judge_boot(self, pending: dict[str, Any]) -> None:
-        defer.Deferred.fromCoroutine(self._judge(pending))
+        self._spawn(self._judge(pending))
 
     async def _judge(self, pending: dict[str, Any]) -> None:
         offer_id, version = int(pending["offer_id"]), str(pending["version"])
@@ -639,6 +644,15 @@ class Agent:
             self._owed = status
         else:
             self._port.send_message(status)
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run an asynchronous step; what it did not expect (a file it cannot read, a tool
+        that vanished) fails the update with the reason instead of leaving the agent stuck."""
+        def unexpected(failure: Failure) -> None:
+            self.log.failure("firmware: unexpected error", failure)
+            self._fail(UpdateFailed(FirmwareState.FAILED,
+                                    f"unexpected error: {failure.getErrorMessage()}"))
+        defer.Deferred.fromCoroutine(step).addErrback(unexpected)
 
     def _later(self, seconds: float, call: Callable[[], object]) -> None:
         if self._timer is not None and self._timer.active():
