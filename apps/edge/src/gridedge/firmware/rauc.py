@@ -152,12 +152,23 @@ def parse_status(data: Any) -> SlotStatus:
         raise ToolError("rauc status printed no slots") from None
 
 
-class RaucSlots:
-    """The real slots: rauc's D-Bus service, and the unit's clean reboot."""
+#: Written by the firmware's mark-good script once it marked the running slot good, this boot
+#: (board/common/rootfs-overlay/usr/libexec/gridedge/mark-good).
+SLOT_GOOD = Path("/run/gridedge/slot-good")
 
-    def __init__(self, reboot: Callable[[], None]) -> None:
+
+class RaucSlots:
+    """The real slots: rauc's D-Bus service, and the unit's clean reboot.
+
+    "Good" needs both ``rauc status`` saying so and mark-good's ``slot_good`` file: with the
+    U-Boot backend RAUC reports a slot good while it has boot attempts left (measured on the
+    CI image: a fresh boot shows ``boot_status: good`` before mark-good ran), which a slot on
+    trial also has."""
+
+    def __init__(self, reboot: Callable[[], None], slot_good: Path = SLOT_GOOD) -> None:
         self._reboot = reboot
         self._rauc = program("rauc")
+        self._slot_good = slot_good
 
     def status(self) -> defer.Deferred[SlotStatus]:
         return defer.Deferred.fromCoroutine(self._status())
@@ -165,9 +176,12 @@ class RaucSlots:
     async def _status(self) -> SlotStatus:
         out, _ = await run([self._rauc, "status", "--detailed", "--output-format=json"])
         try:
-            return parse_status(json.loads(out))
+            status = parse_status(json.loads(out))
         except ValueError:
             raise ToolError("rauc status printed no JSON") from None
+        if status.good and not self._slot_good.exists():
+            return SlotStatus(status.compatible, status.booted, False)
+        return status
 
     def install(self, bundle: Path) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._install(bundle))
