@@ -11,6 +11,8 @@ PACKAGE = Path(gridwire.__file__).parent
 
 PUBLIC = {
     "MAX_BOOT_SLOT",
+    "MAX_CERTIFICATE",
+    "MAX_CSR",
     "MAX_FIRMWARE_VERSION",
     "MAX_HANDSHAKE_FRAME",
     "MAX_HANDSHAKE_FRAMES",
@@ -21,6 +23,8 @@ PUBLIC = {
     "VALUE_RANGES",
     "Ack",
     "AlarmKind",
+    "CertificateIssued",
+    "CertificateRequest",
     "ChunkRequest",
     "CloudSession",
     "Command",
