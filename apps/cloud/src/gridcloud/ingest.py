@@ -72,8 +72,14 @@ ON CONFLICT (edge_id) DO UPDATE
    SET last_connected_at = excluded.last_connected_at, last_peer = excluded.last_peer,
        firmware_version = excluded.firmware_version, boot_slot = excluded.boot_slot
  WHERE e.revoked_at IS NULL
-RETURNING last_seq
+RETURNING last_seq,
+          EXISTS (SELECT 1 FROM certificate_renewals r
+                   WHERE r.new_serial = %(serial)s
+                     AND r.confirmed_at IS NULL AND r.superseded_at IS NULL)
 """
+
+#: A renewed certificate was admitted: confirm it, revoke the one it replaces (migration 0011).
+_CONFIRM_RENEWAL_SQL = "SELECT confirm_certificate_renewal(%(edge_id)s, %(serial)s)"
 
 _REFUSAL_SQL = """
 SELECT coalesce(
@@ -217,7 +223,10 @@ class IngestStore:
 
         Raises EdgeRefused when the edge or this certificate is revoked.  An edge
         seen for the first time is created: a valid device certificate from the
-        project CA is the enrolment (docs/cloud.md, "Identity").
+        project CA is the enrolment (docs/cloud.md, "Identity").  When the
+        certificate is a renewal not confirmed yet (gridcloud.renewal), this first
+        admission with it confirms it and revokes the certificate it replaces:
+        one more statement, only then (the flag comes with the admission's row).
         """
         params = {
             "edge_id": info.edge_id,
@@ -228,7 +237,16 @@ class IngestStore:
         }
         rows = yield self._pool.runQuery(_ADMIT_SQL, params)
         if rows:
-            return int(rows[0][0])
+            last_seq, renewed = rows[0]
+            if renewed:
+                revoked = yield self._pool.runQuery(_CONFIRM_RENEWAL_SQL, params)
+                if revoked and revoked[0][0] is not None:
+                    self.log.info(
+                        "edge {edge}: renewed certificate serial {serial} works; "
+                        "revoked the one it replaces, serial {old}",
+                        edge=info.edge_id, serial=info.serial, old=int(revoked[0][0]),
+                    )
+            return int(last_seq)
         why = yield self._pool.runQuery(_REFUSAL_SQL, params)
         raise EdgeRefused(why[0][0])
 

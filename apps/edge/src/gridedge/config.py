@@ -189,6 +189,17 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    """Renewal of the unit's certificate over the uplink (gridedge.uplink.renewal)."""
+
+    #: Days before the certificate expires that the unit asks the cloud for a new one
+    #: (fractions allowed; 0: never ask).
+    renew_before_days: float = 30.0
+    #: Seconds to wait before asking again after the cloud refused.
+    refused_wait: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file."""
 
@@ -202,6 +213,7 @@ class Config:
     log: LogConfig
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    certificate: CertificateConfig = field(default_factory=CertificateConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -426,6 +438,15 @@ def _read_commands(s: _Section, data_dir: Path, cmdline: Path) -> CommandsConfig
     return CommandsConfig(**given)
 
 
+def _read_certificate(s: _Section, data_dir: Path, cmdline: Path) -> CertificateConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "renew_before_days", float)
+    s.given(given, "refused_wait", float, positive=True)
+    if given.get("renew_before_days", 0.0) < 0:
+        raise s.error("renew_before_days", "must be >= 0 (0: never renew)")
+    return CertificateConfig(**given)
+
+
 def _read_web(s: _Section, data_dir: Path, cmdline: Path) -> WebConfig:
     given: dict[str, Any] = {}
     s.given(given, "enabled", bool)
@@ -463,6 +484,7 @@ _SECTIONS = {
     "log": _read_log,
     "commands": _read_commands,
     "web": _read_web,
+    "certificate": _read_certificate,
 }
 
 

@@ -42,9 +42,10 @@ from gridedge.metrics import MetricsService
 from gridedge.radio import RadioLink, RadioService, RecordSink
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
+from gridedge.uplink.certstore import CertificateStore
 from gridedge.uplink.link import LinkSettings
+from gridedge.uplink.renewal import Renewal, RenewalSettings
 from gridedge.uplink.service import UplinkService, UplinkStatus
-from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
 from gridedge.web import CommandActions, History, HistorySink, WebService
 from gridedge.web.diagnostics import LogTail
@@ -145,10 +146,11 @@ class Unit(service.MultiService):
     def _uplink(self, crashed: Crashed) -> UplinkService:
         """A new uplink, made at each (re)start of the supervised child."""
         up = self.config.uplink
+        store = CertificateStore(up.tls_dir)
         return UplinkService(
             self.clock, self.journal, self.traffic,
             host=up.host, port=up.port, server_name=up.server_name,
-            identity_loader=lambda: DeviceIdentity.load(up.tls_dir),
+            identity_loader=store.current,
             settings=LinkSettings.from_config(self.config.edge, up),
             backoff=ReconnectPolicy(up.backoff_initial, up.backoff_max, up.backoff_factor,
                                     up.backoff_revoked),
@@ -156,6 +158,9 @@ class Unit(service.MultiService):
             commands=self.commands,
             expected_meters=self.reporting_meters,
             budget_bytes=int(up.budget_mb_per_month * 1e6),
+            renewal=Renewal(store, RenewalSettings(
+                renew_before=self.config.certificate.renew_before_days * 86400.0,
+                refused_wait=self.config.certificate.refused_wait)),
         )
 
     def reporting_meters(self) -> int:

@@ -46,6 +46,8 @@ from typing import Protocol
 from gridwire import (
     SUPPORTED_VERSIONS,
     Ack,
+    CertificateIssued,
+    CertificateRequest,
     Command,
     CommandResult,
     CommandStatus,
@@ -147,8 +149,12 @@ class Link:
         counters: LinkCounters | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
         stretch: Callable[[], float] = lambda: 1.0,
+        on_certificate: Callable[[CertificateIssued], None] = lambda issued: None,
     ) -> None:
         self._stretch = stretch
+        self._on_certificate = on_certificate
+        #: a CertificateRequest went on this connection (gridedge.uplink.renewal: one each)
+        self.certificate_requested = False
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
@@ -256,6 +262,8 @@ class Link:
                           if message.retry_after else "")
             self._on_error(message)  # the reconnect policy decides how long to wait
             self._abort()
+        elif isinstance(message, CertificateIssued):
+            self._on_certificate(message)  # gridedge.uplink.renewal checks and keeps it
         # FirmwareOffer and FirmwareChunk: the update agent is later work; ignoring an offer
         # is allowed (the edge simply never requests chunks).
 
@@ -284,6 +292,15 @@ class Link:
         self._scanned = self._flush_to = self.journal.next_seq - 1
         self.schedule.reset()
         self.pump()
+        return True
+
+    def request_certificate(self, csr: bytes) -> bool:
+        """Send a certificate renewal request (gridedge.uplink.renewal); False when the session
+        is not ready or this connection has sent one already."""
+        if self.closed or self.session.state is not State.READY or self.certificate_requested:
+            return False
+        self.certificate_requested = True
+        self._send(CertificateRequest(csr=csr))
         return True
 
     def _welcome(self, welcome: Welcome) -> None:
