@@ -151,6 +151,11 @@ class Renewal:
             return False
         return not (self._last_used_renewed and not self._last_welcomed)
 
+    def waiting_after_old_refused(self) -> bool:
+        """True when the connection that just ended presented the old certificate while a
+        renewed one waits (the service then skips the refused unit's long backoff)."""
+        return not self._last_used_renewed and self.store.renewed_certificate() is not None
+
     def attempt(self, renewed: bool) -> None:
         """A connection presenting the renewed certificate (or not) is starting."""
         self._last_used_renewed = renewed

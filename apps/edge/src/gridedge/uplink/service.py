@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gridwire import AlarmKind, CertificateIssued, Welcome
+from gridwire import AlarmKind, CertificateIssued, Error, ErrorCode, Welcome
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -220,7 +220,7 @@ class UplinkService(service.Service):
         return Link(
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
-            on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
+            on_error=self._refused, commands=self._commands, counters=self.counters,
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
             on_certificate=self._certificate_issued,
         )
@@ -246,6 +246,20 @@ class UplinkService(service.Service):
         )
         if proto.link is not None:
             self._renewal_welcomed(proto.link)
+
+    def _refused(self, error: Error) -> None:
+        """The session ended with ``error``: the backoff policy decides the wait, except for a
+        refusal of the old certificate while a renewed one waits.  That is what a cut after
+        the cloud confirmed the renewal (and revoked the old serial) but before its Welcome
+        arrived looks like: the next attempt presents the renewed certificate at once
+        instead of waiting out the long backoff of a revoked unit."""
+        renewal = self._renewal
+        if (renewal is not None and error.code == ErrorCode.UNAUTHORIZED
+                and renewal.waiting_after_old_refused()):
+            self.log.warn("certificate renewal: the old certificate was refused ({detail}); "
+                          "presenting the renewed one next", detail=error.detail)
+            return
+        self._backoff.refused(error)
 
     # -- certificate renewal (gridedge.uplink.renewal) ---------------------------------------
 
