@@ -280,3 +280,49 @@ async def test_a_cloud_without_an_issuing_ca_refuses_and_the_unit_keeps_its_cert
         await uplink.stopService()
         journal.close()
         await service.stopService()
+
+
+def test_renewal_between_real_processes(tmp_path: Path, pg_dsn: str) -> None:
+    """`gridcloud serve --issuing-ca-cert ...` and `gridedge run` with a [certificate] section,
+    through a proxy that cuts the link once the unit holds the new certificate: the unit
+    switches, the cloud confirms and revokes the old serial.  The processes as an operator
+    starts them (the in-process test above covers each cut)."""
+    from support import edge_harness as h
+    from support.proxy import FaultProxy
+    from support.waiting import wait_until as poll
+
+    folder = pki.PKIDirectory(tmp_path / "pki")
+    root = folder.init()
+    folder.server([h.SERVER_NAME])
+    folder.issuing_ca()
+    data = tmp_path / "data"
+    issued = pki.issue_edge(root, h.EDGE_ID, days=10 / 1440)
+    tls = data / "tls"
+    tls.mkdir(parents=True)
+    pki.write_private_key(tls / pki.EDGE_KEY, issued)
+    pki.write_certificate(tls / pki.EDGE_CERT, issued.cert_pem())
+    pki.write_certificate(tls / pki.CA_CERT, root.cert_pem())
+    cloud = h.Cloud(tmp_path, h.Pki(folder.path, tls), pg_dsn)
+    cloud.proc.argv += ["--issuing-ca-cert", str(folder.path / pki.ISSUING_CERT),
+                        "--issuing-ca-key", str(folder.path / pki.ISSUING_KEY),
+                        "--certificate-days", str(RENEWED_DAYS)]
+    with FaultProxy("127.0.0.1", cloud.port) as proxy:
+        edge = h.Edge(tmp_path, data, h.edge_config(
+            data, uplink_port=proxy.port, radio=None,
+            extra=f"\n[certificate]\nrenew_before_days = {RENEW_BEFORE / 86400}\n"))
+        logs = (cloud.log, edge.log)
+        with h.running(edge, cloud):
+            cloud.start()
+            edge.start()
+            poll(lambda: (tls / RENEWED_CERT).exists(), 60, "the renewed certificate", logs)
+            assert revoked(pg_dsn, issued.serial) == []
+            proxy.cut()
+            poll(lambda: not (tls / RENEWED_CERT).exists(), 60, "the switch", logs)
+            in_use = x509.load_pem_x509_certificate((tls / pki.EDGE_CERT).read_bytes())
+            poll(lambda: revoked(pg_dsn, issued.serial) != [], 30, "the old serial revoked",
+                 logs)
+            rows = query(pg_dsn, "SELECT new_serial, confirmed_at IS NOT NULL "
+                                 "FROM certificate_renewals WHERE edge_id = %s", (h.EDGE_ID,))
+            assert rows == [(in_use.serial_number, True)]
+            poll(lambda: "the renewed certificate was welcomed" in edge.log.read_text(), 10,
+                 "the unit's log line", logs)
