@@ -41,6 +41,7 @@ PUBLIC = {
     "FirmwareState",
     "FirmwareStatus",
     "Flags",
+    "HealthSummary",
     "Hello",
     "IntervalRecord",
     "Limits",

@@ -12,6 +12,7 @@ Tests: tests/wire/ (test_api.py pins this surface).
 """
 
 from ._errors import ErrorCode, ProtocolError, Side
+from ._health import HealthSummary
 from ._limits import (
     MAX_BOOT_SLOT,
     MAX_CERTIFICATE,
@@ -86,6 +87,7 @@ __all__ = [
     "FirmwareState",
     "FirmwareStatus",
     "Flags",
+    "HealthSummary",
     "Hello",
     "IntervalRecord",
     "Limits",
