@@ -36,7 +36,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg2
-from gridwire import EventReport, IntervalRecord, RecordColumns, event_problem, record_problems
+from gridwire import (
+    AlarmKind,
+    EventReport,
+    HealthSummary,
+    IntervalRecord,
+    RecordColumns,
+    event_problem,
+    record_problems,
+)
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
@@ -106,6 +114,11 @@ SELECT * FROM unnest(%s::text[], %s::date[], %s::bigint[], %s::bigint[])
 ON CONFLICT (edge_id, day) DO UPDATE
    SET bytes_up = t.bytes_up + excluded.bytes_up, bytes_down = t.bytes_down + excluded.bytes_down
 """
+
+
+def summary_fields(summary: HealthSummary) -> dict[str, int | None]:
+    """A health summary's fields by name (what ``edges.health`` holds)."""
+    return {name: getattr(summary, name) for name in HealthSummary.__dataclass_fields__}
 
 
 def array_literal(values: Sequence[int]) -> str:
@@ -355,6 +368,10 @@ class IngestStore:
         problem = event_problem(event)
         if problem is not None:
             return self._dead_letter(edge_id, event.seq, "event", record, problem)
+        if event.kind == AlarmKind.HEALTH_SUMMARY and event.meter_id == 0:
+            health = self._health(edge_id, event)
+            if health is not None:
+                return health
         d = _first_int(
             self._pool.runQuery(
                 "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
@@ -368,6 +385,20 @@ class IngestStore:
 
         result: defer.Deferred[int] = d.addErrback(refused)
         return result
+
+    def _health(self, edge_id: str, event: EventReport) -> defer.Deferred[int] | None:
+        """A health summary: stored as an event and as the edge's latest summary (migration
+        0011); None when its detail does not parse (then it is stored as a plain event)."""
+        try:
+            summary = HealthSummary.from_detail(event.detail)
+        except ValueError as exc:
+            self.log.warn("edge {edge}: health summary at seq {seq} unreadable ({why}); kept "
+                          "as a plain event", edge=edge_id, seq=event.seq, why=str(exc))
+            return None
+        numbers = {k: v for k, v in summary_fields(summary).items() if v is not None}
+        return _first_int(self._pool.runQuery(
+            "SELECT ingest_health_summary(%s, %s, %s, %s, %s::jsonb)",
+            (edge_id, event.seq, event.time, event.detail, json.dumps(numbers))))
 
     def add_traffic(self, rows: Sequence[tuple[str, str, int, int]]) -> defer.Deferred[Any]:
         """Add (edge id, UTC day, bytes up, bytes down) rows to ``edge_traffic`` in one statement;

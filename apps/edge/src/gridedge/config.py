@@ -145,6 +145,9 @@ class HealthConfig:
     #: Twisted endpoint of the Prometheus /metrics page, loopback only; empty: none
     #: (gridedge.metrics).
     metrics_listen: str = ""
+    #: Seconds between health summaries journalled for the cloud (gridedge.summary);
+    #: 0: none.
+    summary_interval: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +407,9 @@ def _read_health(s: _Section, data_dir: Path, cmdline: Path) -> HealthConfig:
     s.given(given, "radio_window", float, positive=True)
     s.given(given, "uplink_window", float, positive=True)
     s.given(given, "metrics_listen", str)
+    s.given(given, "summary_interval", float)
+    if given.get("summary_interval", 0.0) < 0:
+        raise s.error("summary_interval", "must be >= 0 (0: no health summaries)")
     if given.get("metrics_listen"):
         from gridedge.metrics import check_local
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from gridwire import HealthSummary
 from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -40,6 +41,7 @@ from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
 from gridedge.radio import RadioLink, RadioService, RecordSink
+from gridedge.summary import HealthReporter, system_numbers
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.certstore import CertificateStore
@@ -139,6 +141,12 @@ class Unit(service.MultiService):
             radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
         )
         self.health.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if config.health.summary_interval > 0:
+            self.summaries: HealthReporter | None = HealthReporter(
+                self.journal, self.health_summary, reactor, config.health.summary_interval)
+            self.summaries.setServiceParent(self)  # type: ignore[no-untyped-call]
+        else:
+            self.summaries = None
         if config.health.metrics_listen:
             MetricsService(reactor, config.health.metrics_listen, self.health.report
                            ).setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -258,6 +266,21 @@ class Unit(service.MultiService):
             uplink_connected=up.connected if up is not None else False,
             uplink_last_connected_at=up.last_connected_at if up is not None else None,
             details=details,
+        )
+
+    def health_summary(self) -> HealthSummary:
+        """What the unit reports to the cloud every [health] summary_interval (gridedge.summary)."""
+        now = self.clock.seconds()
+        stats = self.journal.stats() if self.journal.is_open else None
+        oldest = self._oldest_pending_at(stats.first_pending_seq) if stats is not None else None
+        frame = self.health.radio_last_frame_at
+        return HealthSummary(
+            journal_backlog=stats.pending if stats is not None else None,
+            journal_oldest_age=max(0, int(now - oldest)) if oldest is not None else None,
+            last_radio_frame=int(frame) if frame is not None else None,
+            gridedge_uptime=max(0, int(now - self.started_at)),
+            restarts=sum(s.restarts for s in self.supervisor.status()),
+            **system_numbers(self.config.data_dir),
         )
 
     def _oldest_pending_at(self, seq: int | None) -> int | None:

@@ -1,4 +1,5 @@
--- 0011: unit certificates renewed over gridwire (gridcloud.renewal, docs/operations.md).
+-- 0011: unit certificates renewed over gridwire (gridcloud.renewal, docs/operations.md),
+-- and the units' health summaries (EventReport kind 0x8006) on the edges.
 --
 -- One row per certificate the online issuing CA signed for an edge's request.  The
 -- edge asks with a new key while its certificate (old_serial) nears expiry; a
@@ -84,4 +85,29 @@ BEGIN
     PERFORM pg_notify('gridcloud_revoked', p_edge || ' ' || old);
     RETURN old;
 END;
+$$;
+
+-- The unit's last health summary (EventReport kind 0x8006, gridwire.HealthSummary), for
+-- GET /v1/edges: the parsed numbers, and when the unit took them.  Every summary is
+-- also kept in `events` like any event.
+ALTER TABLE edges ADD COLUMN health jsonb, ADD COLUMN health_at timestamptz;
+
+-- Store a health summary: the event exactly once (ingest_event, which also moves the
+-- high-water mark), and the edge's latest summary when this one is not older than it
+-- (a backlog uploaded after a cut brings old summaries last-but-not-latest).
+CREATE FUNCTION ingest_health_summary(p_edge_id text, p_seq bigint, p_time bigint,
+                                      p_detail text, p_health jsonb)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_prev bigint;
+BEGIN
+    v_prev := ingest_event(p_edge_id, p_seq, 0, p_time, 32774, p_detail);  -- 0x8006
+    IF p_seq > v_prev THEN
+        UPDATE edges SET health = p_health, health_at = to_timestamp(p_time)
+         WHERE edge_id = p_edge_id
+           AND (health_at IS NULL OR health_at <= to_timestamp(p_time));
+    END IF;
+    RETURN v_prev;
+END
 $$;
