@@ -40,6 +40,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "tls_groups",
             "traffic_flush_interval",
             "metrics_listen",
+            "db_metrics_interval",
             "issuing_ca_cert",
             "issuing_ca_key",
             "certificate_days",
@@ -103,6 +104,9 @@ class ServerConfig:
     #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
     #: interface); empty: none.
     metrics_listen: str = ""
+    #: Seconds between samples of the database-wide gauges (commands by state, pipeline lag)
+    #: that /metrics shows (gridcloud.metrics.DatabaseGauges).
+    db_metrics_interval: float = 30.0
     #: Commands sent to one session and not yet accepted by the unit (gridcloud.commands).
     command_window: int = 32
     #: Seconds between sweeps that expire commands no unit executed in time.
@@ -127,6 +131,7 @@ class ServerConfig:
             "command_window",
             "command_expiry_interval",
             "certificate_days",
+            "db_metrics_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:

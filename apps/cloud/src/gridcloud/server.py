@@ -67,7 +67,7 @@ from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
-from .metrics import MetricsListener, ServeMetrics, pool_gauges
+from .metrics import DatabaseGauges, MetricsListener, ServeMetrics, pool_gauges
 from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
 from .renewal import CertificateIssuer
@@ -313,6 +313,11 @@ class CloudService(service.MultiService):
             self.metrics_listener = MetricsListener(
                 reactor, config.metrics_listen, self.metrics.registry, self.health)
             self.metrics_listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        #: commands by state and the pipeline's lag, sampled from PostgreSQL (with /metrics)
+        self.database_gauges: DatabaseGauges | None = None
+        if config.metrics_listen:
+            self.database_gauges = DatabaseGauges(
+                self.metrics.registry, self.store.run, self.clock, config.db_metrics_interval)
         self._database = DeferredStore(self.store, self.metrics)
         self.revocations = RevocationListener(self.store, self.sessions, self.clock)
         self.partitions = PartitionMaintenance(
@@ -358,6 +363,8 @@ class CloudService(service.MultiService):
         for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.startService()
             await part.ready
+        if self.database_gauges is not None and self.running:
+            self.database_gauges.setServiceParent(self)  # type: ignore[no-untyped-call]
         return self.port
 
     @defer.inlineCallbacks
