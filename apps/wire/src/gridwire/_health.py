@@ -9,7 +9,7 @@ kind stores it as an ordinary event.  Values are unsigned integers; a key the
 unit cannot fill (no radio, no /proc) is left out, and a reader ignores keys it
 does not know, so fields can be added without a version change.
 
-Tests: tests/wire/test_health_summary.py.
+Tests: tests/wire/test_health_detail.py.
 """
 
 from __future__ import annotations
