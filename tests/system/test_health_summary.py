@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 from gridcloud.api import keys
 
@@ -35,14 +36,17 @@ def test_the_api_shows_the_units_health_summary(tmp_path: Path, pg_dsn: str) -> 
     logs = (edge.log, cloud.log, sim.log)
     with running(edge, sim, cloud):
 
-        def summaries() -> int:
-            rows = query(pg_dsn, "SELECT count(*) FROM events WHERE edge_id = %s AND kind = "
-                                 "32774", (EDGE_ID,))
-            return int(rows[0][0])
+        def taken() -> Any:
+            rows = query(pg_dsn, "SELECT health_at FROM edges WHERE edge_id = %s", (EDGE_ID,))
+            return rows[0][0] if rows else None
 
-        wait_until(lambda: summaries() >= 3, 60, "three health summaries stored", logs)
+        wait_until(lambda: taken() is not None, 60, "a first health summary stored", logs)
+        first = taken()
+        wait_until(lambda: taken() > first, 30, "a later summary replacing it", logs)
         wait_until(lambda: query(pg_dsn, "SELECT health->>'last_radio_frame' FROM edges")[0][0]
                    is not None, 30, "a summary after the first radio frame", logs)
+        # summaries are not alarms: none is an event row
+        assert query(pg_dsn, "SELECT count(*) FROM events WHERE kind = 32774") == [(0,)]
         key = keys.create_key(pg_dsn, "ops", ["read"])
         for api in running_api(pg_dsn, tmp_path / "api.log"):
             health = api.get(f"/v1/edges/{EDGE_ID}", key).json()["health"]

@@ -387,8 +387,9 @@ class IngestStore:
         return result
 
     def _health(self, edge_id: str, event: EventReport) -> defer.Deferred[int] | None:
-        """A health summary: stored as an event and as the edge's latest summary (migration
-        0011); None when its detail does not parse (then it is stored as a plain event)."""
+        """A health summary: the edge's latest summary, exactly once on (edge, seq), not an
+        event row (migration 0011); None when its detail does not parse (then it is stored as
+        a plain event, for someone to look at)."""
         try:
             summary = HealthSummary.from_detail(event.detail)
         except ValueError as exc:
@@ -397,8 +398,8 @@ class IngestStore:
             return None
         numbers = {k: v for k, v in summary_fields(summary).items() if v is not None}
         return _first_int(self._pool.runQuery(
-            "SELECT ingest_health_summary(%s, %s, %s, %s, %s::jsonb)",
-            (edge_id, event.seq, event.time, event.detail, json.dumps(numbers))))
+            "SELECT ingest_health_summary(%s, %s, %s, %s::jsonb)",
+            (edge_id, event.seq, event.time, json.dumps(numbers))))
 
     def add_traffic(self, rows: Sequence[tuple[str, str, int, int]]) -> defer.Deferred[Any]:
         """Add (edge id, UTC day, bytes up, bytes down) rows to ``edge_traffic`` in one statement;

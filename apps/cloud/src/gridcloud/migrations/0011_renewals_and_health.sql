@@ -88,26 +88,36 @@ END;
 $$;
 
 -- The unit's last health summary (EventReport kind 0x8006, gridwire.HealthSummary), for
--- GET /v1/edges: the parsed numbers, and when the unit took them.  Every summary is
--- also kept in `events` like any event.
+-- GET /v1/edges: the parsed numbers, and when the unit took them.  Summaries are not
+-- alarms, so they are not kept in `events` (an hourly row per unit would crowd the alarms
+-- on /v1/events and the feed); only the latest is kept, here.
 ALTER TABLE edges ADD COLUMN health jsonb, ADD COLUMN health_at timestamptz;
 
--- Store a health summary: the event exactly once (ingest_event, which also moves the
--- high-water mark), and the edge's latest summary when this one is not older than it
--- (a backlog uploaded after a cut brings old summaries last-but-not-latest).
+-- Store a health summary exactly once on (edge, seq), like ingest_event(): under the
+-- edge's row lock, a seq at or below the high-water mark is a repeat and changes nothing;
+-- otherwise the mark moves and the summary becomes the edge's latest unless an even
+-- later one is there (a backlog uploaded after a cut brings old summaries).
 CREATE FUNCTION ingest_health_summary(p_edge_id text, p_seq bigint, p_time bigint,
-                                      p_detail text, p_health jsonb)
+                                      p_health jsonb)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_prev bigint;
 BEGIN
-    v_prev := ingest_event(p_edge_id, p_seq, 0, p_time, 32774, p_detail);  -- 0x8006
-    IF p_seq > v_prev THEN
-        UPDATE edges SET health = p_health, health_at = to_timestamp(p_time)
-         WHERE edge_id = p_edge_id
-           AND (health_at IS NULL OR health_at <= to_timestamp(p_time));
+    SELECT last_seq INTO v_prev FROM edges WHERE edge_id = p_edge_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown edge %', p_edge_id USING ERRCODE = 'foreign_key_violation';
     END IF;
+    IF p_seq <= v_prev THEN
+        RETURN v_prev;
+    END IF;
+    UPDATE edges
+       SET last_seq = p_seq, last_batch_at = now(),
+           seq_gaps_total = seq_gaps_total + greatest(p_seq - v_prev - 1, 0),
+           health = CASE WHEN health_at IS NULL OR health_at <= to_timestamp(p_time)
+                         THEN p_health ELSE health END,
+           health_at = greatest(health_at, to_timestamp(p_time))
+     WHERE edge_id = p_edge_id;
     RETURN v_prev;
 END
 $$;
