@@ -39,6 +39,8 @@ from typing import Any
 import gridwire
 from gridwire import (
     Ack,
+    CertificateIssued,
+    CertificateRequest,
     CloudSession,
     Command,
     CommandKind,
@@ -215,6 +217,25 @@ def conversations() -> Iterator[dict[str, Any]]:
     r.bad("cloud", encode_message(Ack(up_to_seq=9)),
           "an Ack for a sequence number the edge never sent")
     yield {"name": "Ack beyond what was sent", "version": 1, "steps": r.steps}
+
+    # Certificate renewal (optional messages 0x80/0x81). The bytes stand for DER (a CSR, a
+    # certificate, the issuing CA's): the wire carries them as opaque blobs.
+    r = _Recorder()
+    r.say("edge", HELLO_V2)
+    r.say("cloud", WELCOME_V2)
+    csr = bytes.fromhex("3081c93070020100") + bytes(range(32))
+    r.say("edge", CertificateRequest(csr=csr))
+    r.say("cloud", CertificateIssued(certificate=bytes.fromhex("308201aa30820150") + bytes(24),
+                                     issuer=bytes.fromhex("308201a030820146") + bytes(16)))
+    r.say("edge", CertificateRequest(csr=csr))
+    r.say("cloud", CertificateIssued(detail="renewal not enabled on this cloud"))
+    yield {"name": "certificate renewal: a request answered, a request refused",
+           "version": 2, "steps": r.steps}
+
+    r = _Recorder()
+    r.bad("edge", encode_message(CertificateRequest(csr=b"\x30\x00")),
+          "a CertificateRequest before Hello (only in READY)")
+    yield {"name": "CertificateRequest before Hello", "version": 1, "steps": r.steps}
 
 
 def build() -> dict[str, Any]:

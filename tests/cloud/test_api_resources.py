@@ -49,7 +49,15 @@ def test_edges_list_their_counters_and_page_by_cursor(api: ApiProcess, world: Wo
     assert e1["last_seq"] == 2 * world.intervals + 2  # two events after the readings
     assert e1["sequence_gaps"] == 0 and e1["revoked"] is False and e1["online"] is False
     assert e1["firmware_version"] == "1.0.0" and e1["peer"] == "192.0.2.7:4000"
-    assert api.get("/v1/edges/e2", world.reader).json()["firmware_version"] == "1.1.0"
+    e2 = api.get("/v1/edges/e2", world.reader).json()
+    assert e2["firmware_version"] == "1.1.0"
+    assert e1["health"] is None, "no summary received yet"
+    assert e2["health"] == {
+        "reported_at": iso(T0 + 600), "journal_backlog": 12, "journal_oldest_age_s": 840,
+        "last_radio_frame_at": None, "disk_free_bytes": 812344 * 1024,
+        "disk_total_bytes": 1015808 * 1024, "memory_available_bytes": 301232 * 1024,
+        "memory_total_bytes": 503808 * 1024, "uptime_s": 86400, "gridedge_uptime_s": 3600,
+        "restarts": 1}
 
 
 def test_edge_traffic_history_pages_newest_first_within_a_range(

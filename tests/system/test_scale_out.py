@@ -5,8 +5,10 @@ HAProxy with the shipped configuration, 200 loadgen edges and one real unit (gri
 What must hold: the edges spread over both nodes; after the kill every edge that was on the dead
 node is back, on the other one, through the same HAProxy address; nothing is lost or doubled
 (every edge's readings are seqs 1..last exactly once, the unit's match gridsim's ground truth);
-the API answers through HAProxy all along; and the cost of the failover handshakes is measured
-(the nodes do not share TLS session keys, so a moved edge pays one full handshake).  Then a
+the API answers through HAProxy all along; a command posted after the kill still reaches the
+real unit (through the surviving node) and succeeds on its meter; and the cost of the failover
+handshakes is measured (the nodes do not share TLS session keys, so a moved edge pays one full
+handshake).  Then a
 rolling restart (the killed node back, the other drained in HAProxy, SIGTERM, restarted) moves
 every edge once more, timed, still losing nothing.
 """
@@ -119,6 +121,37 @@ def fleet_status(path: Path) -> dict[str, Any]:
         return {}
 
 
+def unit_meter(dsn: str) -> int:
+    """One meter of the real unit (gridsim's), as the cloud knows it."""
+    with contextlib.closing(psycopg2.connect(dsn)) as db, db.cursor() as cur:
+        cur.execute("SELECT min(meter_id) FROM meters WHERE edge_id = 'edge-system-1'")
+        (meter,) = cur.fetchone()
+    return int(meter)
+
+
+def send_command(api_port: int, key: str, meter: int) -> int:
+    r = requests.post(f"http://127.0.0.1:{api_port}/v1/commands",
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"action": "read_now", "meter_id": meter}, timeout=10)
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def wait_command(api_port: int, key: str, command: int, logs: tuple[Path, ...]
+                 ) -> dict[str, Any]:
+    """The command once final (succeeded, failed or expired), read through HAProxy."""
+    def state() -> dict[str, Any]:
+        r = requests.get(f"http://127.0.0.1:{api_port}/v1/commands/{command}",
+                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    wait_until(lambda: state()["state"] in ("succeeded", "failed", "expired"), 60,
+               f"command {command} to reach the unit and finish", logs)
+    return state()
+
+
 @contextlib.contextmanager
 def stopped_last(*procs: Proc) -> Iterator[None]:
     with running(*procs):
@@ -134,7 +167,8 @@ def test_two_nodes_behind_haproxy_survive_kill_9_of_one(tmp_path: Path, pg_dsn: 
     lb = HAProxy(root, (Backend(), Backend()), (Backend(), Backend()))
     nodes = [serve_node(root, f"serve{i}", b, pki.dir, pg_dsn) for i, b in enumerate(lb.serve, 1)]
     apis = [api_process(root, f"api{i}", b, pg_dsn) for i, b in enumerate(lb.api, 1)]
-    key = subprocess.run([str(BIN / "gridcloud"), "apikey", "create", "ops", "--dsn", pg_dsn],
+    key = subprocess.run([str(BIN / "gridcloud"), "apikey", "create", "ops", "--dsn", pg_dsn,
+                          "--scope", "read", "--scope", "write"],
                          capture_output=True, text=True, check=True).stdout.strip()
     status = root / "fleet.json"
     fleet = Proc("fleet", [sys.executable, "-m", "support.fleet",
@@ -197,6 +231,14 @@ def test_two_nodes_behind_haproxy_survive_kill_9_of_one(tmp_path: Path, pg_dsn: 
             answer = requests.get(f"http://127.0.0.1:{lb.api_port}/v1/edges?limit=5",
                                   headers={"Authorization": f"Bearer {key}"}, timeout=10)
             assert answer.status_code == 200, answer.text
+
+            # A command still reaches the real unit: posted through HAProxy to the API, picked
+            # up by the surviving node (the one holding the unit now; the dead node's LISTEN
+            # died with it), executed on the meter over gridsim's radio, its outcome stored.
+            command = send_command(lb.api_port, key, unit_meter(pg_dsn))
+            final = wait_command(lb.api_port, key, command, logs)
+            assert final["state"] == "succeeded", final
+            assert final["sent_at"] is not None and final["succeeded_at"] is not None, final
 
             # A rolling restart: the dead node comes back; the other is drained in HAProxy (no
             # new edges), stopped with SIGTERM (its edges move over), restarted, made ready.

@@ -11,6 +11,8 @@ PACKAGE = Path(gridwire.__file__).parent
 
 PUBLIC = {
     "MAX_BOOT_SLOT",
+    "MAX_CERTIFICATE",
+    "MAX_CSR",
     "MAX_FIRMWARE_VERSION",
     "MAX_HANDSHAKE_FRAME",
     "MAX_HANDSHAKE_FRAMES",
@@ -22,6 +24,8 @@ PUBLIC = {
     "Ack",
     "Allowance",
     "AlarmKind",
+    "CertificateIssued",
+    "CertificateRequest",
     "ChunkRequest",
     "CloudSession",
     "Command",
@@ -38,6 +42,7 @@ PUBLIC = {
     "FirmwareState",
     "FirmwareStatus",
     "Flags",
+    "HealthSummary",
     "Hello",
     "IntervalRecord",
     "Limits",

@@ -85,7 +85,7 @@ def test_unknown_optional_message_is_skipped_and_counted() -> None:
 def test_skipped_message_is_invisible_to_the_session() -> None:
     """An unknown optional message does not count as an event, even before the handshake."""
     cloud = CloudSession()
-    assert cloud.receive_data(frame(0x80, b"")) == []
+    assert cloud.receive_data(frame(0x9F, b"")) == []
     assert cloud.skipped == 1
     hello = Hello(min_version=1, max_version=1, firmware_version="x", boot_slot="A")
     assert cloud.receive_data(encode_message(hello)) == [hello]

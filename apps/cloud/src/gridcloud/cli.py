@@ -54,6 +54,9 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         cert=args.cert,
         key=args.key,
         ca=args.ca,
+        issuing_ca_cert=args.issuing_ca_cert,
+        issuing_ca_key=args.issuing_ca_key,
+        certificate_days=args.certificate_days,
         dsn=args.dsn or (None if base.dsn else os.environ.get(DSN_ENV)),
         pool_size=args.pool_size,
         migrate=True if args.migrate else None,
@@ -292,6 +295,10 @@ def cmd_pki(args: argparse.Namespace) -> int:
         assert folder
         ca = folder.init(days=args.days, common_name=args.name)
         _describe(ca, "CA", folder.path)
+    elif args.pki_command == "issuing-ca":
+        assert folder
+        issued = folder.issuing_ca(days=args.days, replace=args.replace)
+        _describe(issued, "issuing CA", folder.path)
     elif args.pki_command == "server":
         assert folder
         issued = folder.server(args.name, days=args.days)
@@ -349,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cert", type=Path, help="server certificate (PEM)")
     serve.add_argument("--key", type=Path, help="server private key (PEM)")
     serve.add_argument("--ca", type=Path, help="project CA (PEM): edges must chain to it")
+    serve.add_argument("--issuing-ca-cert", type=Path,
+                       help="online issuing CA (PEM) that signs renewed edge certificates")
+    serve.add_argument("--issuing-ca-key", type=Path, help="its private key (PEM)")
+    serve.add_argument("--certificate-days", type=float,
+                       help="lifetime of a renewed edge certificate, days (default 365)")
     serve.add_argument("--dsn", help=f"PostgreSQL connection string (default: ${DSN_ENV})")
     serve.add_argument("--pool-size", type=int, help="PostgreSQL connections (default 4)")
     serve.add_argument(
@@ -432,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", type=Path, required=True)
     init.add_argument("--days", type=int, default=pki.CA_DAYS)
     init.add_argument("--name", default="gridedge project CA", help="the CA's common name")
+    issuing = psub.add_parser(
+        "issuing-ca", help="create the online issuing CA that signs renewals (issuing-ca.pem/.key)"
+    )
+    issuing.add_argument("--dir", type=Path, required=True)
+    issuing.add_argument("--days", type=int, default=pki.ISSUING_DAYS)
+    issuing.add_argument("--replace", action="store_true",
+                         help="make a new one (keep the old certificate trusted on the nodes)")
     server = psub.add_parser("server", help="issue server.pem / server.key for DNS names")
     server.add_argument("--dir", type=Path, required=True)
     server.add_argument(

@@ -40,6 +40,10 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "tls_groups",
             "traffic_flush_interval",
             "metrics_listen",
+            "db_metrics_interval",
+            "issuing_ca_cert",
+            "issuing_ca_key",
+            "certificate_days",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -63,6 +67,13 @@ class ServerConfig:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+    #: The online issuing CA (``gridcloud pki issuing-ca``) that signs renewed edge
+    #: certificates (gridcloud.renewal); both or neither.  Its certificate is also added
+    #: to the trust store, so edges present renewed certificates without the chain.
+    issuing_ca_cert: Path | None = None
+    issuing_ca_key: Path | None = None
+    #: Lifetime of a renewed edge certificate, days (fractions allowed: tests use minutes).
+    certificate_days: float = 365.0
     #: "cache" (server-side session cache, small tickets) or "tickets" (stateless).
     tls_resumption: str = "cache"
     tls_session_lifetime: int = 86400
@@ -93,6 +104,9 @@ class ServerConfig:
     #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
     #: interface); empty: none.
     metrics_listen: str = ""
+    #: Seconds between samples of the database-wide gauges (commands by state, pipeline lag)
+    #: that /metrics shows (gridcloud.metrics.DatabaseGauges).
+    db_metrics_interval: float = 30.0
     #: Commands sent to one session and not yet accepted by the unit (gridcloud.commands).
     command_window: int = 32
     #: Seconds between sweeps that expire commands no unit executed in time.
@@ -116,10 +130,14 @@ class ServerConfig:
             "traffic_flush_interval",
             "command_window",
             "command_expiry_interval",
+            "certificate_days",
+            "db_metrics_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if (self.issuing_ca_cert is None) != (self.issuing_ca_key is None):
+            raise ConfigError("issuing_ca_cert and issuing_ca_key go together (or neither)")
         if self.tls_resumption not in ("cache", "tickets"):
             raise ConfigError('tls_resumption must be "cache" or "tickets"')
         if self.partition_days_ahead < 1:

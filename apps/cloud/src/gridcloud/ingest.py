@@ -36,7 +36,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg2
-from gridwire import EventReport, IntervalRecord, RecordColumns, event_problem, record_problems
+from gridwire import (
+    AlarmKind,
+    EventReport,
+    HealthSummary,
+    IntervalRecord,
+    RecordColumns,
+    event_problem,
+    record_problems,
+)
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
@@ -72,8 +80,14 @@ ON CONFLICT (edge_id) DO UPDATE
    SET last_connected_at = excluded.last_connected_at, last_peer = excluded.last_peer,
        firmware_version = excluded.firmware_version, boot_slot = excluded.boot_slot
  WHERE e.revoked_at IS NULL
-RETURNING last_seq
+RETURNING last_seq,
+          EXISTS (SELECT 1 FROM certificate_renewals r
+                   WHERE r.new_serial = %(serial)s
+                     AND r.confirmed_at IS NULL AND r.superseded_at IS NULL)
 """
+
+#: A renewed certificate was admitted: confirm it, revoke the one it replaces (migration 0011).
+_CONFIRM_RENEWAL_SQL = "SELECT confirm_certificate_renewal(%(edge_id)s, %(serial)s)"
 
 _REFUSAL_SQL = """
 SELECT coalesce(
@@ -100,6 +114,11 @@ SELECT * FROM unnest(%s::text[], %s::date[], %s::bigint[], %s::bigint[])
 ON CONFLICT (edge_id, day) DO UPDATE
    SET bytes_up = t.bytes_up + excluded.bytes_up, bytes_down = t.bytes_down + excluded.bytes_down
 """
+
+
+def summary_fields(summary: HealthSummary) -> dict[str, int | None]:
+    """A health summary's fields by name (what ``edges.health`` holds)."""
+    return {name: getattr(summary, name) for name in HealthSummary.__dataclass_fields__}
 
 
 def array_literal(values: Sequence[int]) -> str:
@@ -217,7 +236,10 @@ class IngestStore:
 
         Raises EdgeRefused when the edge or this certificate is revoked.  An edge
         seen for the first time is created: a valid device certificate from the
-        project CA is the enrolment (docs/cloud.md, "Identity").
+        project CA is the enrolment (docs/cloud.md, "Identity").  When the
+        certificate is a renewal not confirmed yet (gridcloud.renewal), this first
+        admission with it confirms it and revokes the certificate it replaces:
+        one more statement, only then (the flag comes with the admission's row).
         """
         params = {
             "edge_id": info.edge_id,
@@ -228,7 +250,16 @@ class IngestStore:
         }
         rows = yield self._pool.runQuery(_ADMIT_SQL, params)
         if rows:
-            return int(rows[0][0])
+            last_seq, renewed = rows[0]
+            if renewed:
+                revoked = yield self._pool.runQuery(_CONFIRM_RENEWAL_SQL, params)
+                if revoked and revoked[0][0] is not None:
+                    self.log.info(
+                        "edge {edge}: renewed certificate serial {serial} works; "
+                        "revoked the one it replaces, serial {old}",
+                        edge=info.edge_id, serial=info.serial, old=int(revoked[0][0]),
+                    )
+            return int(last_seq)
         why = yield self._pool.runQuery(_REFUSAL_SQL, params)
         raise EdgeRefused(why[0][0])
 
@@ -337,6 +368,10 @@ class IngestStore:
         problem = event_problem(event)
         if problem is not None:
             return self._dead_letter(edge_id, event.seq, "event", record, problem)
+        if event.kind == AlarmKind.HEALTH_SUMMARY and event.meter_id == 0:
+            health = self._health(edge_id, event)
+            if health is not None:
+                return health
         d = _first_int(
             self._pool.runQuery(
                 "SELECT ingest_event(%s, %s, %s, %s, %s, %s)",
@@ -350,6 +385,21 @@ class IngestStore:
 
         result: defer.Deferred[int] = d.addErrback(refused)
         return result
+
+    def _health(self, edge_id: str, event: EventReport) -> defer.Deferred[int] | None:
+        """A health summary: the edge's latest summary, exactly once on (edge, seq), not an
+        event row (migration 0011); None when its detail does not parse (then it is stored as
+        a plain event, for someone to look at)."""
+        try:
+            summary = HealthSummary.from_detail(event.detail)
+        except ValueError as exc:
+            self.log.warn("edge {edge}: health summary at seq {seq} unreadable ({why}); kept "
+                          "as a plain event", edge=edge_id, seq=event.seq, why=str(exc))
+            return None
+        numbers = {k: v for k, v in summary_fields(summary).items() if v is not None}
+        return _first_int(self._pool.runQuery(
+            "SELECT ingest_health_summary(%s, %s, %s, %s::jsonb)",
+            (edge_id, event.seq, event.time, json.dumps(numbers))))
 
     def add_traffic(self, rows: Sequence[tuple[str, str, int, int]]) -> defer.Deferred[Any]:
         """Add (edge id, UTC day, bytes up, bytes down) rows to ``edge_traffic`` in one statement;

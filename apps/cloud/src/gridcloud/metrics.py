@@ -16,6 +16,12 @@ empty) serves:
   still starting gets no new edges, and the checks cost no TLS handshake and
   no refused-client log line on the edge port.
 
+:class:`DatabaseGauges` adds what no single process counts but PostgreSQL knows:
+commands by state and the pipeline's lag, sampled with one query every
+``interval`` seconds (not at scrape time: the exposition is synchronous, and a
+scrape must not wait for the database).  Every serve node samples the same
+numbers; dashboards take ``max()`` over the nodes.
+
 The names are documented in docs/operations.md ("Reading the metrics").
 
 Tests: tests/cloud/test_cloud_metrics.py.
@@ -102,6 +108,101 @@ class ServeMetrics:
         gauge = Gauge("gridcloud_sessions_live", "edges admitted and live on this node",
                       registry=self.registry)
         gauge.set_function(lambda: float(count()))
+
+
+#: One round trip for every database-wide gauge (the indexes are migration 0011's).
+DATABASE_SQL = """
+SELECT
+  (SELECT coalesce(json_object_agg(state, n), '{}') FROM
+     (SELECT state, count(*) AS n FROM commands
+       WHERE state IN ('queued', 'sent', 'acknowledged') GROUP BY state) AS open),
+  (SELECT coalesce(json_object_agg(state, n), '{}') FROM
+     (SELECT state, count(*) AS n FROM commands
+       WHERE updated_at > now() - interval '1 hour'
+         AND state IN ('succeeded', 'failed', 'expired') GROUP BY state) AS done),
+  lag.records, lag.edges,
+  CASE WHEN lag.edges > 0 THEN extract(epoch FROM now() - lag.last_progress) ELSE 0 END,
+  (SELECT count(*) FROM pipeline_dead_letters)
+FROM (SELECT coalesce(sum(e.last_seq - p.done_seq), 0) AS records,
+             count(*) FILTER (WHERE e.last_seq > p.done_seq) AS edges,
+             -- never processed: updated_at is -infinity; count from the edge's first contact
+             greatest(max(p.updated_at), min(e.first_seen_at)) AS last_progress
+        FROM edges e JOIN pipeline_progress p ON p.edge_id = e.edge_id
+       WHERE e.last_seq > p.done_seq) AS lag
+"""
+
+COMMAND_STATES = ("queued", "sent", "acknowledged", "succeeded", "failed", "expired")
+
+
+class DatabaseGauges(service.Service):
+    """Commands by state and the pipeline's lag, from PostgreSQL every ``interval`` seconds.
+
+    ``query(sql)`` answers rows (``IngestStore.run``).  A failed sample keeps the
+    last values and counts a failure (``gridcloud_db_sample_failures``): a
+    database outage shows in ``gridcloud_db_up`` already.
+    """
+
+    def __init__(self, registry: CollectorRegistry, query: Callable[[str], Any], clock: Any,
+                 interval: float = 30.0) -> None:
+        self._query = query
+        self._clock = clock
+        self._interval = interval
+        self._loop: Any = None
+        r = registry
+        self.commands = Gauge(
+            "gridcloud_commands", "commands by state: the open ones (queued, sent, "
+            "acknowledged) all, the finished ones of the last hour", ["state"], registry=r)
+        self.lag_records = Gauge(
+            "gridcloud_pipeline_lag_records",
+            "journal records committed by ingest and not yet processed by the pipeline",
+            registry=r)
+        self.lag_edges = Gauge(
+            "gridcloud_pipeline_lag_edges", "edges with records the pipeline has not processed",
+            registry=r)
+        self.stalled = Gauge(
+            "gridcloud_pipeline_stalled_seconds",
+            "while records wait: seconds since the pipeline last moved any of the waiting edges "
+            "forward "
+            "(0 when nothing waits)", registry=r)
+        self.dead_letters = Gauge(
+            "gridcloud_pipeline_dead_letters", "records the pipeline set aside", registry=r)
+        self.failures = Counter(
+            "gridcloud_db_sample_failures", "samples of the database gauges that failed",
+            registry=r)
+        for state in COMMAND_STATES:
+            self.commands.labels(state=state)
+
+    def startService(self) -> None:
+        from twisted.internet import task
+
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop = task.LoopingCall(self.sample)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def sample(self) -> defer.Deferred[None]:
+        """Take one sample now (the loop's call; tests call it too)."""
+        d: defer.Deferred[Any] = defer.maybeDeferred(self._query, DATABASE_SQL)
+        return d.addCallbacks(self._store, self._failed)
+
+    def _store(self, rows: Any) -> None:
+        open_states, done, records, edges, stalled, dead = rows[0]
+        for state in COMMAND_STATES:
+            count = (open_states or {}).get(state, (done or {}).get(state, 0))
+            self.commands.labels(state=state).set(float(count))
+        self.lag_records.set(float(records or 0))
+        self.lag_edges.set(float(edges or 0))
+        self.stalled.set(float(stalled or 0))
+        self.dead_letters.set(float(dead or 0))
+
+    def _failed(self, failure: Any) -> None:
+        self.failures.inc()
+        log.info("database gauges not sampled: {why}", why=failure.getErrorMessage())
 
 
 class ApiMetrics:

@@ -16,6 +16,12 @@ Choices (documented in docs/cloud.md):
   confused with a host name.  :func:`edge_id_from_certificate` prefers the URI.
 - Private keys are written with mode 0600 from the moment the file exists
   (``os.open`` with the mode, never chmod after the fact) and are never printed.
+- Renewal over the link: the project CA stays offline; an *issuing CA* (an
+  intermediate the project CA certifies, :meth:`PKIDirectory.issuing_ca`) lives
+  on the serve nodes and signs the requests edges send when their certificate
+  nears expiry (:func:`sign_edge_request`, :mod:`gridcloud.renewal`).  The
+  project CA therefore allows one intermediate (path length 1); a CA made before
+  renewal existed has path length 0 and cannot certify one (see docs/operations.md).
 - Revocation is kept in PostgreSQL (``edges.revoked_at`` and
   ``revoked_certificates``), checked by the server at every connection, so it
   takes effect on every cloud node at once; see :mod:`gridcloud.revocation`.
@@ -44,6 +50,9 @@ EDGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CA_DAYS = 3650
 SERVER_DAYS = 398
 EDGE_DAYS = 3650
+ISSUING_DAYS = 1825
+#: Lifetime of a certificate issued by renewal, by default (``[server] certificate_days``).
+RENEWED_DAYS = 365
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -51,6 +60,8 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 EDGE_CERT = "edge.pem"
 EDGE_KEY = "edge.key"
+ISSUING_CERT = "issuing-ca.pem"
+ISSUING_KEY = "issuing-ca.key"
 
 
 class PKIError(Exception):
@@ -95,10 +106,13 @@ def _builder(
     subject: x509.Name,
     issuer: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
-    days: int,
+    days: float,
     now: datetime.datetime | None,
+    not_after: datetime.datetime | None = None,
 ) -> x509.CertificateBuilder:
     start = _now(now) - datetime.timedelta(minutes=5)  # tolerate small clock skew
+    if not_after is None:
+        not_after = start + datetime.timedelta(days=days)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -106,7 +120,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
@@ -117,7 +131,8 @@ def make_ca(
     days: int = CA_DAYS,
     now: datetime.datetime | None = None,
 ) -> Issued:
-    """Create a self-signed CA allowed to sign end-entity certificates only."""
+    """Create a self-signed project CA: it signs server and edge certificates, and at most
+    one level of intermediate (the online issuing CA of renewal)."""
     key = _new_key()
     name = x509.Name(
         [
@@ -127,24 +142,25 @@ def make_ca(
     )
     cert = (
         _builder(name, name, key.public_key(), days, now)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_ca_usage(), critical=True)
         .sign(key, hashes.SHA256())
     )
     return Issued(cert, key)
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _leaf(
@@ -152,12 +168,25 @@ def _leaf(
     subject: x509.Name,
     san: Sequence[x509.GeneralName],
     usage: x509.ObjectIdentifier,
-    days: int,
+    days: float,
     now: datetime.datetime | None,
 ) -> Issued:
     key = _new_key()
-    cert = (
-        _builder(subject, ca.certificate.subject, key.public_key(), days, now)
+    return Issued(_sign_leaf(ca, key.public_key(), subject, san, usage, days, now), key)
+
+
+def _sign_leaf(
+    ca: Issued,
+    public_key: ec.EllipticCurvePublicKey,
+    subject: x509.Name,
+    san: Sequence[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    days: float,
+    now: datetime.datetime | None,
+    not_after: datetime.datetime | None = None,
+) -> x509.Certificate:
+    return (
+        _builder(subject, ca.certificate.subject, public_key, days, now, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -180,6 +209,44 @@ def _leaf(
             critical=False,
         )
         .sign(ca.key, hashes.SHA256())
+    )
+
+
+def make_issuing_ca(
+    root: Issued,
+    common_name: str = "gridedge issuing CA",
+    *,
+    days: int = ISSUING_DAYS,
+    now: datetime.datetime | None = None,
+) -> Issued:
+    """An intermediate CA under ``root`` that signs edge certificates only (path length 0).
+
+    Why an intermediate: the key that signs renewals must be online on every serve
+    node; if it leaks, the operator revokes it and makes another, while the project
+    CA (offline) and every certificate it signed stay valid.
+    """
+    bc = root.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if bc.path_length is not None and bc.path_length < 1:
+        raise PKIError(
+            "this project CA has path length 0 and cannot certify an issuing CA "
+            "(it was made before renewal existed; see docs/operations.md)"
+        )
+    key = _new_key()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gridedge"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    cert = (
+        _builder(name, root.certificate.subject, key.public_key(), days, now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
+            critical=False,
+        )
+        .sign(root.key, hashes.SHA256())
     )
     return Issued(cert, key)
 
@@ -217,6 +284,11 @@ def issue_edge(
     now: datetime.datetime | None = None,
 ) -> Issued:
     """Issue an edge (TLS client) certificate whose identity is ``edge_id``."""
+    subject, san = _edge_names(edge_id)
+    return _leaf(ca, subject, san, ExtendedKeyUsageOID.CLIENT_AUTH, days, now)
+
+
+def _edge_names(edge_id: str) -> tuple[x509.Name, list[x509.GeneralName]]:
     check_edge_id(edge_id)
     subject = x509.Name(
         [
@@ -224,8 +296,52 @@ def issue_edge(
             x509.NameAttribute(NameOID.COMMON_NAME, edge_id),
         ]
     )
-    san = [x509.UniformResourceIdentifier(EDGE_URI_PREFIX + edge_id)]
-    return _leaf(ca, subject, san, ExtendedKeyUsageOID.CLIENT_AUTH, days, now)
+    return subject, [x509.UniformResourceIdentifier(EDGE_URI_PREFIX + edge_id)]
+
+
+def sign_edge_request(
+    issuing: Issued,
+    request: x509.CertificateSigningRequest,
+    edge_id: str,
+    *,
+    days: float = RENEWED_DAYS,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """Sign a renewal request for ``edge_id`` (already checked by gridcloud.renewal).
+
+    The certificate says only what the cloud decides: the subject and SAN are built
+    from ``edge_id`` (the connection's identity), never copied from the request, and
+    it expires ``days`` after ``now`` (not after ``now`` minus the skew allowance,
+    so short test lifetimes are what they say).
+    """
+    key = request.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PKIError("the request's key is not an EC key")
+    subject, san = _edge_names(edge_id)
+    not_after = _now(now) + datetime.timedelta(days=days)
+    return _sign_leaf(issuing, key, subject, san, ExtendedKeyUsageOID.CLIENT_AUTH, days, now,
+                      not_after)
+
+
+def edge_id_from_request(request: x509.CertificateSigningRequest) -> str:
+    """The edge id a signing request names (SAN URI, else CN), like
+    :func:`edge_id_from_certificate`; raises PKIError when it names none or several."""
+    try:
+        san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    else:
+        uris = [u for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+                if u.startswith(EDGE_URI_PREFIX)]
+    if len(uris) > 1:
+        raise PKIError("request names more than one edge")
+    if uris:
+        return check_edge_id(uris[0][len(EDGE_URI_PREFIX):])
+    cns = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        raise PKIError("request has no edge identity (no SAN URI, no single CN)")
+    value = cns[0].value
+    return check_edge_id(value if isinstance(value, str) else value.decode())
 
 
 def edge_id_from_certificate(cert: x509.Certificate) -> str:
@@ -331,6 +447,18 @@ class PKIDirectory:
         if not (self.path / CA_KEY).exists():
             raise PKIError(f"no CA in {self.path}: run 'gridcloud pki init --dir {self.path}'")
         return load_issued(self.path / CA_CERT, self.path / CA_KEY)
+
+    def issuing_ca(self, *, days: int = ISSUING_DAYS, replace: bool = False) -> Issued:
+        """Create the online issuing CA (issuing-ca.pem, issuing-ca.key) under the project CA.
+
+        Refuses to replace one unless ``replace``: certificates it signed stay valid
+        after a replacement (the serve nodes must trust both until they expire).
+        """
+        if not replace and (self.path / ISSUING_KEY).exists():
+            raise PKIError(f"{self.path} already holds an issuing CA; --replace to make another")
+        issued = make_issuing_ca(self.ca(), days=days)
+        _write_pair(self.path, ISSUING_CERT, ISSUING_KEY, issued, overwrite=replace)
+        return issued
 
     def server(self, names: Sequence[str], *, days: int = SERVER_DAYS) -> Issued:
         """Issue (or re-issue, replacing) the server certificate."""

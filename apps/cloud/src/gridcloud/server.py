@@ -17,6 +17,10 @@ previous one is ready:
 4. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
+Edges' certificate renewal requests are answered by
+:class:`gridcloud.renewal.CertificateIssuer` (signing with the online issuing CA
+when ``issuing_ca_cert``/``issuing_ca_key`` are set, refusing otherwise).
+
 Under TLS every connection's bytes are counted (:mod:`gridcloud.traffic`)
 and added to ``edge_traffic`` per edge and UTC day every
 ``traffic_flush_interval`` and soon after each connection closes.
@@ -42,29 +46,31 @@ table of message handlers (:mod:`gridcloud.handlers`).
 
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
 tests/cloud/test_cloud_presence.py, tests/cloud/test_api_traffic.py,
-tests/cloud/test_cloud_metrics.py, tests/system/test_scale_out.py.
+tests/cloud/test_cloud_metrics.py, tests/system/test_scale_out.py,
+tests/system/test_certificate_renewal.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gridwire import CommandResult
+from gridwire import CertificateRequest, CommandResult
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from . import migrations, revocation
+from . import migrations, pki, revocation
 from .commands import CommandDispatcher
 from .config import ServerConfig
 from .connection import EdgeConnection, StoreUnavailable, Transport
 from .handlers import default_handlers
 from .ingest import IngestStore
-from .metrics import MetricsListener, ServeMetrics, pool_gauges
+from .metrics import DatabaseGauges, MetricsListener, ServeMetrics, pool_gauges
 from .presence import PresenceRegistry
 from .protocol import DeferredStore, EdgeFactory
+from .renewal import CertificateIssuer
 from .sessions import SessionRegistry
 from .tls import ServerTLS
 from .traffic import CountingFactory, EdgeTraffic
@@ -274,6 +280,7 @@ class CloudService(service.MultiService):
                 groups=config.tls_groups,
                 resumption=config.tls_resumption,
                 session_lifetime=config.tls_session_lifetime,
+                intermediates=config.issuing_ca_cert,
             )
         )
         self.store = IngestStore(reactor, config.dsn, config.pool_size)
@@ -288,6 +295,14 @@ class CloudService(service.MultiService):
             window=config.command_window, expiry_interval=config.command_expiry_interval,
         )
         self.handlers[CommandResult] = self.commands.result
+        #: answers edges' certificate renewal requests (gridcloud.renewal)
+        self.issuer = CertificateIssuer(
+            pki.load_issued(config.issuing_ca_cert, config.issuing_ca_key)
+            if config.issuing_ca_cert is not None and config.issuing_ca_key is not None
+            else None,
+            self.store.run, days=config.certificate_days, now=self.clock.seconds,
+        )
+        self.handlers[CertificateRequest] = self.issuer
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
         self.metrics = ServeMetrics()
@@ -298,6 +313,11 @@ class CloudService(service.MultiService):
             self.metrics_listener = MetricsListener(
                 reactor, config.metrics_listen, self.metrics.registry, self.health)
             self.metrics_listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        #: commands by state and the pipeline's lag, sampled from PostgreSQL (with /metrics)
+        self.database_gauges: DatabaseGauges | None = None
+        if config.metrics_listen:
+            self.database_gauges = DatabaseGauges(
+                self.metrics.registry, self.store.run, self.clock, config.db_metrics_interval)
         self._database = DeferredStore(self.store, self.metrics)
         self.revocations = RevocationListener(self.store, self.sessions, self.clock)
         self.partitions = PartitionMaintenance(
@@ -343,6 +363,8 @@ class CloudService(service.MultiService):
         for part in (self.revocations, self.partitions, self.commands, self.listener):
             part.startService()
             await part.ready
+        if self.database_gauges is not None and self.running:
+            self.database_gauges.setServiceParent(self)  # type: ignore[no-untyped-call]
         return self.port
 
     @defer.inlineCallbacks

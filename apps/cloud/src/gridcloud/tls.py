@@ -31,6 +31,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -172,6 +173,7 @@ class ServerTLS:
         groups: str = DEFAULT_GROUPS,
         resumption: str = "cache",
         session_lifetime: int = SESSION_LIFETIME,
+        intermediates: Path | None = None,
     ) -> ServerTLS:
         """Mutual-TLS server options from PEM files (server cert, its key, the project CA).
 
@@ -180,6 +182,12 @@ class ServerTLS:
         encrypted (no server memory, but each ticket carries the client
         certificate, about 1.4 KB more per reconnection).  Neither survives a
         restart or moves between cloud nodes (the keys are per process).
+
+        ``intermediates``: a PEM file of issuing CAs under the project CA (renewal's
+        issuing CA); they join the trust store, so an edge certificate one of them
+        signed is verified up to the project CA without the edge sending the chain
+        (about 450 bytes less in every full handshake).  The project CA stays the
+        only anchor: OpenSSL still requires the chain to end at it.
         """
         if resumption not in RESUMPTION_MODES:
             raise ValueError(f"tls_resumption must be one of {', '.join(RESUMPTION_MODES)}")
@@ -197,6 +205,11 @@ class ServerTLS:
             enableSessionTickets=resumption == "tickets",
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
+        if intermediates is not None:
+            store = options.getContext().get_cert_store()
+            assert store is not None
+            for extra in x509.load_pem_x509_certificates(intermediates.read_bytes()):
+                store.add_cert(crypto.X509.from_cryptography(extra))
         return cls(options, groups, session_lifetime)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:

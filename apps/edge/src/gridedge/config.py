@@ -145,6 +145,9 @@ class HealthConfig:
     #: Twisted endpoint of the Prometheus /metrics page, loopback only; empty: none
     #: (gridedge.metrics).
     metrics_listen: str = ""
+    #: Seconds between health summaries journalled for the cloud (gridedge.summary);
+    #: 0: none.
+    summary_interval: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,17 @@ class FirmwareConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    """Renewal of the unit's certificate over the uplink (gridedge.uplink.renewal)."""
+
+    #: Days before the certificate expires that the unit asks the cloud for a new one
+    #: (fractions allowed; 0: never ask).
+    renew_before_days: float = 30.0
+    #: Seconds to wait before asking again after the cloud refused.
+    refused_wait: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file."""
 
@@ -223,6 +237,7 @@ class Config:
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    certificate: CertificateConfig = field(default_factory=CertificateConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -426,6 +441,9 @@ def _read_health(s: _Section, data_dir: Path, cmdline: Path) -> HealthConfig:
     s.given(given, "radio_window", float, positive=True)
     s.given(given, "uplink_window", float, positive=True)
     s.given(given, "metrics_listen", str)
+    s.given(given, "summary_interval", float)
+    if given.get("summary_interval", 0.0) < 0:
+        raise s.error("summary_interval", "must be >= 0 (0: no health summaries)")
     if given.get("metrics_listen"):
         from gridedge.metrics import check_local
 
@@ -458,6 +476,15 @@ def _read_commands(s: _Section, data_dir: Path, cmdline: Path) -> CommandsConfig
             raise s.error("reboot_command", "must be a list of non-empty strings")
         given["reboot_command"] = tuple(argv)
     return CommandsConfig(**given)
+
+
+def _read_certificate(s: _Section, data_dir: Path, cmdline: Path) -> CertificateConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "renew_before_days", float)
+    s.given(given, "refused_wait", float, positive=True)
+    if given.get("renew_before_days", 0.0) < 0:
+        raise s.error("renew_before_days", "must be >= 0 (0: never renew)")
+    return CertificateConfig(**given)
 
 
 def _read_web(s: _Section, data_dir: Path, cmdline: Path) -> WebConfig:
@@ -537,6 +564,7 @@ _SECTIONS = {
     "commands": _read_commands,
     "web": _read_web,
     "firmware": _read_firmware,
+    "certificate": _read_certificate,
 }
 
 

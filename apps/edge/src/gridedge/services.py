@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from gridwire import HealthSummary
 from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -46,11 +47,13 @@ from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
 from gridedge.radio import RadioLink, RadioService, RecordSink
+from gridedge.summary import HealthReporter, system_numbers
 from gridedge.supervisor import Crashed, Supervisor
 from gridedge.uplink.backoff import ReconnectPolicy
+from gridedge.uplink.certstore import CertificateStore
 from gridedge.uplink.link import LinkSettings
+from gridedge.uplink.renewal import Renewal, RenewalSettings
 from gridedge.uplink.service import UplinkService, UplinkStatus
-from gridedge.uplink.tls import DeviceIdentity
 from gridedge.uplink.traffic import Traffic
 from gridedge.web import CommandActions, History, HistorySink, WebService
 from gridedge.web.diagnostics import LogTail
@@ -171,6 +174,12 @@ class Unit(service.MultiService):
             radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
         )
         self.health.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if config.health.summary_interval > 0:
+            self.summaries: HealthReporter | None = HealthReporter(
+                self.journal, self.health_summary, reactor, config.health.summary_interval)
+            self.summaries.setServiceParent(self)  # type: ignore[no-untyped-call]
+        else:
+            self.summaries = None
         if config.health.metrics_listen:
             MetricsService(reactor, config.health.metrics_listen, self.health.report
                            ).setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -178,10 +187,11 @@ class Unit(service.MultiService):
     def _uplink(self, crashed: Crashed) -> UplinkService:
         """A new uplink, made at each (re)start of the supervised child."""
         up = self.config.uplink
+        store = CertificateStore(up.tls_dir)
         return UplinkService(
             self.clock, self.journal, self.traffic,
             host=up.host, port=up.port, server_name=up.server_name,
-            identity_loader=lambda: DeviceIdentity.load(up.tls_dir),
+            identity_loader=store.current,
             settings=LinkSettings.from_config(self.config.edge, up),
             backoff=ReconnectPolicy(up.backoff_initial, up.backoff_max, up.backoff_factor,
                                     up.backoff_revoked),
@@ -190,6 +200,9 @@ class Unit(service.MultiService):
             expected_meters=self.reporting_meters,
             budget_bytes=int(up.budget_mb_per_month * 1e6),
             firmware=self.firmware,
+            renewal=Renewal(store, RenewalSettings(
+                renew_before=self.config.certificate.renew_before_days * 86400.0,
+                refused_wait=self.config.certificate.refused_wait)),
         )
 
     def reporting_meters(self) -> int:
@@ -294,6 +307,21 @@ class Unit(service.MultiService):
             uplink_connected=up.connected if up is not None else False,
             uplink_last_connected_at=up.last_connected_at if up is not None else None,
             details=details,
+        )
+
+    def health_summary(self) -> HealthSummary:
+        """What the unit reports to the cloud every [health] summary_interval (gridedge.summary)."""
+        now = self.clock.seconds()
+        stats = self.journal.stats() if self.journal.is_open else None
+        oldest = self._oldest_pending_at(stats.first_pending_seq) if stats is not None else None
+        frame = self.health.radio_last_frame_at
+        return HealthSummary(
+            journal_backlog=stats.pending if stats is not None else None,
+            journal_oldest_age=max(0, int(now - oldest)) if oldest is not None else None,
+            last_radio_frame=int(frame) if frame is not None else None,
+            gridedge_uptime=max(0, int(now - self.started_at)),
+            restarts=sum(s.restarts for s in self.supervisor.status()),
+            **system_numbers(self.config.data_dir),
         )
 
     def _oldest_pending_at(self, seq: int | None) -> int | None:

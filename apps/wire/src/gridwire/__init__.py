@@ -13,8 +13,11 @@ Tests: tests/wire/ (test_api.py pins this surface).
 
 from ._allowance import Allowance
 from ._errors import ErrorCode, ProtocolError, Side
+from ._health import HealthSummary
 from ._limits import (
     MAX_BOOT_SLOT,
+    MAX_CERTIFICATE,
+    MAX_CSR,
     MAX_FIRMWARE_VERSION,
     MAX_HANDSHAKE_FRAME,
     MAX_HANDSHAKE_FRAMES,
@@ -27,6 +30,8 @@ from ._messages import (
     COMMAND_ACTIONS,
     Ack,
     AlarmKind,
+    CertificateIssued,
+    CertificateRequest,
     ChunkRequest,
     Command,
     CommandKind,
@@ -55,6 +60,8 @@ __all__ = [
     "COMMAND_ACTIONS",
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
+    "MAX_CERTIFICATE",
+    "MAX_CSR",
     "MAX_FIRMWARE_VERSION",
     "MAX_HANDSHAKE_FRAME",
     "MAX_HANDSHAKE_FRAMES",
@@ -65,6 +72,8 @@ __all__ = [
     "Ack",
     "AlarmKind",
     "Allowance",
+    "CertificateIssued",
+    "CertificateRequest",
     "ChunkRequest",
     "CloudSession",
     "Command",
@@ -80,6 +89,7 @@ __all__ = [
     "FirmwareState",
     "FirmwareStatus",
     "Flags",
+    "HealthSummary",
     "Hello",
     "IntervalRecord",
     "Limits",

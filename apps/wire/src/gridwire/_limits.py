@@ -16,6 +16,8 @@ from ._errors import ErrorCode, local_error
 
 __all__ = [
     "MAX_BOOT_SLOT",
+    "MAX_CERTIFICATE",
+    "MAX_CSR",
     "MAX_FIRMWARE_VERSION",
     "MAX_HANDSHAKE_FRAME",
     "MAX_HANDSHAKE_FRAMES",
@@ -37,6 +39,10 @@ MAX_FIRMWARE_VERSION = 64
 MAX_BOOT_SLOT = 8
 #: Absolute bound on a command payload, in bytes.
 MAX_PAYLOAD = 4096
+#: Bound on CertificateRequest.csr (a PKCS#10 request in DER; an EC P-256 one is ~250 bytes).
+MAX_CSR = 2048
+#: Bound on each certificate of CertificateIssued (DER; an EC P-256 one is ~500 bytes).
+MAX_CERTIFICATE = 4096
 #: Absolute bound on one firmware chunk, in bytes.
 MAX_CHUNK = 65536
 #: Absolute upper bound for Limits.max_frame_size (the length prefix may use at most 3 bytes).

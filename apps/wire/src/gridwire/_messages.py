@@ -31,13 +31,23 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import ErrorCode, local_error
-from ._limits import MAX_BOOT_SLOT, MAX_CHUNK, MAX_FIRMWARE_VERSION, MAX_PAYLOAD, MAX_TEXT
+from ._limits import (
+    MAX_BOOT_SLOT,
+    MAX_CERTIFICATE,
+    MAX_CHUNK,
+    MAX_CSR,
+    MAX_FIRMWARE_VERSION,
+    MAX_PAYLOAD,
+    MAX_TEXT,
+)
 from ._records import IntervalRecord, RecordColumns
 
 __all__ = [
     "COMMAND_ACTIONS",
     "Ack",
     "AlarmKind",
+    "CertificateIssued",
+    "CertificateRequest",
     "ChunkRequest",
     "Command",
     "CommandKind",
@@ -79,6 +89,9 @@ class MessageType(enum.IntEnum):
     FIRMWARE_CHUNK = 0x0C
     FIRMWARE_STATUS = 0x0D
     ERROR = 0x0E
+    # Optional messages (bit 7): a v1/v2 peer that does not know them skips them.
+    CERTIFICATE_REQUEST = 0x80
+    CERTIFICATE_ISSUED = 0x81
 
 
 class AlarmKind(enum.IntEnum):
@@ -102,6 +115,7 @@ class AlarmKind(enum.IntEnum):
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
     JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
     DATA_BUDGET = 0x8005  #: the month's data use crossed 80% or 100% of the unit's budget
+    HEALTH_SUMMARY = 0x8006  #: periodic; detail: gridwire.HealthSummary.to_detail()
     #: the unit opened meter_id's relay on its own: its prepaid allowance ran out (or expired)
     CREDIT_RELAY_OPENED = 0x8007
     #: the unit closed the relay it had opened for credit: a newer allowance gave credit again
@@ -587,7 +601,53 @@ class Error(Message):
     retry_after: int = 0
 
 
-#: Every v1 message class by wire type code.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateRequest(Message):
+    """Edge -> cloud (optional, 0x80): sign a new key for this edge; ``csr`` is a PKCS#10
+    request in DER.
+
+    The identity it may name is the one of the connection's client certificate; the cloud
+    answers CertificateIssued, in this connection or not at all (the edge asks again on a
+    later one with the same key, and the cloud answers the same certificate).
+    """
+
+    TYPE = MessageType.CERTIFICATE_REQUEST
+    WIRE = (("csr", ("blob", MAX_CSR)),)
+    csr: bytes = field(repr=False)
+
+    def _check(self) -> None:
+        if not self.csr:
+            raise local_error(ErrorCode.INVALID_FIELD, "CertificateRequest.csr is empty")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateIssued(Message):
+    """Cloud -> edge (optional, 0x81): the answer to CertificateRequest.
+
+    ``certificate``: the new certificate (DER); ``issuer``: the certificate of the CA that
+    signed it (DER), which the edge keeps beside it.  Both empty when the cloud refuses,
+    ``detail`` saying why.
+    """
+
+    TYPE = MessageType.CERTIFICATE_ISSUED
+    WIRE = (
+        ("certificate", ("blob", MAX_CERTIFICATE)),
+        ("issuer", ("blob", MAX_CERTIFICATE)),
+        ("detail", TEXT),
+    )
+    certificate: bytes = field(default=b"", repr=False)
+    issuer: bytes = field(default=b"", repr=False)
+    detail: str = ""
+
+    def _check(self) -> None:
+        if bool(self.certificate) != bool(self.issuer):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                "CertificateIssued needs certificate and issuer together (or neither: refused)",
+            )
+
+
+#: Every message class by wire type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -605,6 +665,8 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         FirmwareChunk,
         FirmwareStatus,
         Error,
+        CertificateRequest,
+        CertificateIssued,
     )
 }
 

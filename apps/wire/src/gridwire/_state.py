@@ -14,9 +14,10 @@ its side is LOCAL for a send (our bug) and REMOTE for a receive (the peer's).
 1. The edge speaks first: Hello.  The cloud answers Welcome (or Error, e.g.
    UNSUPPORTED_VERSION) and both are READY.  Nothing else may come before.
 2. In READY the edge uploads (ReadingBatch, EventReport), answers commands
-   (CommandResult) and pulls firmware (ChunkRequest, FirmwareStatus); the
-   cloud acknowledges (Ack), commands (Command) and serves firmware
-   (FirmwareOffer, FirmwareChunk).  Either side may Ping; the other answers Pong.
+   (CommandResult), pulls firmware (ChunkRequest, FirmwareStatus) and asks for
+   a renewed certificate (CertificateRequest); the cloud acknowledges (Ack),
+   commands (Command), serves firmware (FirmwareOffer, FirmwareChunk) and
+   answers certificate requests (CertificateIssued).  Either side may Ping; the other answers Pong.
 3. Error, from either side and in any state but CLOSED, ends the session:
    the sender closes the connection after writing it, the receiver closes
    when it reads it.  Messages after an Error are discarded.
@@ -54,6 +55,8 @@ import enum
 
 from ._messages import (
     Ack,
+    CertificateIssued,
+    CertificateRequest,
     ChunkRequest,
     Command,
     CommandResult,
@@ -113,8 +116,9 @@ def _ready(
     return table
 
 
-_EDGE_SENDS = (ReadingBatch, EventReport, CommandResult, ChunkRequest, FirmwareStatus, Ping, Pong)
-_CLOUD_SENDS = (Ack, Command, FirmwareOffer, FirmwareChunk, Ping, Pong)
+_EDGE_SENDS = (ReadingBatch, EventReport, CommandResult, ChunkRequest, FirmwareStatus, Ping, Pong,
+               CertificateRequest)
+_CLOUD_SENDS = (Ack, Command, FirmwareOffer, FirmwareChunk, Ping, Pong, CertificateIssued)
 
 TRANSITIONS: dict[Role, Transitions] = {
     Role.EDGE: {

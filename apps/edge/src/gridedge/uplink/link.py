@@ -46,6 +46,8 @@ from typing import Protocol
 from gridwire import (
     SUPPORTED_VERSIONS,
     Ack,
+    CertificateIssued,
+    CertificateRequest,
     ChunkRequest,
     Command,
     CommandResult,
@@ -170,9 +172,13 @@ class Link:
         expected_meters: Callable[[], int] = lambda: 0,
         stretch: Callable[[], float] = lambda: 1.0,
         firmware: FirmwareReceiver | None = None,
+        on_certificate: Callable[[CertificateIssued], None] = lambda issued: None,
     ) -> None:
         self._stretch = stretch
         self._firmware = firmware
+        self._on_certificate = on_certificate
+        #: a CertificateRequest went on this connection (gridedge.uplink.renewal: one each)
+        self.certificate_requested = False
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
@@ -292,6 +298,8 @@ class Link:
                 self._firmware.offered(message)
         elif isinstance(message, FirmwareChunk) and self._firmware is not None:
             self._firmware.chunk(message)
+        elif isinstance(message, CertificateIssued):
+            self._on_certificate(message)  # gridedge.uplink.renewal checks and keeps it
 
     def _accept_commands(self) -> None:
         received, self._received = self._received, []
@@ -318,6 +326,15 @@ class Link:
         self._scanned = self._flush_to = self.journal.next_seq - 1
         self.schedule.reset()
         self.pump()
+        return True
+
+    def request_certificate(self, csr: bytes) -> bool:
+        """Send a certificate renewal request (gridedge.uplink.renewal); False when the session
+        is not ready or this connection has sent one already."""
+        if self.closed or self.session.state is not State.READY or self.certificate_requested:
+            return False
+        self.certificate_requested = True
+        self._send(CertificateRequest(csr=csr))
         return True
 
     def _welcome(self, welcome: Welcome) -> None:

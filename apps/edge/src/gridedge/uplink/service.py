@@ -9,6 +9,12 @@ Welcome, and a refused unit waits long (see that module).
 The service also owns the link's byte counts: every byte on the socket goes to
 :class:`~gridedge.uplink.traffic.Traffic`, written once a minute and at stop.
 
+Certificate renewal (:mod:`gridedge.uplink.renewal`): each connection asks the
+renewal state which certificate to present (one TLS client per certificate, so a
+resumed session never brings back the other one's identity); after Welcome, and
+once a minute while connected, it sends a signing request when renewal is due,
+and it hands the cloud's answer to the renewal state to check and keep.
+
 Tests: tests/edge/test_uplink_tls.py (real TLS over loopback), tests/edge/test_uplink_backoff.py,
 tests/system/.
 """
@@ -19,14 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gridwire import AlarmKind, Welcome
+from gridwire import AlarmKind, CertificateIssued, Error, ErrorCode, Welcome
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.uplink.backoff import ReconnectPolicy
@@ -40,6 +48,7 @@ from gridedge.uplink.link import (
     LinkSettings,
 )
 from gridedge.uplink.protocol import UplinkProtocol
+from gridedge.uplink.renewal import Renewal, RenewalRejected
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic, TrafficError
 
@@ -66,6 +75,22 @@ class UplinkStatus:
     budget_bytes: int
     month_bytes: int
     budget_stretch: float
+    #: when the certificate in use expires (unix seconds; None: unknown), and whether a
+    #: renewed one waits for its first welcomed connection
+    certificate_expires_at: float | None = None
+    certificate_renewed_waiting: bool = False
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ChosenCreator:
+    """The TLS client of each connection, chosen when it starts (current or renewed
+    certificate): the endpoint keeps one creator, the service decides behind it."""
+
+    def __init__(self, choose: Callable[[], ResumingCreator]) -> None:
+        self._choose = choose
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        return self._choose().clientConnectionForTLS(tlsProtocol)
 
 
 class UplinkService(service.Service):
@@ -91,8 +116,11 @@ class UplinkService(service.Service):
         expected_meters: Callable[[], int] = lambda: 0,
         budget_bytes: int = 0,
         firmware: FirmwareReceiver | None = None,
+        renewal: Renewal | None = None,
     ) -> None:
         self._firmware = firmware
+        self._renewal = renewal
+        self._renewed_creator: ResumingCreator | None = None
         self._commands = commands
         self._expected_meters = expected_meters
         self.budget = DataBudget(budget_bytes)
@@ -124,9 +152,11 @@ class UplinkService(service.Service):
         # Load the certificates first: a missing or bad file fails the start with a clear
         # message, and the supervisor retries (the unit may be provisioned later).
         identity = self._identity_loader()
-        self._creator = ResumingCreator.for_device(self.server_name, identity)
+        self._current_creator = ResumingCreator.for_device(self.server_name, identity)
+        self._creator = self._current_creator
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self._connect_timeout)
-        endpoint = wrapClientTLS(self._creator, CountingEndpoint(tcp, self._count))
+        endpoint = wrapClientTLS(_ChosenCreator(self._choose_creator),
+                                 CountingEndpoint(tcp, self._count))
         factory = Factory.forProtocol(lambda: UplinkProtocol(self._make_link))
         self._client = ClientService(endpoint, factory, retryPolicy=self._backoff,
                                      clock=self.reactor)
@@ -153,6 +183,9 @@ class UplinkService(service.Service):
     def _every_minute(self) -> None:
         self.traffic.flush()
         self._check_budget()
+        link = self._current.link if self._current is not None else None
+        if link is not None and self.connected:
+            self._maybe_renew(link)
 
     def _check_budget(self, starting: bool = False) -> None:
         """Re-pace against the monthly budget; an event at 80% and at 100% (once a month)."""
@@ -195,9 +228,10 @@ class UplinkService(service.Service):
         return Link(
             self.journal, self.settings, self.reactor, proto.write, proto.abort,
             on_ready=lambda welcome: self._ready(proto, welcome),
-            on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
+            on_error=self._refused, commands=self._commands, counters=self.counters,
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
             firmware=self._firmware,
+            on_certificate=self._certificate_issued,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
@@ -219,6 +253,100 @@ class UplinkService(service.Service):
             kind="resumed" if resumed else "new", n=sent + received, sent=sent,
             received=received,
         )
+        if proto.link is not None:
+            self._renewal_welcomed(proto.link)
+
+    def _refused(self, error: Error) -> None:
+        """The session ended with ``error``: the backoff policy decides the wait, except for a
+        refusal of the old certificate while a renewed one waits.  That is what a cut after
+        the cloud confirmed the renewal (and revoked the old serial) but before its Welcome
+        arrived looks like: the next attempt presents the renewed certificate at once
+        instead of waiting out the long backoff of a revoked unit."""
+        renewal = self._renewal
+        if (renewal is not None and error.code == ErrorCode.UNAUTHORIZED
+                and renewal.waiting_after_old_refused()):
+            self.log.warn("certificate renewal: the old certificate was refused ({detail}); "
+                          "presenting the renewed one next", detail=error.detail)
+            return
+        self._backoff.refused(error)
+
+    # -- certificate renewal (gridedge.uplink.renewal) ---------------------------------------
+
+    def _choose_creator(self) -> ResumingCreator:
+        """The TLS client of the connection starting now: the renewed certificate's while one
+        waits (but not twice in a row without a Welcome), else the one in use."""
+        renewal = self._renewal
+        renewed = False
+        if renewal is not None:
+            try:
+                renewed = renewal.use_renewed()
+                if renewed and self._renewed_creator is None:
+                    identity = renewal.store.renewed()
+                    if identity is None:
+                        renewed = False
+                    else:
+                        self._renewed_creator = ResumingCreator.for_device(
+                            self.server_name, identity)
+            except Exception as exc:  # a damaged renewed file: keep to the certificate in use
+                self.log.warn("certificate renewal: cannot load the renewed certificate "
+                              "({error}); using the one in use", error=str(exc))
+                renewed = False
+            renewal.attempt(renewed)
+        chosen = self._renewed_creator if renewed else self._current_creator
+        assert chosen is not None
+        self._creator = chosen
+        return chosen
+
+    def _renewal_welcomed(self, link: Link) -> None:
+        renewal = self._renewal
+        if renewal is None:
+            return
+        try:
+            if renewal.welcomed():
+                self._current_creator = self._renewed_creator or ResumingCreator.for_device(
+                    self.server_name, renewal.store.current())
+                self._renewed_creator = None
+                self.log.info("certificate renewal: the renewed certificate was welcomed; it "
+                              "is the one in use now, the old one is dropped")
+        except Exception as exc:  # the files could not be switched: next connection retries
+            self.log.error("certificate renewal: could not switch to the renewed certificate: "
+                           "{error}", error=str(exc))
+        self._maybe_renew(link)
+
+    def _maybe_renew(self, link: Link) -> None:
+        renewal = self._renewal
+        if renewal is None or link.certificate_requested:
+            return
+        try:
+            if not renewal.due(self.reactor.seconds()):
+                return
+            csr = renewal.request()
+        except Exception as exc:
+            self.log.error("certificate renewal: cannot make the request: {error}",
+                           error=str(exc))
+            return
+        if link.request_certificate(csr):
+            self.log.info("certificate renewal: the certificate expires soon; asked the cloud "
+                          "to sign a new key")
+
+    def _certificate_issued(self, message: CertificateIssued) -> None:
+        renewal = self._renewal
+        if renewal is None:
+            return
+        try:
+            certificate = renewal.answer(message, self.reactor.seconds())
+        except RenewalRejected as exc:
+            self.log.warn("certificate renewal: answer not kept: {why}", why=str(exc))
+            return
+        except Exception as exc:  # /data failed: the request is repeated on a later connection
+            self.log.error("certificate renewal: could not keep the new certificate: {error}",
+                           error=str(exc))
+            return
+        self._renewed_creator = None  # made from the files at the next connection
+        self.log.info(
+            "certificate renewal: new certificate serial {serial} (valid until {until}) kept; "
+            "presented from the next connection", serial=certificate.serial_number,
+            until=certificate.not_valid_after_utc.isoformat())
 
     @property
     def connected(self) -> bool:
@@ -250,4 +378,18 @@ class UplinkService(service.Service):
             budget_bytes=self.budget.budget_bytes,
             month_bytes=self.month_bytes,
             budget_stretch=self.stretch,
+            **self._certificate_status(),
         )
+
+    def _certificate_status(self) -> dict[str, Any]:
+        if self._renewal is None:
+            return {}
+        try:
+            store = self._renewal.store
+            return {
+                "certificate_expires_at":
+                    store.current_certificate().not_valid_after_utc.timestamp(),
+                "certificate_renewed_waiting": store.renewed_certificate() is not None,
+            }
+        except Exception:  # unreadable files are reported by the connection attempts
+            return {}

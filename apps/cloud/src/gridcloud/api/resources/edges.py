@@ -6,12 +6,17 @@
 this UTC day, as every serve node counted and wrote them (``edge_traffic``,
 gridcloud.traffic): late by at most a node's ``traffic_flush_interval``.
 ``/v1/edges/{edge_id}/traffic`` pages through the edge's earlier days.
+"Health" is the unit's latest health summary (an event of kind 0x8006 it journals
+every ``[health] summary_interval``; ``edges.health``, migration 0011), null until
+the first one arrives.
 
-Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_traffic.py.
+Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_traffic.py,
+tests/system/test_health_summary.py.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from ..config import ApiConfig
@@ -23,7 +28,8 @@ from . import paging
 _COLUMNS = """
 e.edge_id, session_token IS NOT NULL, greatest(last_connected_at, last_batch_at), last_peer,
 firmware_version, boot_slot, readings_total, seq_gaps_total, last_seq, revoked_at,
-revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0)
+revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0),
+e.health, e.health_at
 """
 
 #: the edges and today's (UTC) traffic row of each
@@ -53,13 +59,42 @@ SELECT day, bytes_up, bytes_down FROM edge_traffic
 """
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
+_COUNT = {"type": ["integer", "null"], "minimum": 0}
+
+HEALTH_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "description": "The unit's latest health summary (null: none received yet). A value "
+                   "the unit could not measure is null.",
+    "required": ["reported_at", "journal_backlog", "journal_oldest_age_s",
+                 "last_radio_frame_at", "disk_free_bytes", "disk_total_bytes",
+                 "memory_available_bytes", "memory_total_bytes", "uptime_s",
+                 "gridedge_uptime_s", "restarts"],
+    "properties": {
+        "reported_at": {"type": "string", "format": "date-time",
+                        "description": "When the unit took the summary."},
+        "journal_backlog": {**_COUNT, "description": "Entries waiting for the cloud."},
+        "journal_oldest_age_s": {**_COUNT,
+                                 "description": "Seconds the oldest of them had waited."},
+        "last_radio_frame_at": _TS,
+        "disk_free_bytes": {**_COUNT, "description": "Free on the data partition."},
+        "disk_total_bytes": _COUNT,
+        "memory_available_bytes": _COUNT,
+        "memory_total_bytes": _COUNT,
+        "uptime_s": {**_COUNT, "description": "Seconds since the unit booted."},
+        "gridedge_uptime_s": {**_COUNT, "description": "Seconds since gridedge started."},
+        "restarts": {**_COUNT,
+                     "description": "Restarts of gridedge's supervised parts since it started."},
+    },
+}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["edge_id", "online", "last_contact", "peer", "firmware_version", "boot_slot",
                  "readings_total", "sequence_gaps", "last_seq", "revoked", "revoked_at",
-                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today"],
+                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today",
+                 "health"],
     "properties": {
         "edge_id": {"type": "string"},
         "online": {"type": "boolean", "description": "Held by a gridcloud serve node now."},
@@ -83,6 +118,7 @@ SCHEMA: dict[str, Any] = {
         "bytes_down_today": {
             "type": "integer", "minimum": 0,
             "description": "Bytes the cloud sent to the edge this UTC day (same counting)."},
+        "health": HEALTH_SCHEMA,
     },
 }
 
@@ -102,7 +138,7 @@ TRAFFIC_SCHEMA: dict[str, Any] = {
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
     (edge_id, online, contact, peer, firmware, slot, total, gaps, last_seq, revoked_at,
-     reason, first_seen, up, down) = row
+     reason, first_seen, up, down, health, health_at) = row
     return {
         "edge_id": edge_id,
         "online": bool(online),
@@ -119,6 +155,40 @@ def item(row: tuple[Any, ...]) -> dict[str, Any]:
         "first_seen": rfc3339(first_seen),
         "bytes_up_today": up,
         "bytes_down_today": down,
+        "health": health_item(health, health_at),
+    }
+
+
+def _kib(value: Any) -> int | None:
+    return None if value is None else int(value) * 1024
+
+
+def _moment(seconds: Any) -> str | None:
+    """Unix seconds as RFC 3339; None when absent or beyond what a timestamp can hold."""
+    if seconds is None:
+        return None
+    try:
+        return rfc3339(datetime.datetime.fromtimestamp(int(seconds), datetime.UTC))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def health_item(health: dict[str, Any] | None, at: Any) -> dict[str, Any] | None:
+    """``edges.health`` (gridwire.HealthSummary's fields) as the API shows it."""
+    if health is None or at is None:
+        return None
+    return {
+        "reported_at": rfc3339(at),
+        "journal_backlog": health.get("journal_backlog"),
+        "journal_oldest_age_s": health.get("journal_oldest_age"),
+        "last_radio_frame_at": _moment(health.get("last_radio_frame")),
+        "disk_free_bytes": _kib(health.get("disk_free_kib")),
+        "disk_total_bytes": _kib(health.get("disk_total_kib")),
+        "memory_available_bytes": _kib(health.get("memory_available_kib")),
+        "memory_total_bytes": _kib(health.get("memory_total_kib")),
+        "uptime_s": health.get("uptime"),
+        "gridedge_uptime_s": health.get("gridedge_uptime"),
+        "restarts": health.get("restarts"),
     }
 
 
