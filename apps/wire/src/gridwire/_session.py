@@ -107,7 +107,7 @@ class _Session:
         self._offers: dict[int, FirmwareOffer] = {}
         self._requested: set[tuple[int, int]] = set()
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
-        self._previous_planes = b""  # version 2: the next batch's deflate dictionary
+        self._previous_planes: tuple[bytes, ...] = ()  # version 2: next batch's dictionary
         self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
         self._batches_sent = 0
         self._receivable_in: State | None = None  # the state _receivable was made for
@@ -173,8 +173,9 @@ class _Session:
         if isinstance(message, ReadingBatch):
             hint = self._batch_modes if self._batches_sent % RETRY_MODES_EVERY else None
             primer = self._previous_planes if (self.version or 1) >= 2 else None
-            body, modes, planes = encode_batch_primed(message.columns, self._previous_batch,
-                                                      None, hint, primer)
+            body, modes, planes = encode_batch_primed(
+                message.columns, self._previous_batch, None, hint, primer
+            )
             data = frame(message.TYPE, uvarint(message.first_seq) + body)
         else:
             data = encode_message(message)
