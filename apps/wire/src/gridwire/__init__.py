@@ -47,10 +47,14 @@ from ._messages import (
 )
 from ._ranges import EVENT_TIME_RANGE, VALUE_RANGES, event_problem, record_problems
 from ._records import Flags, IntervalRecord, RecordColumns
+from ._references import EdgeReferences, ReferenceTable, agreed_references
 from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
+    "EdgeReferences",
+    "ReferenceTable",
+    "agreed_references",
     "COMMAND_ACTIONS",
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",

@@ -228,6 +228,9 @@ class Hello(Message):
     cloud redelivers commands it has no result for, the edge answers repeats
     from its own record of results (commands are idempotent by id).
     edge_time: the edge's clock in unix seconds, 0 when it has no trusted time.
+    references (extension, version 3; None when not sent): the last sequence number of
+    the last acknowledged batch in the edge's reference table (gridwire._references);
+    absent when the edge has none, so that the connection starts with an empty one.
     """
 
     TYPE = MessageType.HELLO
@@ -243,13 +246,19 @@ class Hello(Message):
     max_version: int
     firmware_version: str
     boot_slot: str
+    EXTENSIONS = ((2, "references", U64),)
     last_command_id: int = 0
     edge_time: int = 0
+    references: int | None = None
 
     def _check(self) -> None:
         if not 1 <= self.min_version <= self.max_version:
             raise local_error(
                 ErrorCode.INVALID_FIELD, "Hello needs 1 <= min_version <= max_version"
+            )
+        if self.references is not None and (self.references < 1 or self.max_version < 3):
+            raise local_error(
+                ErrorCode.INVALID_FIELD, "Hello.references needs max_version >= 3 and a seq >= 1"
             )
 
 
@@ -265,6 +274,9 @@ class Welcome(Message):
     max_in_flight: uploads the edge may have unacknowledged (batches + events).
     max_batch_records, max_frame_size (extension fields, None when not sent):
     the cloud's limits, so the edge never sends a batch the cloud must refuse.
+    references (extension, version 3; None when not sent): the sequence number the
+    cloud's stored reference table of this edge is as of, when it matches the Hello's
+    (gridwire._references); absent: both ends start with an empty table.
     """
 
     TYPE = MessageType.WELCOME
@@ -275,7 +287,11 @@ class Welcome(Message):
         ("heartbeat_interval", U32),
         ("max_in_flight", U16),
     )
-    EXTENSIONS = ((2, "max_batch_records", U16), (4, "max_frame_size", ("uint", 21)))
+    EXTENSIONS = (
+        (2, "max_batch_records", U16),
+        (4, "max_frame_size", ("uint", 21)),
+        (6, "references", U64),
+    )
     version: int
     server_time: int
     last_acked_seq: int
@@ -283,6 +299,7 @@ class Welcome(Message):
     max_in_flight: int = 8
     max_batch_records: int | None = None
     max_frame_size: int | None = None
+    references: int | None = None
 
     def _check(self) -> None:
         if self.version < 1 or self.heartbeat_interval < 1 or self.max_in_flight < 1:
@@ -296,6 +313,13 @@ class Welcome(Message):
             raise local_error(
                 ErrorCode.INVALID_FIELD,
                 f"Welcome needs max_batch_records >= 1 and max_frame_size >= {64 + MAX_CHUNK}",
+            )
+        if self.references is not None and not (
+            self.version >= 3 and 1 <= self.references <= self.last_acked_seq
+        ):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                "Welcome.references needs version >= 3 and 1 <= references <= last_acked_seq",
             )
 
 
