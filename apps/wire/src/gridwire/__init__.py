@@ -52,9 +52,6 @@ from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
 __all__ = [
-    "EdgeReferences",
-    "ReferenceTable",
-    "agreed_references",
     "COMMAND_ACTIONS",
     "EVENT_TIME_RANGE",
     "MAX_BOOT_SLOT",
@@ -73,6 +70,7 @@ __all__ = [
     "CommandKind",
     "CommandResult",
     "CommandStatus",
+    "EdgeReferences",
     "EdgeSession",
     "Error",
     "ErrorCode",
@@ -92,10 +90,12 @@ __all__ = [
     "ProtocolError",
     "ReadingBatch",
     "RecordColumns",
+    "ReferenceTable",
     "Role",
     "Side",
     "State",
     "Welcome",
+    "agreed_references",
     "event_problem",
     "negotiate_version",
     "record_problems",

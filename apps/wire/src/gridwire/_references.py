@@ -40,12 +40,17 @@ from __future__ import annotations
 from collections import deque
 from operator import setitem
 
+from ._batch import decode_batch, encode_batch
 from ._errors import ErrorCode, ProtocolError, Side
 from ._records import FIELDS, RecordColumns
+from ._varint import Reader
 
 __all__ = ["EdgeReferences", "ReferenceTable", "agreed_references"]
 
 Row = tuple[int, int, int, int, int, int, int, int]
+
+#: Meters a stored table may hold when read back (a unit's radio serves a few thousand).
+MAX_TABLE = 1 << 20
 
 
 class ReferenceTable:
@@ -96,8 +101,25 @@ class ReferenceTable:
         return self._cached
 
     def rows(self) -> list[Row]:
-        """One row per meter, in index order (for storing the table)."""
-        return list(zip(*self._columns, strict=True))  # type: ignore[arg-type]
+        """One row per meter, in index order."""
+        return list(zip(*self._columns, strict=True))
+
+    def to_bytes(self) -> bytes:
+        """The table as a reading batch body (deflated columns; b"" when empty), for storing."""
+        columns = self.as_columns()
+        return encode_batch(columns, compress=True) if columns is not None else b""
+
+    @classmethod
+    def from_bytes(cls, data: bytes, max_meters: int = MAX_TABLE) -> ReferenceTable:
+        """The table ``to_bytes`` made; ProtocolError if ``data`` is not one."""
+        table = cls()
+        if data:
+            reader = Reader(data)
+            columns = decode_batch(reader, max_meters)
+            if reader.remaining() or len(set(columns.meter_id)) != len(columns):
+                raise ProtocolError(ErrorCode.BAD_BATCH, "not a reference table")
+            table.apply(columns)
+        return table
 
 
 def agreed_references(offered: int | None, stored: int | None, last_acked_seq: int) -> int | None:

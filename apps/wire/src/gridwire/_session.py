@@ -220,6 +220,7 @@ class _Session:
                 if isinstance(message, ReadingBatch) and self._table is not None:
                     self._table.apply(message.columns)
                     decoder.previous_batch = self._table.as_columns()
+                    self._received_batch(message)
                 if self.state is State.CLOSED:
                     break
         except ProtocolError:
@@ -287,6 +288,9 @@ class _Session:
     def _guard(self, direction: Direction, message: Message, side: Side) -> None:
         """Value rules of READY and the handshake (per role)."""
         raise NotImplementedError
+
+    def _received_batch(self, batch: ReadingBatch) -> None:
+        """A version 3 ReadingBatch was received and applied to the table (per role)."""
 
     def _batch_done(self, batch: ReadingBatch) -> None:
         """A ReadingBatch was sent: version 3 makes it part of the reference table."""
@@ -501,6 +505,23 @@ class CloudSession(_Session):
         #: version 3: the edge's stored reference table and the seq it is as of, set by the
         #: adapter before it sends Welcome (gridcloud.references loads it)
         self.stored_references: tuple[int, ReferenceTable] | None = None
+        self._snapshots: dict[int, ReferenceTable] = {}
+
+    def table_after(self, last_seq: int) -> ReferenceTable | None:
+        """Version 3: the reference table as it was right after the received batch ending at
+        ``last_seq`` (to store once that batch is committed); forgets it and older ones.
+        None in versions 1 and 2, or when asked twice."""
+        table = self._snapshots.pop(last_seq, None)
+        for seq in [seq for seq in self._snapshots if seq < last_seq]:
+            del self._snapshots[seq]
+        return table
+
+    def _received_batch(self, batch: ReadingBatch) -> None:
+        assert self._table is not None
+        snapshots = self._snapshots
+        snapshots[batch.last_seq] = self._table.copy()
+        while len(snapshots) > self._window:  # only unacknowledged batches can still need one
+            del snapshots[next(iter(snapshots))]
 
     def agreed_references(self, last_acked_seq: int) -> int | None:
         """Welcome.references for a Welcome with ``last_acked_seq`` (None: start empty)."""

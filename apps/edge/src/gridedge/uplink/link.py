@@ -49,6 +49,7 @@ from gridwire import (
     Command,
     CommandResult,
     CommandStatus,
+    EdgeReferences,
     EdgeSession,
     Error,
     ErrorCode,
@@ -147,6 +148,7 @@ class Link:
         counters: LinkCounters | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
         stretch: Callable[[], float] = lambda: 1.0,
+        references: EdgeReferences | None = None,
     ) -> None:
         self._stretch = stretch
         self.journal = journal
@@ -159,7 +161,9 @@ class Link:
         self._close = close
         self._on_ready = on_ready
         self._on_error = on_error
-        self.session = EdgeSession(limits=limits if limits is not None else Limits())
+        # references: the table the service keeps across connections (protocol version 3)
+        self.session = EdgeSession(limits=limits if limits is not None else Limits(),
+                                   references=references)
         self.next_send = 1
         self.sent_batches = 0
         self.sent_records = 0
@@ -190,6 +194,7 @@ class Link:
             firmware_version=self.settings.firmware_version,
             boot_slot=self.settings.boot_slot,
             edge_time=int(now) if now > 1e9 else 0,
+            references=self.session.references_offer,
         ))
 
     def data_received(self, data: bytes) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gridwire import AlarmKind, Welcome
+from gridwire import AlarmKind, EdgeReferences, Welcome
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -111,6 +111,9 @@ class UplinkService(service.Service):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.counters = LinkCounters()
+        # gridwire version 3: each meter's last acknowledged record, kept across reconnects
+        # (not restarts: the first connection after one starts with an empty table)
+        self._references = EdgeReferences()
 
     def startService(self) -> None:
         # Load the certificates first: a missing or bad file fails the start with a clear
@@ -189,6 +192,7 @@ class UplinkService(service.Service):
             on_ready=lambda welcome: self._ready(proto, welcome),
             on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
+            references=self._references,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
