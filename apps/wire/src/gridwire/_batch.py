@@ -152,6 +152,11 @@ def _for(values: Sequence[int]) -> _Column:
     )
 
 
+def meter_planes(meter_ids: Sequence[int]) -> bytes:
+    """The planes of a meter id column in FOR mode (a version 3 connection's first primer)."""
+    return _for(meter_ids).planes if meter_ids else b""
+
+
 def _delta(values: Sequence[int]) -> _Column | None:
     if len(values) < 2:
         return None
@@ -334,7 +339,7 @@ def encode_batch_primed(
     data = b"".join(planes)
     codec = CODEC_STORED
     if compress or (compress is None and len(data) > 32):
-        if primer:
+        if primer and any(primer):
             deflater = zlib.compressobj(
                 DEFLATE_LEVEL, zlib.DEFLATED, -15, zdict=b"".join(primer)[-_WINDOW:]
             )

@@ -49,7 +49,7 @@ from ._messages import (
     ReadingBatch,
     Welcome,
 )
-from ._records import RecordColumns
+from ._records import FIELDS, RecordColumns
 from ._references import EdgeReferences, ReferenceTable, agreed_references
 from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State, receivable_types
 from ._varint import uvarint
@@ -323,6 +323,10 @@ class _Session:
         if welcome.version >= 3:  # references from the table (gridwire._references)
             self._table = self._reference_table(welcome)
             self._decoder.previous_batch = self._table.as_columns()
+            # the first batch deflates against the table's meter ids (ReferenceTable.primer)
+            primer = self._table.primer()
+            self._decoder.primer = primer
+            self._previous_planes = (primer,) + (b"",) * (len(FIELDS) - 1)
         self._acked = self._highest = welcome.last_acked_seq
         # the edge may choose a smaller window than offered; the cloud holds it to the offer
         self._window = min(welcome.max_in_flight, self.limits.max_in_flight)
