@@ -245,3 +245,18 @@ async def test_point2_refused_edge_backs_off_to_the_maximum(
         await uplink.stopService()
         await port.stopListening()
         journal.close()
+
+
+def test_the_unit_offers_sha256_suites_and_few_signature_algorithms(
+    pki: tuple[Path, Path],
+) -> None:
+    """Fewer bytes in every ClientHello and in a resumed handshake's binder and Finished
+    messages (gridedge.uplink.tls.trim_offers), from the very first connection."""
+    _, tls = pki
+    creator = ResumingCreator.for_device(SERVER_NAME, DeviceIdentity.load(tls))
+    tls_protocol = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    for _ in range(2):
+        ciphers = creator.clientConnectionForTLS(tls_protocol).get_cipher_list()
+        assert "TLS_AES_128_GCM_SHA256" in ciphers and "TLS_AES_256_GCM_SHA384" not in ciphers
