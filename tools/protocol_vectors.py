@@ -258,12 +258,13 @@ def _version3(first: list[IntervalRecord],
     rows = [list(record) for record in first]
     tables = {"edge_table": {"seq": 3, "rows": rows}, "cloud_table": {"seq": 3, "rows": rows}}
     r = _Recorder(tables=tables)
-    r.say("edge", dataclasses.replace(hello, references=3))
+    r.say("edge", dataclasses.replace(hello, references=3, budget_bytes=50_000_000,
+                                      month_bytes=1_234_567))
     r.say("cloud", dataclasses.replace(WELCOME_V2, version=3, last_acked_seq=3, references=3))
     r.say("edge", ReadingBatch(first_seq=4, records=second))
     r.say("cloud", Ack(up_to_seq=6))
-    yield {"name": "v3 reconnect: the edge offers its table as of seq 3, the cloud's stored "
-                   "one matches, the first batch refers to it", "version": 3, **tables,
+    yield {"name": "v3 reconnect: the edge offers its table as of seq 3 (and reports its "
+                   "data budget), the cloud's stored one matches, the first batch refers to it", "version": 3, **tables,
            "steps": r.steps}
 
     tables = {"edge_table": {"seq": 3, "rows": rows}}

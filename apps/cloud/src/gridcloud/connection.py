@@ -105,6 +105,10 @@ class EdgeInfo:
     peer: str
     firmware_version: str = ""
     boot_slot: str = ""
+    #: the unit's monthly data budget and this month's bytes as it counted them (Hello's
+    #: budget extensions; None when it has no budget)
+    budget_bytes: int | None = None
+    month_bytes: int | None = None
 
 
 class EdgeRefused(Exception):
@@ -398,7 +402,8 @@ class EdgeConnection:
             return
         self._pause()
         info = EdgeInfo(
-            self.edge_id, self.serial, self.peer, hello.firmware_version, hello.boot_slot
+            self.edge_id, self.serial, self.peer, hello.firmware_version, hello.boot_slot,
+            hello.budget_bytes, hello.month_bytes,
         )
         self._store.admit(
             info, lambda last_seq: self._load_references(last_seq, version), self._not_admitted

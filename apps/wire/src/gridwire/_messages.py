@@ -231,6 +231,9 @@ class Hello(Message):
     references (extension, version 3; None when not sent): the last sequence number of
     the last acknowledged batch in the edge's reference table (gridwire._references);
     absent when the edge has none, so that the connection starts with an empty one.
+    budget_bytes, month_bytes (extensions, any version; None when not sent): the unit's
+    monthly data budget (``[uplink] budget_mb_per_month``, absent without one) and the
+    bytes it counted on its link this UTC month so far, for the cloud's API.
     """
 
     TYPE = MessageType.HELLO
@@ -246,10 +249,16 @@ class Hello(Message):
     max_version: int
     firmware_version: str
     boot_slot: str
-    EXTENSIONS = ((2, "references", U64),)
+    EXTENSIONS = (
+        (2, "references", U64),
+        (4, "budget_bytes", ("uint", 63)),  # below 2^63: the cloud stores them as bigint
+        (6, "month_bytes", ("uint", 63)),
+    )
     last_command_id: int = 0
     edge_time: int = 0
     references: int | None = None
+    budget_bytes: int | None = None
+    month_bytes: int | None = None
 
     def _check(self) -> None:
         if not 1 <= self.min_version <= self.max_version:
@@ -260,6 +269,8 @@ class Hello(Message):
             raise local_error(
                 ErrorCode.INVALID_FIELD, "Hello.references needs max_version >= 3 and a seq >= 1"
             )
+        if self.budget_bytes == 0:
+            raise local_error(ErrorCode.INVALID_FIELD, "Hello.budget_bytes is absent or >= 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,3 +20,10 @@ CREATE TABLE edge_references (
     body        bytea NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The unit's monthly data budget ([uplink] budget_mb_per_month) and its own count of this
+-- month's bytes, as its last Hello said them (NULL: no budget), for the API's edge resource
+-- beside the cloud's own counts (edge_traffic).  The count is as of last_connected_at.
+ALTER TABLE edges
+    ADD COLUMN budget_bytes bigint CHECK (budget_bytes > 0),
+    ADD COLUMN month_bytes_reported bigint CHECK (month_bytes_reported >= 0);

@@ -149,8 +149,10 @@ class Link:
         expected_meters: Callable[[], int] = lambda: 0,
         stretch: Callable[[], float] = lambda: 1.0,
         references: EdgeReferences | None = None,
+        budget: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self._stretch = stretch
+        self._budget = budget  # (monthly budget, this month's bytes) for the Hello
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
@@ -195,7 +197,13 @@ class Link:
             boot_slot=self.settings.boot_slot,
             edge_time=int(now) if now > 1e9 else 0,
             references=self.session.references_offer,
+            **self._budget_report(),
         ))
+
+    def _budget_report(self) -> dict[str, int]:
+        """Hello's budget extensions: the unit's budget and month's use, when it has one."""
+        budget, used = self._budget()
+        return {"budget_bytes": budget, "month_bytes": used} if budget > 0 else {}
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the cloud: feed the session, act on each message."""

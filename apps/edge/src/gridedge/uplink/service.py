@@ -193,6 +193,7 @@ class UplinkService(service.Service):
             on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
             references=self._references,
+            budget=lambda: (self.budget.budget_bytes, self.month_bytes),
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:

@@ -6,6 +6,9 @@
 this UTC day, as every serve node counted and wrote them (``edge_traffic``,
 gridcloud.traffic): late by at most a node's ``traffic_flush_interval``.
 ``/v1/edges/{edge_id}/traffic`` pages through the edge's earlier days.
+The monthly data budget (``[uplink] budget_mb_per_month``) is what the unit said in its
+last Hello (with its own count of the month's bytes then); beside it the cloud's count of
+this UTC month, always current, and the share of the budget used by the larger of the two.
 
 Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_traffic.py.
 """
@@ -23,7 +26,13 @@ from . import paging
 _COLUMNS = """
 e.edge_id, session_token IS NOT NULL, greatest(last_connected_at, last_batch_at), last_peer,
 firmware_version, boot_slot, readings_total, seq_gaps_total, last_seq, revoked_at,
-revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0)
+revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0),
+e.budget_bytes,
+CASE WHEN date_trunc('month', last_connected_at AT TIME ZONE 'UTC')
+          = date_trunc('month', now() AT TIME ZONE 'UTC') THEN e.month_bytes_reported END,
+(SELECT coalesce(sum(m.bytes_up + m.bytes_down), 0) FROM edge_traffic m
+  WHERE m.edge_id = e.edge_id
+    AND m.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date)
 """
 
 #: the edges and today's (UTC) traffic row of each
@@ -59,7 +68,8 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["edge_id", "online", "last_contact", "peer", "firmware_version", "boot_slot",
                  "readings_total", "sequence_gaps", "last_seq", "revoked", "revoked_at",
-                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today"],
+                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today",
+                 "budget_bytes_per_month", "month_bytes", "month_bytes_reported", "budget_used"],
     "properties": {
         "edge_id": {"type": "string"},
         "online": {"type": "boolean", "description": "Held by a gridcloud serve node now."},
@@ -83,6 +93,23 @@ SCHEMA: dict[str, Any] = {
         "bytes_down_today": {
             "type": "integer", "minimum": 0,
             "description": "Bytes the cloud sent to the edge this UTC day (same counting)."},
+        "budget_bytes_per_month": {
+            "type": ["integer", "null"], "minimum": 1,
+            "description": "The unit's monthly data budget ([uplink] budget_mb_per_month) as "
+                           "its last connection said; null: none configured."},
+        "month_bytes": {
+            "type": "integer", "minimum": 0,
+            "description": "Bytes both ways on the edge's connections this UTC month, as the "
+                           "serve nodes counted them (the days of bytes_up_today)."},
+        "month_bytes_reported": {
+            "type": ["integer", "null"], "minimum": 0,
+            "description": "This month's bytes as the unit counted them at its last connection "
+                           "(null: no budget, or that connection was in an earlier month)."},
+        "budget_used": {
+            "type": ["number", "null"], "minimum": 0,
+            "description": "The larger of month_bytes and month_bytes_reported over the budget "
+                           "(1.0: all of it); null without a budget. The unit stretches its "
+                           "uploads ahead of pace and raises DATA_BUDGET at 0.8 and 1.0."},
     },
 }
 
@@ -102,7 +129,7 @@ TRAFFIC_SCHEMA: dict[str, Any] = {
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
     (edge_id, online, contact, peer, firmware, slot, total, gaps, last_seq, revoked_at,
-     reason, first_seen, up, down) = row
+     reason, first_seen, up, down, budget, reported, month) = row
     return {
         "edge_id": edge_id,
         "online": bool(online),
@@ -119,6 +146,10 @@ def item(row: tuple[Any, ...]) -> dict[str, Any]:
         "first_seen": rfc3339(first_seen),
         "bytes_up_today": up,
         "bytes_down_today": down,
+        "budget_bytes_per_month": budget,
+        "month_bytes": int(month),
+        "month_bytes_reported": reported,
+        "budget_used": round(max(int(month), reported or 0) / budget, 4) if budget else None,
     }
 
 
