@@ -264,8 +264,8 @@ def _version3(first: list[IntervalRecord],
     r.say("edge", ReadingBatch(first_seq=4, records=second))
     r.say("cloud", Ack(up_to_seq=6))
     yield {"name": "v3 reconnect: the edge offers its table as of seq 3 (and reports its "
-                   "data budget), the cloud's stored one matches, the first batch refers to it", "version": 3, **tables,
-           "steps": r.steps}
+                   "data budget), the cloud's stored one matches, the first batch refers to it",
+           "version": 3, **tables, "steps": r.steps}
 
     tables = {"edge_table": {"seq": 3, "rows": rows}}
     r = _Recorder(tables=tables)
