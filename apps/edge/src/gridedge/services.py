@@ -156,6 +156,7 @@ class Unit(service.MultiService):
             commands=self.commands,
             expected_meters=self.reporting_meters,
             budget_bytes=int(up.budget_mb_per_month * 1e6),
+            tls_version=up.tls_version,
         )
 
     def reporting_meters(self) -> int:

@@ -84,7 +84,9 @@ class UplinkService(service.Service):
         commands: CommandReceiver | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
         budget_bytes: int = 0,
+        tls_version: str = "1.3",
     ) -> None:
+        self._tls_version = tls_version
         self._commands = commands
         self._expected_meters = expected_meters
         self.budget = DataBudget(budget_bytes)
@@ -119,7 +121,8 @@ class UplinkService(service.Service):
         # Load the certificates first: a missing or bad file fails the start with a clear
         # message, and the supervisor retries (the unit may be provisioned later).
         identity = self._identity_loader()
-        self._creator = ResumingCreator.for_device(self.server_name, identity)
+        self._creator = ResumingCreator.for_device(self.server_name, identity,
+                                                   tls12=self._tls_version == "1.2")
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self._connect_timeout)
         endpoint = wrapClientTLS(self._creator, CountingEndpoint(tcp, self._count))
         factory = Factory.forProtocol(lambda: UplinkProtocol(self._make_link))
