@@ -272,3 +272,14 @@ def test_mutated_batches_against_a_table_only_raise_protocol_errors(
         session.receive_data(bytes(good))
     except ProtocolError as exc:
         assert exc.remote
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_a_stored_table_that_is_not_one_only_raises_protocol_errors(data: bytes) -> None:
+    """What the cloud reads back from its database is decoded like a batch from the wire."""
+    try:
+        table = ReferenceTable.from_bytes(data)
+    except ProtocolError:
+        return
+    assert ReferenceTable.from_bytes(table.to_bytes()).as_columns() == table.as_columns()
