@@ -14,7 +14,8 @@ handshakes, tickets and record overhead are measured, not estimated.  TCP/IP
 headers are not counted for anyone.
 
 1. gridwire v1: EdgeSession/CloudSession; one ReadingBatch per poll, one Ack each;
-   and the same with protocol version 2 (batches deflated against the previous one).
+   and the same with protocol version 2 (batches deflated against the previous one) and 3
+   (references from a table kept across connections).
 2. MQTT 3.1.1 + JSON: one PUBLISH per meter per interval, QoS 1 with PUBACK.  The
    client packets are paho-mqtt's own encoder (a real paho Client talking to a
    minimal broker on 127.0.0.1); CONNACK/PUBACK/PINGREQ/PINGRESP are 2-4 byte
@@ -65,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gridwire import (
     Ack,
     CloudSession,
+    EdgeReferences,
     EdgeSession,
     Hello,
     IntervalRecord,
@@ -73,6 +75,7 @@ from gridwire import (
     Pong,
     ReadingBatch,
     RecordColumns,
+    ReferenceTable,
     Welcome,
 )
 from wire_day import DAY_START, INTERVAL, Row, make_day
@@ -132,10 +135,15 @@ def columns_of(rows: Sequence[Row]) -> RecordColumns:
 
 
 class GridwireLink:
-    """An edge and a cloud session on one connection, recording what each one writes."""
+    """An edge and a cloud session on one connection, recording what each one writes.
 
-    def __init__(self) -> None:
-        self.edge, self.cloud = EdgeSession(), CloudSession()
+    ``references``/``stored``: version 3's table as the unit keeps it and as the cloud
+    stored it, carried over from the previous connection."""
+
+    def __init__(self, references: EdgeReferences | None = None,
+                 stored: tuple[int, ReferenceTable] | None = None) -> None:
+        self.edge, self.cloud = EdgeSession(references=references), CloudSession()
+        self.cloud.stored_references = stored
         self.writes: list[Write] = []
 
     def up(self, message: Any) -> list[Any]:
@@ -156,8 +164,10 @@ def gridwire_writes(
     per_connection: list[list[Write]] = []
     seq = 0
     received = 0
+    references = EdgeReferences() if version >= 3 else None
+    stored: tuple[int, ReferenceTable] | None = None
     for group in groups:
-        link = GridwireLink()
+        link = GridwireLink(references, stored)
         up, down = link.up, link.down
         up(
             Hello(
@@ -167,6 +177,7 @@ def gridwire_writes(
                 boot_slot="A",
                 last_command_id=0,
                 edge_time=DAY_START,
+                references=link.edge.references_offer,
             )
         )
         down(
@@ -176,6 +187,7 @@ def gridwire_writes(
                 last_acked_seq=seq,
                 heartbeat_interval=300,
                 max_in_flight=8,
+                references=link.cloud.agreed_references(seq),
             )
         )
         for start in range(0, len(group), group_size):
@@ -184,6 +196,9 @@ def gridwire_writes(
             assert list(batch.columns.rows()) == rows
             received += len(rows)
             seq += len(rows)
+            table = link.cloud.table_after(seq)
+            if table is not None:  # what gridcloud.references stores after the commit
+                stored = (seq, table)
             down(Ack(up_to_seq=seq))
             for beat in range(HEARTBEATS_PER_GAP * group_size):
                 up(Ping(nonce=beat))
@@ -790,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     v2, received = gridwire_writes(polls, groups, version=2)
     assert received == total
     add("gridwire_v2", over_tls(tls, v2))
+    v3, received = gridwire_writes(polls, groups, version=3)
+    assert received == total
+    add("gridwire_v3", over_tls(tls, v3))
 
     ablation = {
         "batch_frames": gridwire_payload_only(polls) / total,
@@ -809,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         "sink": "SparkMeter Sink, event + ACK each",
         "gridwire_hourly": "gridwire v1, upload every hour",
         "gridwire_v2": "gridwire v2, upload every 15 min",
+        "gridwire_v3": "gridwire v3, upload every 15 min",
     }
     print(
         f"gridwire wire benchmark: {args.meters} meters x 96 intervals = {total:,} records "

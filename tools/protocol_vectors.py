@@ -46,6 +46,7 @@ from gridwire import (
     CommandKind,
     CommandResult,
     CommandStatus,
+    EdgeReferences,
     EdgeSession,
     EventReport,
     Hello,
@@ -55,6 +56,7 @@ from gridwire import (
     Pong,
     ProtocolError,
     ReadingBatch,
+    ReferenceTable,
     Welcome,
 )
 from gridwire._codec import encode_message  # raw frames for the malformed cases
@@ -117,8 +119,9 @@ def _record(meter: int, end: int, energy: int, flags: int = 0) -> IntervalRecord
 class _Recorder:
     """A real edge and cloud session; each message goes through both and becomes a step."""
 
-    def __init__(self, cloud_versions: tuple[int, ...] = (1, 2)) -> None:
-        self.edge, self.cloud = EdgeSession(), CloudSession(versions=cloud_versions)
+    def __init__(self, cloud_versions: tuple[int, ...] = (1, 2, 3),
+                 tables: dict[str, Any] | None = None) -> None:
+        self.edge, self.cloud = _sessions(cloud_versions, tables or {})
         self.steps: list[Step] = []
 
     def say(self, sender: str, message: Message) -> bytes:
@@ -139,6 +142,24 @@ class _Recorder:
                                "error": exc.code.name, "error_code": int(exc.code)})
             return
         raise AssertionError(f"{why}: no error")
+
+
+def _table(spec: dict[str, Any]) -> ReferenceTable:
+    return ReferenceTable([tuple(row) for row in spec["rows"]])
+
+
+def _sessions(cloud_versions: tuple[int, ...],
+              tables: dict[str, Any]) -> tuple[EdgeSession, CloudSession]:
+    """The two sessions of a conversation, with the reference tables it starts from."""
+    references = None
+    if "edge_table" in tables:
+        references = EdgeReferences()
+        references.committed = _table(tables["edge_table"])
+        references.seq = tables["edge_table"]["seq"]
+    cloud = CloudSession(versions=cloud_versions)
+    if "cloud_table" in tables:
+        cloud.stored_references = (tables["cloud_table"]["seq"], _table(tables["cloud_table"]))
+    return EdgeSession(references=references), cloud
 
 
 def _opened() -> _Recorder:
@@ -189,6 +210,8 @@ def conversations() -> Iterator[dict[str, Any]]:
     yield {"name": "v2 edge, v1 cloud: version 1 is chosen and batches are v1's",
            "version": 1, "cloud_versions": [1], "steps": r.steps}
 
+    yield from _version3(first, second)
+
     r = _opened()
     good = r.edge.send(ReadingBatch(first_seq=1, records=first))
     # frame = length prefix (1 byte here), type, first_seq (1), count (1), codec
@@ -238,10 +261,60 @@ def conversations() -> Iterator[dict[str, Any]]:
     yield {"name": "CertificateRequest before Hello", "version": 1, "steps": r.steps}
 
 
+def _version3(first: list[IntervalRecord],
+              second: list[IntervalRecord]) -> Iterator[dict[str, Any]]:
+    """Version 3: reference tables for the whole connection and across reconnects."""
+    hello = dataclasses.replace(HELLO_V2, max_version=3)
+    r = _Recorder()
+    r.say("edge", hello)
+    r.say("cloud", dataclasses.replace(WELCOME_V2, version=3))
+    r.say("edge", ReadingBatch(first_seq=1, records=first))
+    r.say("cloud", Ack(up_to_seq=3))
+    r.say("edge", ReadingBatch(first_seq=4, records=second[2:]))  # a new meter only
+    r.say("edge", ReadingBatch(first_seq=5, records=second[:2]))  # refers to batch one
+    r.say("cloud", Ack(up_to_seq=6))
+    yield {"name": "v3 session without a table yet: a batch refers to a meter last seen two "
+                   "batches earlier (the connection's table)", "version": 3, "steps": r.steps}
+
+    rows = [list(record) for record in first]
+    tables = {"edge_table": {"seq": 3, "rows": rows}, "cloud_table": {"seq": 3, "rows": rows}}
+    r = _Recorder(tables=tables)
+    r.say("edge", dataclasses.replace(hello, references=3, budget_bytes=50_000_000,
+                                      month_bytes=1_234_567))
+    r.say("cloud", dataclasses.replace(WELCOME_V2, version=3, last_acked_seq=3, references=3))
+    r.say("edge", ReadingBatch(first_seq=4, records=second))
+    r.say("cloud", Ack(up_to_seq=6))
+    yield {"name": "v3 reconnect: the edge offers its table as of seq 3 (and reports its "
+                   "data budget), the cloud's stored one matches, the first batch refers to it",
+           "version": 3, **tables, "steps": r.steps}
+
+    tables = {"edge_table": {"seq": 3, "rows": rows}}
+    r = _Recorder(tables=tables)
+    r.say("edge", dataclasses.replace(hello, references=3))
+    r.say("cloud", dataclasses.replace(WELCOME_V2, version=3, last_acked_seq=3))
+    r.say("edge", ReadingBatch(first_seq=4, records=second))
+    yield {"name": "v3 reconnect to a cloud without the table: both start empty", "version": 3,
+           **tables, "steps": r.steps}
+
+    r = _Recorder(cloud_versions=(1, 2), tables=tables)
+    r.say("edge", dataclasses.replace(hello, references=3))
+    r.say("cloud", dataclasses.replace(WELCOME_V2, last_acked_seq=3))
+    r.say("edge", ReadingBatch(first_seq=4, records=second))
+    yield {"name": "v3 edge, v2 cloud: version 2 is chosen, Hello.references is ignored",
+           "version": 2, "cloud_versions": [1, 2], **tables, "steps": r.steps}
+
+    r = _Recorder()
+    r.say("edge", hello)
+    r.bad("cloud", encode_message(dataclasses.replace(WELCOME_V2, version=3, last_acked_seq=3,
+                                                      references=3)),
+          "a Welcome agreeing on a reference table the edge never offered")
+    yield {"name": "Welcome.references without an offer", "version": 3, "steps": r.steps}
+
+
 def build() -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "protocol_versions": [1, 2],
+        "protocol_versions": [1, 2, 3],
         "spec": "docs/protocol.md",
         "how_to_play": (
             "For role R (edge or cloud), start a fresh session per conversation and go "
@@ -250,7 +323,11 @@ def build() -> dict[str, Any]:
             "which must yield exactly 'message', or, when the step has 'error', fail with "
             "that protocol error code (the conversation ends there). Steps with 'error' are "
             "never produced by a correct sender, so R skips its own. 'cloud_versions', where "
-            "present, are the only versions the cloud of that conversation speaks."),
+            "present, are the only versions the cloud of that conversation speaks. "
+            "'edge_table' and 'cloud_table' (version 3), where present, are the reference "
+            "tables the edge keeps and the cloud has stored before the conversation: the "
+            "seq each is as of and its rows (one per meter, in index order, fields as in "
+            "ReadingBatch records); without them a side starts with none."),
         "conversations": list(conversations()),
     }
 
@@ -268,8 +345,9 @@ def text() -> str:
 
 def play(conversation: dict[str, Any], role: str) -> None:
     """Play ``conversation`` as ``role`` with gridwire's session; AssertionError on a mismatch."""
-    versions = tuple(conversation.get("cloud_versions", (1, 2)))
-    session = EdgeSession() if role == "edge" else CloudSession(versions=versions)
+    versions = tuple(conversation.get("cloud_versions", (1, 2, 3)))
+    edge, cloud = _sessions(versions, conversation)
+    session: EdgeSession | CloudSession = edge if role == "edge" else cloud
     for index, step in enumerate(conversation["steps"]):
         where = f"{conversation['name']!r} step {index}"
         if step["from"] == role:

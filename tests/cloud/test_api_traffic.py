@@ -39,6 +39,7 @@ from support.journal_helpers import rec
 CLOSE_NOTIFY = 24
 
 DAY = 86400.0
+BUDGET = 50_000_000  # [uplink] budget_mb_per_month = 50
 
 
 def stored(dsn: str, edge_id: str) -> dict[str, tuple[int, int]]:
@@ -56,6 +57,7 @@ def make_uplink(journal: Journal, tls: Path, port: int) -> UplinkService:
         server_name=config.server_name, identity_loader=lambda: DeviceIdentity.load(tls),
         settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
         backoff=ReconnectPolicy(0.05, 0.2, 2.0, 60.0), connect_timeout=config.connect_timeout,
+        budget_bytes=BUDGET,
     )
 
 
@@ -107,6 +109,14 @@ async def test_cloud_counts_the_bytes_the_edge_counted_and_the_api_serves_them(
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
         one = api.get("/v1/edges/bbb-0042", admin).json()
         assert (one["bytes_up_today"], one["bytes_down_today"]) == cloud_days.get(today, (0, 0))
+        # the budget as the unit's last Hello said it, beside the cloud's count of the month
+        month = today[:7]
+        counted_month = sum(u + d for day, (u, d) in cloud_days.items() if day[:7] == month)
+        assert one["budget_bytes_per_month"] == BUDGET
+        assert one["month_bytes"] == counted_month
+        reported = one["month_bytes_reported"]
+        assert reported is not None and 0 <= reported <= sent + received  # as of its Hello
+        assert one["budget_used"] == round(max(counted_month, reported) / BUDGET, 4)
         history = api.get("/v1/edges/bbb-0042/traffic", admin).json()
         assert [(d["day"], d["bytes_up"], d["bytes_down"]) for d in history["items"]] == [
             (day, u, d) for day, (u, d) in sorted(cloud_days.items(), reverse=True)]

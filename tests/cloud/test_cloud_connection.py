@@ -289,10 +289,10 @@ def test_an_edge_with_no_common_protocol_version_is_refused(cloud: Cloud) -> Non
     edge = cloud.edge()
     edge.connection.connected()
     edge.connection.handshake_completed(EDGE_CERT)
-    edge.send(hello(min_version=3, max_version=4))
+    edge.send(hello(min_version=4, max_version=5))
     assert cloud.store.admissions == []
     assert edge.errors() == [
-        (ErrorCode.UNSUPPORTED_VERSION, "no common protocol version (edge speaks 3..4)")
+        (ErrorCode.UNSUPPORTED_VERSION, "no common protocol version (edge speaks 4..5)")
     ]
     assert edge.wire.closed
 

@@ -54,7 +54,7 @@ def test_example_loads_with_defaults(tmp_path: Path) -> None:
     assert c.journal.path == Path("/data/gridedge/journal.db")
     assert c.health.socket == Path("/data/gridedge/health.sock")
     assert c.uplink.upload_deadline == 600.0 and c.uplink.budget_mb_per_month == 0.0
-    assert c.uplink.batch_records == 4000
+    assert c.uplink.batch_records == 4000 and c.uplink.tls_version == "1.3"
 
 
 def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
@@ -111,6 +111,8 @@ def test_boot_slot_unknown_without_rauc(tmp_path: Path) -> None:
          r"\[uplink\] budget_mb_per_month: must be >= 0"),
         ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\nupload_deadline = -1\n',
          r"\[uplink\] upload_deadline: must be >= 0"),
+        ('data_dir = "/d"\n[uplink]\nhost = "h"\nport = 1\ntls_version = "1.1"\n',
+         r"\[uplink\] tls_version: \"1.3\" \(default\) or \"1.2\""),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -95,7 +95,8 @@ async def start_cloud(pki_dir: Path, state: dict[str, Any], resumption: str = "c
 
 
 def make_uplink(
-    journal: Journal, tls: Path, port: int, server_name: str = SERVER_NAME
+    journal: Journal, tls: Path, port: int, server_name: str = SERVER_NAME,
+    tls_version: str = "1.3",
 ) -> UplinkService:
     config = UplinkConfig(host="127.0.0.1", port=port, server_name=server_name, tls_dir=tls,
                           batch_linger=0.0, batch_records=100, upload_deadline=0.0)
@@ -104,6 +105,7 @@ def make_uplink(
         server_name=config.server_name, identity_loader=lambda: DeviceIdentity.load(tls),
         settings=LinkSettings.from_config(EdgeConfig("1.0", "A"), config),
         backoff=ReconnectPolicy(0.05, 0.2, 2.0, 60.0), connect_timeout=config.connect_timeout,
+        tls_version=tls_version,
     )
 
 
@@ -122,24 +124,27 @@ def test_point13_device_connections_need_no_binding_the_units_cryptography_lacks
     assert isinstance(connection, SSL.Connection)
 
 
-@pytest.mark.parametrize("resumption", ["cache", "tickets"])
+@pytest.mark.parametrize(("resumption", "tls_version"),
+                         [("cache", "1.3"), ("tickets", "1.3"), ("cache", "1.2")])
 @pytest_twisted.ensureDeferred
 async def test_delivers_and_resumes_tls_session_with_fewer_bytes(
-    tmp_path: Path, pki: tuple[Path, Path], resumption: str
+    tmp_path: Path, pki: tuple[Path, Path], resumption: str, tls_version: str
 ) -> None:
-    """All records arrive once; after a cut the reconnect resumes TLS 1.3 (either server mode)
-    and its handshake is smaller."""
+    """All records arrive once; after a cut the reconnect resumes TLS 1.3 (either server mode),
+    or TLS 1.2 by session id when the unit is told to, and its handshake is smaller."""
     pki_dir, tls = pki
     state: dict[str, Any] = {"conns": [], "seqs": [], "acked": 0}
     port = await start_cloud(pki_dir, state, resumption)
     journal = Journal(tmp_path / "data" / "journal.db", max_bytes=10 << 20)
     journal.open()
     journal.append([rec(i) for i in range(250)])
-    uplink = make_uplink(journal, tls, port.getHost().port)
+    uplink = make_uplink(journal, tls, port.getHost().port, tls_version=tls_version)
     uplink.startService()
     try:
         await until(lambda: journal.pending == 0)
         assert state["seqs"] == list(range(1, 251))
+        handle = state["conns"][-1].transport.getHandle()
+        assert handle.get_protocol_version_name() == f"TLSv{tls_version}"
         first = uplink.status()
         assert first.connected and first.full_handshakes == 1 and first.resumed_handshakes == 0
         full_bytes = first.last_handshake_bytes
@@ -156,6 +161,8 @@ async def test_delivers_and_resumes_tls_session_with_fewer_bytes(
         if resumption == "cache":  # the default; stateless tickets carry the client certificate
             # issue 17: no CA certificate in either chain, no TLS 1.2 offer
             assert full_bytes <= 2400
+        if tls_version == "1.2":  # session ids: no key exchange, no ticket on resumption
+            assert resumed_bytes <= 600
         assert state["seqs"] == list(range(1, 301))
         print(f"\nTLS handshake + Hello/Welcome on the wire: full {full_bytes} B, "
               f"resumed {resumed_bytes} B, saved {full_bytes - resumed_bytes} B "
@@ -245,3 +252,18 @@ async def test_point2_refused_edge_backs_off_to_the_maximum(
         await uplink.stopService()
         await port.stopListening()
         journal.close()
+
+
+def test_the_unit_offers_sha256_suites_and_few_signature_algorithms(
+    pki: tuple[Path, Path],
+) -> None:
+    """Fewer bytes in every ClientHello and in a resumed handshake's binder and Finished
+    messages (gridedge.uplink.tls.trim_offers), from the very first connection."""
+    _, tls = pki
+    creator = ResumingCreator.for_device(SERVER_NAME, DeviceIdentity.load(tls))
+    tls_protocol = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    for _ in range(2):
+        ciphers = creator.clientConnectionForTLS(tls_protocol).get_cipher_list()
+        assert "TLS_AES_128_GCM_SHA256" in ciphers and "TLS_AES_256_GCM_SHA384" not in ciphers

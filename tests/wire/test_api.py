@@ -33,6 +33,9 @@ PUBLIC = {
     "CommandResult",
     "CommandStatus",
     "EdgeSession",
+    "EdgeReferences",
+    "ReferenceTable",
+    "agreed_references",
     "COMMAND_ACTIONS",
     "Error",
     "ErrorCode",
@@ -68,7 +71,7 @@ def test_public_names_are_pinned() -> None:
     assert set(gridwire.__all__) == PUBLIC
     for name in PUBLIC:
         assert getattr(gridwire, name) is not None
-    assert gridwire.PROTOCOL_VERSION == 2 and list(gridwire.SUPPORTED_VERSIONS) == [1, 2]
+    assert gridwire.PROTOCOL_VERSION == 3 and list(gridwire.SUPPORTED_VERSIONS) == [1, 2, 3]
 
 
 def test_package_is_typed() -> None:

@@ -169,14 +169,14 @@ def test_version_negotiation_picks_common_version() -> None:
     cloud.receive_data(
         encode_message(Hello(min_version=1, max_version=7, firmware_version="9", boot_slot="B"))
     )
-    assert cloud.choose_version() == 2
+    assert cloud.choose_version() == 3
     other = CloudSession()
     other.receive_data(
-        encode_message(Hello(min_version=3, max_version=4, firmware_version="9", boot_slot="B"))
+        encode_message(Hello(min_version=4, max_version=5, firmware_version="9", boot_slot="B"))
     )
     assert other.choose_version() is None
     with pytest.raises(ProtocolError) as info:
-        other.send(Welcome(version=3, server_time=0, last_acked_seq=0))
+        other.send(Welcome(version=4, server_time=0, last_acked_seq=0))
     assert info.value.code is ErrorCode.UNSUPPORTED_VERSION and info.value.local
     assert other.send(Error(code=ErrorCode.UNSUPPORTED_VERSION))
 

@@ -80,6 +80,7 @@ from gridwire import (
 
 from .config import ServerConfig
 from .pki import PKIError, check_validity, edge_id_from_certificate
+from .refchain import ReferenceKeeper, Stored
 from .sessions import SessionRegistry
 
 #: What an edge uploads: both share the journal's sequence space.
@@ -104,6 +105,10 @@ class EdgeInfo:
     peer: str
     firmware_version: str = ""
     boot_slot: str = ""
+    #: the unit's monthly data budget and this month's bytes as it counted them (Hello's
+    #: budget extensions; None when it has no budget)
+    budget_bytes: int | None = None
+    month_bytes: int | None = None
 
 
 class EdgeRefused(Exception):
@@ -174,6 +179,25 @@ class Store(Protocol):
     ) -> None:
         """Store one upload; ``done(previous high-water mark)`` after COMMIT."""
 
+    def load_references(
+        self,
+        edge_id: str,
+        done: Callable[[Stored | None], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        """The edge's stored reference table (protocol version 3), or None."""
+
+    def save_references(
+        self,
+        edge_id: str,
+        expected: int,
+        as_of: int,
+        table: gridwire.ReferenceTable,
+        done: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        """Store the table if the stored one is as of ``expected`` (gridcloud.refchain)."""
+
 
 class SessionObserver(Protocol):
     """Told when a connection becomes its edge's live session, and when it is gone
@@ -241,6 +265,7 @@ class EdgeConnection:
         self._handshake_done = False
         self._live = False
         self._timer: Timer | None = None  # Hello timeout, then the silence check
+        self._references: ReferenceKeeper | None = None  # version 3 (gridcloud.refchain)
         self._last_heard = 0.0
 
     # -- read-only views ---------------------------------------------------------------------
@@ -377,11 +402,25 @@ class EdgeConnection:
             return
         self._pause()
         info = EdgeInfo(
-            self.edge_id, self.serial, self.peer, hello.firmware_version, hello.boot_slot
+            self.edge_id, self.serial, self.peer, hello.firmware_version, hello.boot_slot,
+            hello.budget_bytes, hello.month_bytes,
         )
         self._store.admit(
-            info, lambda last_seq: self._admitted(last_seq, version), self._not_admitted
+            info, lambda last_seq: self._load_references(last_seq, version), self._not_admitted
         )
+
+    def _load_references(self, last_seq: int, version: int) -> None:
+        """Version 3 with a table offered: load the stored one before the Welcome."""
+        assert self.edge_id is not None and self.session.hello is not None
+        if version < 3 or self.session.hello.references is None:
+            self._admitted(last_seq, version)
+            return
+
+        def loaded(stored: Stored | None) -> None:
+            self.session.stored_references = stored
+            self._admitted(last_seq, version)
+
+        self._store.load_references(self.edge_id, loaded, self._not_admitted)
 
     def _admitted(self, last_seq: int, version: int) -> None:
         if self._closing:  # gone, revoked or timed out while the database answered
@@ -403,8 +442,14 @@ class EdgeConnection:
                 max_in_flight=self.config.max_in_flight,
                 max_batch_records=self.config.max_batch_records,
                 max_frame_size=self.config.max_frame_size,
+                references=self.session.agreed_references(last_seq),
             )
         )
+        if version >= 3:
+            assert self.session.welcome is not None
+            self._references = ReferenceKeeper(
+                self.session.welcome.references, self._save_references, self._references_broken
+            )
         self.log.info(
             "edge {edge} connected from {peer}, resuming after seq {seq}",
             edge=self.edge_id,
@@ -488,10 +533,33 @@ class EdgeConnection:
                 a=previous + 1,
                 b=first - 1,
             )
+        if self._references is not None:
+            table = self.session.table_after(last)
+            if table is not None:
+                self._references.committed(last, table)
         self.send(Ack(up_to_seq=last))
         if self._paused and len(self._uploads) < self.config.max_pending_uploads:
             self._resume()
         self._write_next()
+
+    def _save_references(
+        self,
+        expected: int,
+        as_of: int,
+        table: gridwire.ReferenceTable,
+        done: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        assert self.edge_id is not None
+        self._store.save_references(self.edge_id, expected, as_of, table, done, failed)
+
+    def _references_broken(self, why: str) -> None:
+        self.log.info(
+            "edge {edge}: reference table not stored ({why}); its next connection starts "
+            "without one",
+            edge=self.edge_id,
+            why=why,
+        )
 
     def _write_failed(self, error: BaseException, first: int, last: int) -> None:
         self._writing = False

@@ -73,12 +73,14 @@ _DEAD_LETTER_SQL = "SELECT dead_letter(%s, %s, %s, %s, %s)"
 PERMANENT = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
 
 _ADMIT_SQL = """
-INSERT INTO edges AS e (edge_id, last_connected_at, last_peer, firmware_version, boot_slot)
-SELECT %(edge_id)s, now(), %(peer)s, %(firmware)s, %(slot)s
+INSERT INTO edges AS e (edge_id, last_connected_at, last_peer, firmware_version, boot_slot,
+                        budget_bytes, month_bytes_reported)
+SELECT %(edge_id)s, now(), %(peer)s, %(firmware)s, %(slot)s, %(budget)s, %(month)s
  WHERE NOT EXISTS (SELECT 1 FROM revoked_certificates WHERE serial = %(serial)s)
 ON CONFLICT (edge_id) DO UPDATE
    SET last_connected_at = excluded.last_connected_at, last_peer = excluded.last_peer,
-       firmware_version = excluded.firmware_version, boot_slot = excluded.boot_slot
+       firmware_version = excluded.firmware_version, boot_slot = excluded.boot_slot,
+       budget_bytes = excluded.budget_bytes, month_bytes_reported = excluded.month_bytes_reported
  WHERE e.revoked_at IS NULL
 RETURNING last_seq,
           EXISTS (SELECT 1 FROM certificate_renewals r
@@ -247,6 +249,9 @@ class IngestStore:
             "peer": info.peer,
             "firmware": info.firmware_version,
             "slot": info.boot_slot,
+            "budget": info.budget_bytes,
+            # an extension is not sent when 0: with a budget, no count means none yet
+            "month": (info.month_bytes or 0) if info.budget_bytes else None,
         }
         rows = yield self._pool.runQuery(_ADMIT_SQL, params)
         if rows:

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from gridwire import ReadingBatch
+from gridwire import ReadingBatch, ReferenceTable
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IHandshakeListener
@@ -42,8 +42,12 @@ from zope.interface import implementer
 from .connection import EdgeConnection, EdgeInfo, Transport, Upload
 from .ingest import IngestStore
 from .metrics import ServeMetrics
+from .refchain import Stored
+from .references import ReferenceStore
 from .tls import ServerTLS, keep_session_resumable, session_reused, ssl_error_text
 from .traffic import counter_under
+
+T = TypeVar("T")
 
 
 class _TLSTransport(Protocol):
@@ -180,6 +184,26 @@ class DeferredStore:
     def __init__(self, store: IngestStore, metrics: ServeMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics
+        self._references = ReferenceStore(store.pool)
+
+    def load_references(
+        self,
+        edge_id: str,
+        done: Callable[[Stored | None], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        _answer(self._references.load(edge_id), done, failed)
+
+    def save_references(
+        self,
+        edge_id: str,
+        expected: int,
+        as_of: int,
+        table: ReferenceTable,
+        done: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        _answer(self._references.save(edge_id, expected, as_of, table), done, failed)
 
     def admit(
         self, info: EdgeInfo, done: Callable[[int], None], failed: Callable[[BaseException], None]
@@ -223,7 +247,7 @@ class DeferredStore:
 
 
 def _answer(
-    d: defer.Deferred[int], done: Callable[[int], None], failed: Callable[[BaseException], None]
+    d: defer.Deferred[T], done: Callable[[T], None], failed: Callable[[BaseException], None]
 ) -> None:
     def fail(failure: Failure) -> None:
         assert failure.value is not None

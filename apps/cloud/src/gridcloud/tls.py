@@ -119,19 +119,22 @@ def tolerate_cuts(target: SSL.Context | SSL.Connection) -> None:
 
 
 def keep_session_resumable(connection: SSL.Connection | None) -> None:
-    """After a TLS 1.3 connection ends without close_notify, keep its session resumable.
+    """After a TLS 1.3 or 1.2 connection ends without close_notify, keep its session resumable.
 
     OpenSSL treats a session whose connection was not shut down cleanly as
     "bad" when the SSL object is freed: it drops it from the server's session
-    cache and marks it not resumable, a rule from SSL 3 / TLS 1.2 against
-    truncation attacks.  TLS 1.3 dropped that rule (RFC 8446, section 6.1), and
-    a cut connection is exactly when an edge needs to resume, so for TLS 1.3 the
-    connection is marked as shut down before it is freed.  TLS 1.2 keeps the
-    old rule.  Called from the server's connectionLost; it matters when the
-    server aborts (an edge's cut is handled by tolerate_cuts).  Edges keep their
-    session their own way (gridedge.uplink.tls.ResumingCreator).
+    cache and marks it not resumable, a rule from SSL 3 against truncation
+    attacks.  TLS 1.3 dropped it (RFC 8446, section 6.1), and so did TLS 1.1 and
+    1.2 (RFC 5246, section 7.2.1: a connection closed without close_notify no
+    longer forbids resuming its session); TLS 1.2 matters because units may choose
+    it for its smaller resumption (``[uplink] tls_version``).  A cut connection is
+    exactly when an edge needs to resume, so the connection is marked as shut down
+    before it is freed.  Called from the server's connectionLost; it matters when
+    the server aborts (an edge's cut is handled by tolerate_cuts).  Edges keep
+    their session their own way (gridedge.uplink.tls.ResumingCreator).
     """
-    if connection is None or connection.get_protocol_version_name() != "TLSv1.3":
+    if connection is None or connection.get_protocol_version_name() not in ("TLSv1.3",
+                                                                             "TLSv1.2"):
         return
     connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
 

@@ -75,8 +75,9 @@ class EdgeClient(Protocol):
         *,
         answer_commands: bool = False,
         clock: Callable[[], float] = time.time,
+        references: gridwire.EdgeReferences | None = None,
     ) -> None:
-        self.session = gridwire.EdgeSession(limits=limits)
+        self.session = gridwire.EdgeSession(limits=limits, references=references)
         self._hello = hello
         self._tls = tls
         self.welcome: defer.Deferred[Welcome] = defer.Deferred()
@@ -208,10 +209,14 @@ async def connect(
     counting: bool = False,
     limits: gridwire.Limits | None = None,
     answer_commands: bool = False,
+    references: gridwire.EdgeReferences | None = None,
 ) -> tuple[EdgeClient, ByteCounter | None]:
     """Open a TLS connection and send Hello; returns the client (wait on ``.welcome``) and,
-    with ``counting``, the connection's raw byte counter (the stack the uplink uses)."""
-    client = EdgeClient(hello, tls, limits, answer_commands=answer_commands)
+    with ``counting``, the connection's raw byte counter (the stack the uplink uses).
+    ``references``: a version 3 table kept across this edge's connections (the Hello must
+    offer it: ``references_offer``)."""
+    client = EdgeClient(hello, tls, limits, answer_commands=answer_commands,
+                        references=references)
     tcp = endpoints.clientFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
     await endpoints.wrapClientTLS(tls, CountingEndpoint(tcp)).connect(
         Factory.forProtocol(lambda: client))

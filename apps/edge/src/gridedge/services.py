@@ -203,6 +203,7 @@ class Unit(service.MultiService):
             renewal=Renewal(store, RenewalSettings(
                 renew_before=self.config.certificate.renew_before_days * 86400.0,
                 refused_wait=self.config.certificate.refused_wait)),
+            tls_version=up.tls_version,
         )
 
     def reporting_meters(self) -> int:

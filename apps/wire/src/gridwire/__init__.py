@@ -53,6 +53,7 @@ from ._messages import (
 )
 from ._ranges import EVENT_TIME_RANGE, VALUE_RANGES, event_problem, record_problems
 from ._records import Flags, IntervalRecord, RecordColumns
+from ._references import EdgeReferences, ReferenceTable, agreed_references
 from ._session import CloudSession, EdgeSession, negotiate_version
 from ._state import Role, State
 
@@ -80,6 +81,7 @@ __all__ = [
     "CommandKind",
     "CommandResult",
     "CommandStatus",
+    "EdgeReferences",
     "EdgeSession",
     "Error",
     "ErrorCode",
@@ -100,10 +102,12 @@ __all__ = [
     "ProtocolError",
     "ReadingBatch",
     "RecordColumns",
+    "ReferenceTable",
     "Role",
     "Side",
     "State",
     "Welcome",
+    "agreed_references",
     "event_problem",
     "negotiate_version",
     "record_problems",

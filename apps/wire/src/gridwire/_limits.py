@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: The highest protocol version this implementation speaks.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: Every version this implementation can speak (a contiguous range).
 SUPPORTED_VERSIONS = range(1, PROTOCOL_VERSION + 1)
 #: Absolute bound on any UTF-8 text field, in bytes (validated on construction).

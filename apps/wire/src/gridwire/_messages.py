@@ -248,6 +248,12 @@ class Hello(Message):
     cloud redelivers commands it has no result for, the edge answers repeats
     from its own record of results (commands are idempotent by id).
     edge_time: the edge's clock in unix seconds, 0 when it has no trusted time.
+    references (extension, version 3; None when not sent): the last sequence number of
+    the last acknowledged batch in the edge's reference table (gridwire._references);
+    absent when the edge has none, so that the connection starts with an empty one.
+    budget_bytes, month_bytes (extensions, any version; None when not sent): the unit's
+    monthly data budget (``[uplink] budget_mb_per_month``, absent without one) and the
+    bytes it counted on its link this UTC month so far, for the cloud's API.
     """
 
     TYPE = MessageType.HELLO
@@ -263,14 +269,28 @@ class Hello(Message):
     max_version: int
     firmware_version: str
     boot_slot: str
+    EXTENSIONS = (
+        (2, "references", U64),
+        (4, "budget_bytes", ("uint", 63)),  # below 2^63: the cloud stores them as bigint
+        (6, "month_bytes", ("uint", 63)),
+    )
     last_command_id: int = 0
     edge_time: int = 0
+    references: int | None = None
+    budget_bytes: int | None = None
+    month_bytes: int | None = None
 
     def _check(self) -> None:
         if not 1 <= self.min_version <= self.max_version:
             raise local_error(
                 ErrorCode.INVALID_FIELD, "Hello needs 1 <= min_version <= max_version"
             )
+        if self.references is not None and (self.references < 1 or self.max_version < 3):
+            raise local_error(
+                ErrorCode.INVALID_FIELD, "Hello.references needs max_version >= 3 and a seq >= 1"
+            )
+        if self.budget_bytes == 0:
+            raise local_error(ErrorCode.INVALID_FIELD, "Hello.budget_bytes is absent or >= 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +305,9 @@ class Welcome(Message):
     max_in_flight: uploads the edge may have unacknowledged (batches + events).
     max_batch_records, max_frame_size (extension fields, None when not sent):
     the cloud's limits, so the edge never sends a batch the cloud must refuse.
+    references (extension, version 3; None when not sent): the sequence number the
+    cloud's stored reference table of this edge is as of, when it matches the Hello's
+    (gridwire._references); absent: both ends start with an empty table.
     """
 
     TYPE = MessageType.WELCOME
@@ -295,7 +318,11 @@ class Welcome(Message):
         ("heartbeat_interval", U32),
         ("max_in_flight", U16),
     )
-    EXTENSIONS = ((2, "max_batch_records", U16), (4, "max_frame_size", ("uint", 21)))
+    EXTENSIONS = (
+        (2, "max_batch_records", U16),
+        (4, "max_frame_size", ("uint", 21)),
+        (6, "references", U64),
+    )
     version: int
     server_time: int
     last_acked_seq: int
@@ -303,6 +330,7 @@ class Welcome(Message):
     max_in_flight: int = 8
     max_batch_records: int | None = None
     max_frame_size: int | None = None
+    references: int | None = None
 
     def _check(self) -> None:
         if self.version < 1 or self.heartbeat_interval < 1 or self.max_in_flight < 1:
@@ -316,6 +344,13 @@ class Welcome(Message):
             raise local_error(
                 ErrorCode.INVALID_FIELD,
                 f"Welcome needs max_batch_records >= 1 and max_frame_size >= {64 + MAX_CHUNK}",
+            )
+        if self.references is not None and not (
+            self.version >= 3 and 1 <= self.references <= self.last_acked_seq
+        ):
+            raise local_error(
+                ErrorCode.INVALID_FIELD,
+                "Welcome.references needs version >= 3 and 1 <= references <= last_acked_seq",
             )
 
 

@@ -49,7 +49,8 @@ from ._messages import (
     ReadingBatch,
     Welcome,
 )
-from ._records import RecordColumns
+from ._records import FIELDS, RecordColumns
+from ._references import EdgeReferences, ReferenceTable, agreed_references
 from ._state import INITIAL_STATE, TRANSITIONS, Direction, Role, State, receivable_types
 from ._varint import uvarint
 
@@ -107,7 +108,9 @@ class _Session:
         self._offers: dict[int, FirmwareOffer] = {}
         self._requested: set[tuple[int, int]] = set()
         self._previous_batch: RecordColumns | None = None  # METER_DELTA reference
-        self._previous_planes = b""  # version 2: the next batch's deflate dictionary
+        #: version 3: the working reference table (gridwire._references), None before
+        self._table: ReferenceTable | None = None
+        self._previous_planes: tuple[bytes, ...] = ()  # version 2: next batch's dictionary
         self._batch_modes: tuple[int, ...] | None = None  # column modes of the last batch
         self._batches_sent = 0
         self._receivable_in: State | None = None  # the state _receivable was made for
@@ -173,8 +176,11 @@ class _Session:
         if isinstance(message, ReadingBatch):
             hint = self._batch_modes if self._batches_sent % RETRY_MODES_EVERY else None
             primer = self._previous_planes if (self.version or 1) >= 2 else None
-            body, modes, planes = encode_batch_primed(message.columns, self._previous_batch,
-                                                      None, hint, primer)
+            previous = self._table.as_columns() if self._table is not None else (
+                self._previous_batch
+            )
+            body, modes, planes = encode_batch_primed(message.columns, previous, None, hint,
+                                                      primer)
             data = frame(message.TYPE, uvarint(message.first_seq) + body)
         else:
             data = encode_message(message)
@@ -188,8 +194,9 @@ class _Session:
         self._transition(Direction.SEND, message, Side.LOCAL)
         if isinstance(message, ReadingBatch):
             # modes chosen without a previous batch (no METER_DELTA) are no hint for the next
-            self._batch_modes = modes if self._previous_batch is not None else None
+            self._batch_modes = modes if previous is not None else None
             self._previous_batch = message.columns
+            self._batch_done(message)
             self._previous_planes = planes
             self._batches_sent += 1
         return data
@@ -210,6 +217,10 @@ class _Session:
             while (message := decoder.next_message(self._vet)) is not None:
                 self._transition(Direction.RECEIVE, message, Side.REMOTE)
                 messages.append(message)
+                if isinstance(message, ReadingBatch) and self._table is not None:
+                    self._table.apply(message.columns)
+                    decoder.previous_batch = self._table.as_columns()
+                    self._received_batch(message)
                 if self.state is State.CLOSED:
                     break
         except ProtocolError:
@@ -278,6 +289,14 @@ class _Session:
         """Value rules of READY and the handshake (per role)."""
         raise NotImplementedError
 
+    def _received_batch(self, batch: ReadingBatch) -> None:
+        """A version 3 ReadingBatch was received and applied to the table (per role)."""
+
+    def _batch_done(self, batch: ReadingBatch) -> None:
+        """A ReadingBatch was sent: version 3 makes it part of the reference table."""
+        if self._table is not None:
+            self._table.apply(batch.columns)
+
     def _guard_from_edge(self, message: Message, side: Side) -> None:
         """What the edge sends: checked alike when the edge sends it and the cloud receives it."""
         if isinstance(message, Hello):
@@ -301,9 +320,20 @@ class _Session:
         self.version = welcome.version
         if welcome.version >= 2:  # batches deflate against the previous one (gridwire._batch)
             self._decoder.primer = b""
+        if welcome.version >= 3:  # references from the table (gridwire._references)
+            self._table = self._reference_table(welcome)
+            self._decoder.previous_batch = self._table.as_columns()
+            # the first batch deflates against the table's meter ids (ReferenceTable.primer)
+            primer = self._table.primer()
+            self._decoder.primer = primer
+            self._previous_planes = (primer,) + (b"",) * (len(FIELDS) - 1)
         self._acked = self._highest = welcome.last_acked_seq
         # the edge may choose a smaller window than offered; the cloud holds it to the offer
         self._window = min(welcome.max_in_flight, self.limits.max_in_flight)
+
+    def _reference_table(self, welcome: Welcome) -> ReferenceTable:
+        """The working table a version 3 connection starts with (per role)."""
+        raise NotImplementedError
 
     def _check_upload(self, first: int, last: int, side: Side) -> None:
         if first <= self._highest:
@@ -376,6 +406,22 @@ class EdgeSession(_Session):
 
     role = Role.EDGE
 
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        versions: Sequence[int] = SUPPORTED_VERSIONS,
+        references: EdgeReferences | None = None,
+    ) -> None:
+        super().__init__(limits, versions=versions)
+        #: the reference state kept across this edge's connections (None: start empty each time)
+        self.references = references
+
+    @property
+    def references_offer(self) -> int | None:
+        """What Hello.references must say: the kept table's seq, None without one."""
+        return self.references.offer if self.references is not None else None
+
     @property
     def can_upload(self) -> bool:
         """True when READY and the in-flight window has room for one more upload."""
@@ -386,8 +432,43 @@ class EdgeSession(_Session):
         """The lowest sequence number the next upload may start at."""
         return self._highest + 1
 
+    def _batch_done(self, batch: ReadingBatch) -> None:
+        super()._batch_done(batch)
+        if self.references is None:
+            return
+        if self._table is None:  # version 1 or 2: the cloud's table no longer follows ours
+            self.references.reset()
+        else:
+            self.references.sent(batch.last_seq, batch.columns)
+
+    def _reference_table(self, welcome: Welcome) -> ReferenceTable:
+        if self.references is None:
+            if welcome.references is not None:
+                raise self._fail(ErrorCode.INVALID_FIELD,
+                                 "Welcome.references for an edge that offered no table",
+                                 Side.REMOTE)
+            return ReferenceTable()
+        try:
+            return self.references.start(welcome.references)
+        except ProtocolError as exc:
+            raise self._fail(exc.code, str(exc), Side.REMOTE) from None
+
+    def _check_ack(self, ack: Ack, side: Side) -> None:
+        super()._check_ack(ack, side)
+        if self.references is not None and self._table is not None:
+            self.references.acknowledged(ack.up_to_seq)
+
     def _guard(self, direction: Direction, message: Message, side: Side) -> None:
         if direction is Direction.SEND:
+            if isinstance(message, Hello) and message.references != (
+                self.references_offer if message.max_version >= 3 else None
+            ):
+                raise self._fail(
+                    ErrorCode.INVALID_FIELD,
+                    f"Hello.references={message.references} but this edge's table is as of "
+                    f"{self.references_offer} (use EdgeSession.references_offer)",
+                    side,
+                )
             self._guard_from_edge(message, side)
             return
         if isinstance(message, Welcome):
@@ -402,6 +483,15 @@ class EdgeSession(_Session):
                     f"{self.hello.min_version}..{self.hello.max_version}",
                     side,
                 )
+            if message.references is not None and (
+                self.hello.references is None or message.references < self.hello.references
+            ):
+                raise self._fail(
+                    ErrorCode.INVALID_FIELD,
+                    f"Welcome.references={message.references} below Hello.references="
+                    f"{self.hello.references}",
+                    side,
+                )
             self._start(message)
         else:
             self._guard_from_cloud(message, side)
@@ -411,6 +501,44 @@ class CloudSession(_Session):
     """The cloud (TLS server) end: answers Hello with Welcome, acknowledges, commands."""
 
     role = Role.CLOUD
+
+    def __init__(
+        self, limits: Limits | None = None, *, versions: Sequence[int] = SUPPORTED_VERSIONS
+    ) -> None:
+        super().__init__(limits, versions=versions)
+        #: version 3: the edge's stored reference table and the seq it is as of, set by the
+        #: adapter before it sends Welcome (gridcloud.references loads it)
+        self.stored_references: tuple[int, ReferenceTable] | None = None
+        self._snapshots: dict[int, ReferenceTable] = {}
+
+    def table_after(self, last_seq: int) -> ReferenceTable | None:
+        """Version 3: the reference table as it was right after the received batch ending at
+        ``last_seq`` (to store once that batch is committed); forgets it and older ones.
+        None in versions 1 and 2, or when asked twice."""
+        table = self._snapshots.pop(last_seq, None)
+        for seq in [seq for seq in self._snapshots if seq < last_seq]:
+            del self._snapshots[seq]
+        return table
+
+    def _received_batch(self, batch: ReadingBatch) -> None:
+        assert self._table is not None
+        snapshots = self._snapshots
+        snapshots[batch.last_seq] = self._table.copy()
+        while len(snapshots) > self._window:  # only unacknowledged batches can still need one
+            del snapshots[next(iter(snapshots))]
+
+    def agreed_references(self, last_acked_seq: int) -> int | None:
+        """Welcome.references for a Welcome with ``last_acked_seq`` (None: start empty)."""
+        if self.hello is None or (self.choose_version() or 0) < 3:
+            return None
+        stored = self.stored_references[0] if self.stored_references is not None else None
+        return agreed_references(self.hello.references, stored, last_acked_seq)
+
+    def _reference_table(self, welcome: Welcome) -> ReferenceTable:
+        if welcome.references is None:
+            return ReferenceTable()
+        assert self.stored_references is not None  # checked by _guard
+        return self.stored_references[1].copy()
 
     def choose_version(self) -> int | None:
         """The version to put in Welcome: the highest both sides speak (None: send Error)."""
@@ -442,6 +570,14 @@ class CloudSession(_Session):
                     f"Welcome version {message.version} is not the negotiated "
                     f"{self.choose_version()} (Hello offered "
                     f"{self.hello.min_version}..{self.hello.max_version})",
+                    side,
+                )
+            if message.references != self.agreed_references(message.last_acked_seq):
+                raise self._fail(
+                    ErrorCode.INVALID_FIELD,
+                    f"Welcome.references={message.references}, agreed: "
+                    f"{self.agreed_references(message.last_acked_seq)} "
+                    "(CloudSession.agreed_references)",
                     side,
                 )
             self._start(message)

@@ -52,6 +52,7 @@ from gridwire import (
     Command,
     CommandResult,
     CommandStatus,
+    EdgeReferences,
     EdgeSession,
     Error,
     ErrorCode,
@@ -173,12 +174,15 @@ class Link:
         stretch: Callable[[], float] = lambda: 1.0,
         firmware: FirmwareReceiver | None = None,
         on_certificate: Callable[[CertificateIssued], None] = lambda issued: None,
+        references: EdgeReferences | None = None,
+        budget: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self._stretch = stretch
         self._firmware = firmware
         self._on_certificate = on_certificate
         #: a CertificateRequest went on this connection (gridedge.uplink.renewal: one each)
         self.certificate_requested = False
+        self._budget = budget  # (monthly budget, this month's bytes) for the Hello
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
@@ -189,7 +193,9 @@ class Link:
         self._close = close
         self._on_ready = on_ready
         self._on_error = on_error
-        self.session = EdgeSession(limits=limits if limits is not None else Limits())
+        # references: the table the service keeps across connections (protocol version 3)
+        self.session = EdgeSession(limits=limits if limits is not None else Limits(),
+                                   references=references)
         self.next_send = 1
         self.sent_batches = 0
         self.sent_records = 0
@@ -220,7 +226,14 @@ class Link:
             firmware_version=self.settings.firmware_version,
             boot_slot=self.settings.boot_slot,
             edge_time=int(now) if now > 1e9 else 0,
+            references=self.session.references_offer,
+            **self._budget_report(),
         ))
+
+    def _budget_report(self) -> dict[str, int]:
+        """Hello's budget extensions: the unit's budget and month's use, when it has one."""
+        budget, used = self._budget()
+        return {"budget_bytes": budget, "month_bytes": used} if budget > 0 else {}
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the cloud: feed the session, act on each message."""

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gridwire import AlarmKind, CertificateIssued, Error, ErrorCode, Welcome
+from gridwire import AlarmKind, CertificateIssued, EdgeReferences, Error, ErrorCode, Welcome
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -117,7 +117,9 @@ class UplinkService(service.Service):
         budget_bytes: int = 0,
         firmware: FirmwareReceiver | None = None,
         renewal: Renewal | None = None,
+        tls_version: str = "1.3",
     ) -> None:
+        self._tls_version = tls_version
         self._firmware = firmware
         self._renewal = renewal
         self._renewed_creator: ResumingCreator | None = None
@@ -147,12 +149,16 @@ class UplinkService(service.Service):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.counters = LinkCounters()
+        # gridwire version 3: each meter's last acknowledged record, kept across reconnects
+        # (not restarts: the first connection after one starts with an empty table)
+        self._references = EdgeReferences()
 
     def startService(self) -> None:
         # Load the certificates first: a missing or bad file fails the start with a clear
         # message, and the supervisor retries (the unit may be provisioned later).
         identity = self._identity_loader()
-        self._current_creator = ResumingCreator.for_device(self.server_name, identity)
+        self._current_creator = ResumingCreator.for_device(
+            self.server_name, identity, tls12=self._tls_version == "1.2")
         self._creator = self._current_creator
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self._connect_timeout)
         endpoint = wrapClientTLS(_ChosenCreator(self._choose_creator),
@@ -232,6 +238,8 @@ class UplinkService(service.Service):
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
             firmware=self._firmware,
             on_certificate=self._certificate_issued,
+            references=self._references,
+            budget=lambda: (self.budget.budget_bytes, self.month_bytes),
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:
@@ -286,7 +294,7 @@ class UplinkService(service.Service):
                         renewed = False
                     else:
                         self._renewed_creator = ResumingCreator.for_device(
-                            self.server_name, identity)
+                            self.server_name, identity, tls12=self._tls_version == "1.2")
             except Exception as exc:  # a damaged renewed file: keep to the certificate in use
                 self.log.warn("certificate renewal: cannot load the renewed certificate "
                               "({error}); using the one in use", error=str(exc))
@@ -304,7 +312,7 @@ class UplinkService(service.Service):
         try:
             if renewal.welcomed():
                 self._current_creator = self._renewed_creator or ResumingCreator.for_device(
-                    self.server_name, renewal.store.current())
+                    self.server_name, renewal.store.current(), tls12=self._tls_version == "1.2")
                 self._renewed_creator = None
                 self.log.info("certificate renewal: the renewed certificate was welcomed; it "
                               "is the one in use now, the old one is dropped")

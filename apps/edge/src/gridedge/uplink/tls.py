@@ -141,7 +141,33 @@ def set_groups(connection: SSL.Connection, groups: str) -> bool:
 MODE_NO_AUTO_CHAIN = 0x00000008
 
 
-def trim_handshake(connection: SSL.Connection) -> None:
+#: The one TLS 1.2 suite the unit offers with ``tls_version = "1.2"``: ECDHE (forward secrecy
+#: for full handshakes), the project PKI's ECDSA, AES-128-GCM.
+TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+
+
+def tls12_only(connection: SSL.Connection) -> bool:
+    """Make the connection speak TLS 1.2 only, resuming by session id (``[uplink]
+    tls_version = "1.2"``); False when the binding lacks a call (then TLS 1.3 stays).
+
+    Why offer it: a TLS 1.2 resumption is ClientHello, ServerHello, two ChangeCipherSpec
+    and two Finished, about 350 bytes; a TLS 1.3 one adds a key exchange, and OpenSSL adds
+    a session ticket and middlebox-compatibility records that the bindings cannot turn off
+    (about 650 bytes).  What it costs: a resumed TLS 1.2 connection derives its keys from
+    the cached master secret without a new key exchange (no forward secrecy per resumed
+    connection, for the session lifetime), and in full handshakes the unit's certificate
+    (its edge id) travels in clear.  So it is not the default."""
+    from OpenSSL._util import lib
+
+    set_options = getattr(lib, "SSL_set_options", None)
+    no_tls13 = getattr(lib, "SSL_OP_NO_TLSv1_3", None)
+    if set_options is None or no_tls13 is None:
+        return False
+    set_options(connection._ssl, no_tls13)
+    return True
+
+
+def trim_handshake(connection: SSL.Connection, tls12: bool = False) -> None:
     """Leave out of the handshake what this project's TLS never needs, for its bytes.
 
     * No certificate chain: without explicit chain certificates OpenSSL builds one from the
@@ -158,10 +184,44 @@ def trim_handshake(connection: SSL.Connection) -> None:
     set_mode = getattr(lib, "SSL_set_mode", None)
     if set_mode is not None:
         set_mode(connection._ssl, MODE_NO_AUTO_CHAIN)
+    if tls12 and tls12_only(connection):
+        return
     set_options, no_tls12 = getattr(lib, "SSL_set_options", None), getattr(
         lib, "SSL_OP_NO_TLSv1_2", None)
     if set_options is not None and no_tls12 is not None:
         set_options(connection._ssl, no_tls12)
+
+
+#: TLS 1.3 suites the unit offers: both hash with SHA-256, so a resumed handshake's PSK
+#: binder and both Finished messages are 32 bytes instead of the 48 of OpenSSL's first
+#: choice (TLS_AES_256_GCM_SHA384): about 50 bytes of every handshake.  AES-128-GCM is
+#: TLS 1.3's mandatory suite; ChaCha20-Poly1305 is there for servers that prefer it on
+#: CPUs without AES instructions (like the unit's).
+CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
+#: Signature algorithms the unit accepts: the project PKI's ECDSA P-256 (and P-384), and
+#: for a cloud with an RSA certificate RSA-PSS (its handshake signature) and PKCS#1 v1.5
+#: with SHA-256 (what CAs sign RSA certificates with); OpenSSL's default list is about 30
+#: (about 35 bytes more in every ClientHello).
+SIGALGS = "ECDSA+SHA256:ECDSA+SHA384:rsa_pss_rsae_sha256:rsa_pss_pss_sha256:RSA+SHA256"
+
+
+def trim_offers(context: SSL.Context) -> bool:
+    """Offer only CIPHERSUITES (TLS12_CIPHERS in TLS 1.2) and SIGALGS in the ClientHellos
+    of ``context``'s next connections; False when the binding lacks one of the calls (the
+    defaults stay: bigger, equally secure).  Through the binding: pyOpenSSL refuses to
+    change a context that has made a connection, and Twisted builds the context out of
+    reach, so the only handle on it is a connection's ``get_context()``."""
+    from OpenSSL._util import lib
+
+    suites = getattr(lib, "SSL_CTX_set_ciphersuites", None)
+    sigalgs = getattr(lib, "SSL_CTX_set1_sigalgs_list", None)
+    ciphers = getattr(lib, "SSL_CTX_set_cipher_list", None)
+    if suites is None or sigalgs is None or ciphers is None:
+        return False
+    handle = context._context
+    return bool(suites(handle, CIPHERSUITES.encode()) == 1
+                and ciphers(handle, TLS12_CIPHERS.encode()) == 1
+                and sigalgs(handle, SIGALGS.encode()) == 1)
 
 
 def session_reused(connection: SSL.Connection) -> bool:
@@ -182,26 +242,34 @@ class ResumingCreator:
     """
 
     def __init__(self, inner: IOpenSSLClientConnectionCreator,
-                 groups: str = DEFAULT_GROUPS) -> None:
+                 groups: str = DEFAULT_GROUPS, tls12: bool = False) -> None:
         self.groups = groups
+        #: TLS 1.2 with session-id resumption instead of TLS 1.3 (see tls12_only)
+        self.tls12 = tls12
         self._inner = inner
         self._session: bytes | None = None
+        self._trimmed = False
         self.full_handshakes = 0
         self.resumed_handshakes = 0
 
     @classmethod
     def for_device(cls, server_name: str, identity: DeviceIdentity,
-                   groups: str = DEFAULT_GROUPS) -> ResumingCreator:
+                   groups: str = DEFAULT_GROUPS, tls12: bool = False) -> ResumingCreator:
         """Mutual TLS as the unit does it: trust only the project CA, check ``server_name``,
         present the device certificate."""
         return cls(ssl.optionsForClientTLS(server_name, trustRoot=identity.ca,
-                                           clientCertificate=identity.certificate), groups)
+                                           clientCertificate=identity.certificate), groups,
+                   tls12)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        if not self._trimmed:  # once: the context reached through its first connection
+            self._trimmed = True
+            if trim_offers(connection.get_context()):
+                connection = self._inner.clientConnectionForTLS(tlsProtocol)
         if self.groups:
             set_groups(connection, self.groups)
-        trim_handshake(connection)
+        trim_handshake(connection, self.tls12)
         if self._session:
             session = session_from_der(self._session, connection.get_context())
             if session is not None:

@@ -10,6 +10,10 @@ gridcloud.traffic): late by at most a node's ``traffic_flush_interval``.
 every ``[health] summary_interval``; ``edges.health``, migration 0011), null until
 the first one arrives.
 
+The monthly data budget (``[uplink] budget_mb_per_month``) is what the unit said in its
+last Hello (with its own count of the month's bytes then); beside it the cloud's count of
+this UTC month, always current, and the share of the budget used by the larger of the two.
+
 Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_traffic.py,
 tests/system/test_health_summary.py.
 """
@@ -29,7 +33,13 @@ _COLUMNS = """
 e.edge_id, session_token IS NOT NULL, greatest(last_connected_at, last_batch_at), last_peer,
 firmware_version, boot_slot, readings_total, seq_gaps_total, last_seq, revoked_at,
 revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0),
-e.health, e.health_at
+e.health, e.health_at,
+e.budget_bytes,
+CASE WHEN date_trunc('month', last_connected_at AT TIME ZONE 'UTC')
+          = date_trunc('month', now() AT TIME ZONE 'UTC') THEN e.month_bytes_reported END,
+(SELECT coalesce(sum(m.bytes_up + m.bytes_down), 0) FROM edge_traffic m
+  WHERE m.edge_id = e.edge_id
+    AND m.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date)
 """
 
 #: the edges and today's (UTC) traffic row of each
@@ -94,7 +104,8 @@ SCHEMA: dict[str, Any] = {
     "required": ["edge_id", "online", "last_contact", "peer", "firmware_version", "boot_slot",
                  "readings_total", "sequence_gaps", "last_seq", "revoked", "revoked_at",
                  "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today",
-                 "health"],
+                 "health", "budget_bytes_per_month", "month_bytes", "month_bytes_reported",
+                 "budget_used"],
     "properties": {
         "edge_id": {"type": "string"},
         "online": {"type": "boolean", "description": "Held by a gridcloud serve node now."},
@@ -119,6 +130,23 @@ SCHEMA: dict[str, Any] = {
             "type": "integer", "minimum": 0,
             "description": "Bytes the cloud sent to the edge this UTC day (same counting)."},
         "health": HEALTH_SCHEMA,
+        "budget_bytes_per_month": {
+            "type": ["integer", "null"], "minimum": 1,
+            "description": "The unit's monthly data budget ([uplink] budget_mb_per_month) as "
+                           "its last connection said; null: none configured."},
+        "month_bytes": {
+            "type": "integer", "minimum": 0,
+            "description": "Bytes both ways on the edge's connections this UTC month, as the "
+                           "serve nodes counted them (the days of bytes_up_today)."},
+        "month_bytes_reported": {
+            "type": ["integer", "null"], "minimum": 0,
+            "description": "This month's bytes as the unit counted them at its last connection "
+                           "(null: no budget, or that connection was in an earlier month)."},
+        "budget_used": {
+            "type": ["number", "null"], "minimum": 0,
+            "description": "The larger of month_bytes and month_bytes_reported over the budget "
+                           "(1.0: all of it); null without a budget. The unit stretches its "
+                           "uploads ahead of pace and raises DATA_BUDGET at 0.8 and 1.0."},
     },
 }
 
@@ -138,7 +166,7 @@ TRAFFIC_SCHEMA: dict[str, Any] = {
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
     (edge_id, online, contact, peer, firmware, slot, total, gaps, last_seq, revoked_at,
-     reason, first_seen, up, down, health, health_at) = row
+     reason, first_seen, up, down, health, health_at, budget, reported, month) = row
     return {
         "edge_id": edge_id,
         "online": bool(online),
@@ -156,6 +184,10 @@ def item(row: tuple[Any, ...]) -> dict[str, Any]:
         "bytes_up_today": up,
         "bytes_down_today": down,
         "health": health_item(health, health_at),
+        "budget_bytes_per_month": budget,
+        "month_bytes": int(month),
+        "month_bytes_reported": reported,
+        "budget_used": round(max(int(month), reported or 0) / budget, 4) if budget else None,
     }
 
 
