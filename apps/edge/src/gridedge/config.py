@@ -188,6 +188,26 @@ class CommandsConfig:
     reboot_command: tuple[str, ...] = ("/sbin/reboot",)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirmwareConfig:
+    """Over-the-air updates (gridedge.firmware): the agent that takes offers from the cloud
+    and bundles from the local page, and installs them with RAUC."""
+
+    #: False: offers from the cloud are logged and ignored (a unit updated by hand only).
+    enabled: bool = True
+    #: The CA certificates a bundle's signature must chain to (RAUC's own keyring).
+    keyring: Path = Path("/etc/rauc/keyring.pem")
+    #: "now": reboot into the new slot once installed; "window": wait for ``window``.
+    reboot: str = "now"
+    #: Local-time maintenance window (minutes since midnight, start and end; end < start
+    #: spans midnight), used when ``reboot = "window"``.
+    window: tuple[int, int] = (120, 240)
+    #: Room kept free on the data partition beyond the download itself, bytes.
+    min_free_bytes: int = 64 << 20
+    #: Chunk requests per second at most (the link budget; one chunk in flight at a time).
+    max_chunk_rate: float = 4.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole file."""
@@ -202,6 +222,7 @@ class Config:
     log: LogConfig
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -453,6 +474,45 @@ def _read_web(s: _Section, data_dir: Path, cmdline: Path) -> WebConfig:
                      **given)
 
 
+_WINDOW = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+
+
+def parse_window(value: str) -> tuple[int, int]:
+    """Minutes since midnight of "HH:MM-HH:MM" (start, end); ValueError when malformed."""
+    m = _WINDOW.match(value.strip())
+    if m is None:
+        raise ValueError(f"expected HH:MM-HH:MM, got {value!r}")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"not a time of day in {value!r}")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(f"an empty window: {value!r}")
+    return start, end
+
+
+def _read_firmware(s: _Section, data_dir: Path, cmdline: Path) -> FirmwareConfig:
+    given: dict[str, Any] = {}
+    s.given(given, "enabled", bool)
+    s.given(given, "reboot", str)
+    if "reboot" in given and given["reboot"] not in ("now", "window"):
+        raise s.error("reboot", f"must be \"now\" or \"window\", got {given['reboot']!r}")
+    if "window" in s.table:
+        try:
+            given["window"] = parse_window(s.get("window", str))
+        except ValueError as exc:
+            raise s.error("window", str(exc)) from None
+    s.used.add("window")
+    if "min_free_mb" in s.table:
+        mb = s.get("min_free_mb", int)
+        if mb < 0:
+            raise s.error("min_free_mb", f"must be >= 0, got {mb}")
+        given["min_free_bytes"] = mb << 20
+    s.used.add("min_free_mb")
+    s.given(given, "max_chunk_rate", float, positive=True)
+    return FirmwareConfig(keyring=s.path("keyring", data_dir, "/etc/rauc/keyring.pem"), **given)
+
+
 #: Every section of the file, in the order they are checked, with its reader.
 _SECTIONS = {
     "edge": _read_edge,
@@ -463,6 +523,7 @@ _SECTIONS = {
     "log": _read_log,
     "commands": _read_commands,
     "web": _read_web,
+    "firmware": _read_firmware,
 }
 
 

@@ -13,12 +13,14 @@ The tree (docs/edge.md, "Supervision tree")::
     │   ├── radio     RadioService     (serial port -> records -> journal)
     │   ├── uplink    UplinkService    (journal -> TLS -> cloud; counts traffic)
     │   └── web       WebService       (HTTPS page for technicians; only with [web] enabled)
+    ├── firmware      FirmwareService  (the update agent: offers, downloads, installs)
     ├── health        HealthService    (Unix socket for `gridedge health`)
     └── metrics       MetricsService   (/metrics on loopback, when [health] metrics_listen is set)
 
 The command executor (``Unit.commands``) outlives its service's restarts, like the
 journal: the uplink hands it commands, and the local page's actions go through its
-``submit_local`` (gridedge.web.CommandActions).
+``submit_local`` (gridedge.web.CommandActions).  So does the update agent (``Unit.firmware``):
+each uplink connection is handed to it, and the page's bundle upload installs through it.
 
 Tests: tests/edge/test_edge_cli.py, tests/system/test_faults.py, tests/edge/test_edge_metrics.py.
 """
@@ -36,6 +38,8 @@ from twisted.internet.task import LoopingCall
 from gridedge.commands import CommandExecutor, CommandStore, UnitHooks
 from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
+from gridedge.firmware import Agent, BundleTools, DownloadStore, RaucSlots
+from gridedge.firmware.service import FirmwareService
 from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
 from gridedge.metrics import MetricsService
@@ -114,6 +118,9 @@ class Unit(service.MultiService):
                       reboot=self.reboot, upload_now=self.upload_now),
         )
         self.supervisor.supervise("commands", lambda crashed: CommandService(self.commands))
+        self.firmware = Agent(config.firmware, DownloadStore(config.data_dir / "firmware"),
+                              BundleTools(config.firmware.keyring), RaucSlots(self.reboot),
+                              reactor, config.edge.firmware_version)
         # The page keeps the last day of each meter in memory: the radio link's records pass
         # through its HistorySink after the journal stored them.
         self.history: History | None = None
@@ -133,6 +140,7 @@ class Unit(service.MultiService):
             self.supervisor.supervise("web", lambda crashed: WebService(
                 self, history, actions, reactor, logs))
         self.supervisor.setServiceParent(self)  # type: ignore[no-untyped-call]
+        FirmwareService(self.firmware).setServiceParent(self)  # type: ignore[no-untyped-call]
         self.health = HealthService(
             reactor, config.health.socket, self.snapshot, self.radio_frames,
             radio_window=config.health.radio_window, uplink_window=config.health.uplink_window,
@@ -156,6 +164,7 @@ class Unit(service.MultiService):
             commands=self.commands,
             expected_meters=self.reporting_meters,
             budget_bytes=int(up.budget_mb_per_month * 1e6),
+            firmware=self.firmware,
         )
 
     def reporting_meters(self) -> int:
@@ -238,6 +247,7 @@ class Unit(service.MultiService):
             details["traffic_per_day"] = self.traffic.per_day()
         if up is not None:
             details["uplink"] = asdict(up)
+        details["firmware"] = self.firmware.view()
         radio = self.supervisor.child("radio")
         if radio is not None:
             details["radio"] = radio.link.stats()

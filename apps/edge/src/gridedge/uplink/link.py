@@ -46,6 +46,7 @@ from typing import Protocol
 from gridwire import (
     SUPPORTED_VERSIONS,
     Ack,
+    ChunkRequest,
     Command,
     CommandResult,
     CommandStatus,
@@ -53,6 +54,9 @@ from gridwire import (
     Error,
     ErrorCode,
     EventReport,
+    FirmwareChunk,
+    FirmwareOffer,
+    FirmwareStatus,
     Hello,
     IntervalRecord,
     Limits,
@@ -120,6 +124,24 @@ class CommandReceiver(Protocol):
         """Store ``commands`` durably; the ids to answer ACCEPTED.  Raises when it cannot."""
 
 
+class FirmwareReceiver(Protocol):
+    """Where offers and chunks go (gridedge.firmware.Agent fits); it sends through the link's
+    :meth:`Link.send_message` and asks :meth:`Link.uploads_idle` before each chunk request."""
+
+    def attach(self, port: Link) -> None:
+        """The session is ready (Welcome)."""
+
+    def detach(self, port: Link) -> None:
+        """The connection is gone."""
+
+    def offered(self, offer: FirmwareOffer) -> None: ...
+
+    def chunk(self, chunk: FirmwareChunk) -> None: ...
+
+    def wake(self) -> None:
+        """An Ack came: the link may be idle now."""
+
+
 class Link:
     """The application side of one connection, driven by its adapter.
 
@@ -147,8 +169,10 @@ class Link:
         counters: LinkCounters | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
         stretch: Callable[[], float] = lambda: 1.0,
+        firmware: FirmwareReceiver | None = None,
     ) -> None:
         self._stretch = stretch
+        self._firmware = firmware
         self.journal = journal
         self._commands = commands
         self._received: list[Command] = []
@@ -228,6 +252,8 @@ class Link:
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
+        if self._firmware is not None:
+            self._firmware.detach(self)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -238,6 +264,8 @@ class Link:
             deleted = self.journal.ack(message.up_to_seq)
             self.log.debug("ack up to {seq}: {n} entries done", seq=message.up_to_seq, n=deleted)
             self.pump()
+            if self._firmware is not None:
+                self._firmware.wake()
         elif isinstance(message, Ping):
             self._send(Pong(nonce=message.nonce))
         elif isinstance(message, Pong):
@@ -256,8 +284,14 @@ class Link:
                           if message.retry_after else "")
             self._on_error(message)  # the reconnect policy decides how long to wait
             self._abort()
-        # FirmwareOffer and FirmwareChunk: the update agent is later work; ignoring an offer
-        # is allowed (the edge simply never requests chunks).
+        elif isinstance(message, FirmwareOffer):
+            if self._firmware is None:  # allowed: the edge simply never requests chunks
+                self.log.info("firmware {version} offered; this gridedge takes no updates",
+                              version=message.version)
+            else:
+                self._firmware.offered(message)
+        elif isinstance(message, FirmwareChunk) and self._firmware is not None:
+            self._firmware.chunk(message)
 
     def _accept_commands(self) -> None:
         received, self._received = self._received, []
@@ -311,6 +345,28 @@ class Link:
         self._remove_listener = self.journal.on_append(self.pump)
         self._schedule_ping()
         self.pump()
+        if self._firmware is not None:
+            self._firmware.attach(self)
+
+    # -- what the update agent asks (gridedge.firmware.Port) ---------------------------------
+
+    def uploads_idle(self) -> bool:
+        """Readings first: True when no upload is unacknowledged and none is owed now (the
+        schedule's due entries are sent; entries waiting for their deadline are not owed)."""
+        if self.closed or self.session.state is not State.READY or self.session.in_flight:
+            return False
+        if self.settings.upload_deadline > 0:
+            return self.next_send > self._flush_to
+        return self.next_send >= self.journal.next_seq
+
+    def send_message(self, message: ChunkRequest | FirmwareStatus) -> None:
+        """Send a message of the update agent on this connection (dropped once closed)."""
+        if self.closed or self.session.state is not State.READY:
+            return
+        try:
+            self._send(message)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
 
     # -- sending -----------------------------------------------------------------------------
 

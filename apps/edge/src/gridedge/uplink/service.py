@@ -32,7 +32,13 @@ from gridedge.journal import Event, Journal, JournalError
 from gridedge.uplink.backoff import ReconnectPolicy
 from gridedge.uplink.budget import DataBudget
 from gridedge.uplink.counting import CountingEndpoint, raw_counter
-from gridedge.uplink.link import CommandReceiver, Link, LinkCounters, LinkSettings
+from gridedge.uplink.link import (
+    CommandReceiver,
+    FirmwareReceiver,
+    Link,
+    LinkCounters,
+    LinkSettings,
+)
 from gridedge.uplink.protocol import UplinkProtocol
 from gridedge.uplink.tls import DeviceIdentity, ResumingCreator
 from gridedge.uplink.traffic import Traffic, TrafficError
@@ -84,7 +90,9 @@ class UplinkService(service.Service):
         commands: CommandReceiver | None = None,
         expected_meters: Callable[[], int] = lambda: 0,
         budget_bytes: int = 0,
+        firmware: FirmwareReceiver | None = None,
     ) -> None:
+        self._firmware = firmware
         self._commands = commands
         self._expected_meters = expected_meters
         self.budget = DataBudget(budget_bytes)
@@ -189,6 +197,7 @@ class UplinkService(service.Service):
             on_ready=lambda welcome: self._ready(proto, welcome),
             on_error=self._backoff.refused, commands=self._commands, counters=self.counters,
             expected_meters=self._expected_meters, stretch=lambda: self.stretch,
+            firmware=self._firmware,
         )
 
     def _ready(self, proto: UplinkProtocol, welcome: Welcome) -> None:

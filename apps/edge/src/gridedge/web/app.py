@@ -418,7 +418,7 @@ class WebApp:
     def firmware(self, request: Request) -> bytes:
         account, session, _ = self._who(request)
         body = pages.firmware(self.dash_values(), self.bundles.status(), account,
-                              session.csrf, self.bundles.max_bytes)
+                              session.csrf, self.bundles.max_bytes, self.unit.firmware.view())
         return self._html(request, "Firmware", body, account, session)
 
     @app.route("/firmware/upload", methods=["POST"])
@@ -436,7 +436,12 @@ class WebApp:
             return f"refused: {exc}".encode()
         self.log.info("web: {who} uploaded bundle {name} ({size} bytes, sha256 {sha})",
                       who=account.name, name=status.name, size=status.size, sha=status.sha256)
-        return f"received {status.name} ({status.size} bytes): waiting for installation".encode()
+        # The same path as an update from the cloud: signature and compatible (rauc), the
+        # running slot good, install, reboot as [firmware] says.  The page shows the outcome.
+        self.unit.firmware.install_local(self.bundles.path, status.sha256).addErrback(
+            lambda failure: self.log.warn("web: bundle {name} not installed: {why}",
+                                          name=status.name, why=failure.getErrorMessage()))
+        return f"received {status.name} ({status.size} bytes): installing".encode()
 
     @app.route("/diagnostics", methods=["GET"])
     def diagnostics(self, request: Request) -> bytes:

@@ -274,11 +274,21 @@ def outcome(what: str, ok: bool, reason: str, back: str) -> str:
 # -- firmware, diagnostics, accounts -----------------------------------------------------
 
 def firmware(values: dict[str, str], bundle: BundleStatus | None, user: Account,
-             csrf: str, max_upload: int) -> str:
+             csrf: str, max_upload: int, agent: dict[str, Any]) -> str:
     status = ("<p>No bundle uploaded.</p>" if bundle is None else
               f'<p id="bundle">Uploaded: {h(bundle.name)}, {size(bundle.size)}, SHA-256 '
-              f"<code>{h(bundle.sha256)}</code>, {h(when(bundle.received_at))}: "
-              f"<b>{h(bundle.state)}</b> (installation is done by the update agent).</p>")
+              f"<code>{h(bundle.sha256)}</code>, {h(when(bundle.received_at))}.</p>")
+    progress = ""
+    if agent.get("size"):
+        progress = f", {size(agent['received'] or 0)} of {size(agent['size'])}"
+    last = ""
+    if agent.get("last_state"):
+        last = (f"<dt>Last step</dt><dd>{h(str(agent['last_state']).lower())}"
+                + (f": {h(str(agent['last_detail']))}" if agent.get("last_detail") else "")
+                + "</dd>")
+    status += (f'<dl class="facts" id="update"><dt>Update agent</dt><dd>{h(agent["phase"])}'
+               + (f" ({h(str(agent['version']))}{progress})" if agent.get("version") else "")
+               + f"</dd>{last}</dl>")
     form = ""
     if user.may("operator"):
         form = (f'<form id="upload" data-csrf="{h(csrf)}" class="box">'

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from gridwire import Flags, IntervalRecord
 
 from gridedge.config import Config
+from gridedge.firmware import Agent
 from gridedge.journal import Journal, JournalError
 from gridedge.radio import MeterStatus, RadioLink
 from gridedge.uplink.service import UplinkStatus
@@ -42,6 +43,8 @@ class UnitView(Protocol):
     journal: Journal
     traffic: Traffic
     started_at: float
+    #: the update agent: the page's bundle upload installs through it, and shows its state
+    firmware: Agent
 
     def radio_link(self) -> RadioLink | None: ...
 

@@ -23,7 +23,7 @@ from . import paging
 _COLUMNS = """
 e.edge_id, session_token IS NOT NULL, greatest(last_connected_at, last_batch_at), last_peer,
 firmware_version, boot_slot, readings_total, seq_gaps_total, last_seq, revoked_at,
-revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0)
+revoked_reason, first_seen_at, coalesce(t.bytes_up, 0), coalesce(t.bytes_down, 0), e.tags
 """
 
 #: the edges and today's (UTC) traffic row of each
@@ -59,7 +59,7 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["edge_id", "online", "last_contact", "peer", "firmware_version", "boot_slot",
                  "readings_total", "sequence_gaps", "last_seq", "revoked", "revoked_at",
-                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today"],
+                 "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today", "tags"],
     "properties": {
         "edge_id": {"type": "string"},
         "online": {"type": "boolean", "description": "Held by a gridcloud serve node now."},
@@ -83,6 +83,8 @@ SCHEMA: dict[str, Any] = {
         "bytes_down_today": {
             "type": "integer", "minimum": 0,
             "description": "Bytes the cloud sent to the edge this UTC day (same counting)."},
+        "tags": {"type": "array", "items": {"type": "string"},
+                 "description": "Set with PUT /v1/edges/{edge_id}/tags; rollouts target them."},
     },
 }
 
@@ -102,7 +104,7 @@ TRAFFIC_SCHEMA: dict[str, Any] = {
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
     (edge_id, online, contact, peer, firmware, slot, total, gaps, last_seq, revoked_at,
-     reason, first_seen, up, down) = row
+     reason, first_seen, up, down, tags) = row
     return {
         "edge_id": edge_id,
         "online": bool(online),
@@ -119,6 +121,7 @@ def item(row: tuple[Any, ...]) -> dict[str, Any]:
         "first_seen": rfc3339(first_seen),
         "bytes_up_today": up,
         "bytes_down_today": down,
+        "tags": list(tags),
     }
 
 
