@@ -14,8 +14,9 @@ Method, all on real artefacts:
    debugfs (tests/support/qemu_bundle.py's changed_rootfs), as a fresh build would place them.
 2. Both are signed as RAUC verity bundles with the CI image's test key (Debian's rauc).
 3. Full: v2.raucb, what a unit without a delta base downloads.
-4. Our delta: the blob the cloud offers a unit on v1 (docs/updates.md, "Deltas"):
-   ``zstd -19 --long=27 --patch-from=v1.raucb v2.raucb``. It is applied back here as the unit
+4. Our delta: the blob the cloud offers a unit on v1 (docs/updates.md, "Deltas"), made by
+   the cloud's own code (gridcloud.bundles.make_delta:
+   ``zstd -19 --long=27 --patch-from=v1.raucb v2.raucb``). It is applied back here as the unit
    applies it, and the result must be v2.raucb to the byte (sha256); the decoder's peak memory
    is reported, since a unit has 512 MiB.
    A variant is measured beside it, not yet what the cloud sends: the same patch of v2 without
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import py_compile
@@ -48,12 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from gridcloud import bundles  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from support.qemu_bundle import SigningKeys, changed_rootfs, start_bundle  # noqa: E402
 
@@ -69,8 +71,8 @@ CHANGED_MODULES = (
 )
 #: Targets of the issue: the delta at most this share of the full bundle (and <= casync).
 DELTA_TARGET = 0.05
-#: The contract's delta: the cloud makes it, the unit applies it with the same window.
-ZSTD_DELTA = ("zstd", "-q", "-19", "--long=27")
+#: The cloud's delta settings; the unit applies a delta with the same window (--long).
+ZSTD_DELTA = ("zstd", "-q", *bundles.ZSTD_DELTA)
 
 
 @dataclass(frozen=True)
@@ -178,19 +180,29 @@ def run_measured(argv: list[str]) -> tuple[float, int]:
 
 
 def contract_delta(base: Path, target: Path, out: Path) -> None:
-    """The contract's delta command line (the cloud's delta maker runs the same)."""
+    """The contract's delta command line (gridcloud.bundles.ZSTD_DELTA's settings)."""
     run_measured([*ZSTD_DELTA, f"--patch-from={base}", str(target), "-o", str(out), "-f"])
 
 
-def delta_maker() -> tuple[str, Callable[[Path, Path, Path], None]]:
-    """The cloud's own delta maker when this tree has it, else the contract's command line."""
-    if importlib.util.find_spec("gridcloud.releases") is not None:
-        from gridcloud import releases  # type: ignore[attr-defined,unused-ignore]
+def cloud_delta(base: Path, target: Path, out: Path) -> None:
+    """The cloud's own delta maker, gridcloud.bundles.make_delta, on a reactor of its own
+    (called once: a reactor does not restart)."""
+    from twisted.internet import defer, reactor
 
-        make = getattr(releases, "make_delta", None)
-        if make is not None:
-            return "gridcloud.releases.make_delta", make
-    return " ".join(ZSTD_DELTA) + " --patch-from", contract_delta
+    outcome: list[object] = []
+
+    def done(result: object) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    def go() -> None:
+        made = defer.ensureDeferred(bundles.make_delta(reactor, base, target, out))
+        made.addBoth(done)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    if not outcome or isinstance(outcome[0], Failure):
+        raise SystemExit(f"gridcloud.bundles.make_delta failed: {outcome}")
 
 
 @dataclass(frozen=True)
@@ -204,12 +216,12 @@ class Delta:
 
 
 def measure_delta(v1: Path, v2: Path, work: Path) -> Delta:
-    maker, make = delta_maker()
+    maker = f"gridcloud.bundles.make_delta (zstd {' '.join(bundles.ZSTD_DELTA)} --patch-from)"
     blob, rebuilt = work / "v1-to-v2.delta", work / "v2-rebuilt.raucb"
     start = time.monotonic()
-    make(v1, v2, blob)
+    cloud_delta(v1, v2, blob)
     made = time.monotonic() - start
-    applied, peak = run_measured([*ZSTD_DELTA[:2], "-d", "--long=27", f"--patch-from={v1}",
+    applied, peak = run_measured(["zstd", "-q", "-d", "--long=27", f"--patch-from={v1}",
                                   str(blob), "-o", str(rebuilt), "-f"])
     same = sha256(rebuilt) == sha256(v2)
     rebuilt.unlink()
@@ -265,7 +277,7 @@ def measure_treeless_delta(v1: Path, v2: Path, work: Path) -> tuple[int, bool]:
     target, blob, out = work / "v2-treeless", work / "v1-to-v2.treeless.delta", work / "out"
     target.write_bytes(parts.squashfs + parts.tail)
     contract_delta(v1, target, blob)
-    run_measured([*ZSTD_DELTA[:2], "-d", "--long=27", f"--patch-from={v1}", str(blob), "-o",
+    run_measured(["zstd", "-q", "-d", "--long=27", f"--patch-from={v1}", str(blob), "-o",
                   str(out), "-f"])
     rebuilt = out.read_bytes()
     squashfs = rebuilt[: len(parts.squashfs)]

@@ -176,12 +176,12 @@ def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_roll
 
     # v3, broken, comes to unit 1 as a delta from v2.
     release3 = cloud.upload(v3.bundle)
-    deltas = [d for d in release3["deltas"] if d.get("base_version") == v2.version]
-    assert len(deltas) == 1, release3
+    delta = cloud.wait_for_delta(release3["id"], v2.version, 600, units)
+    assert delta["size"] < 0.05 * release3["size"], delta
     rollout3 = cloud.roll_out(release3["id"], [one.edge_id, two.edge_id], wave_size=1)
     r3 = rollout3["id"]
     row = cloud.wait_for_unit(r3, one.edge_id, {"rebooting"}, 600, units, or_halted=one.unit)
-    assert row["size"] < 0.05 * v3.bundle.stat().st_size, f"not a delta: {row}"
+    assert row["size"] == delta["size"], f"not the delta: {row}"
 
     for left in ("2", "1", "0"):
         match = one.unit.expect(
@@ -230,9 +230,9 @@ def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says
     env = boot_env(one.unit)
 
     cases = (
-        (tampered, ("chunk", "hash", "verity", "sha256", "digest")),
-        (foreign, ("signature", "signer", "certificate")),
-        (other_board, ("compatible",)),
+        (tampered, ("failed verification",)),  # the block's hash is not the signed tree's
+        (foreign, ("signature", "certificate")),  # rauc's reason
+        (other_board, (BEAGLEBONE,)),
     )
     for release, reasons in cases:
         uploaded = cloud.upload(release.bundle)
@@ -241,7 +241,7 @@ def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says
         rollout = cloud.roll_out(uploaded["id"], [one.edge_id])
         row = cloud.wait_for_unit(rollout["id"], one.edge_id, DONE, 900, units)
         assert row["state"] == "failed", row
-        assert any(word in row["detail"].lower() for word in reasons), row
+        assert any(word in row["detail"] for word in reasons), row
         assert cloud.rollout(rollout["id"])["state"] == "paused"
 
     assert "rauc.slot=A" in one.unit.value("cat /proc/cmdline")
@@ -276,7 +276,8 @@ class CuttingLink:
 def corrupt_stored_bundle(folder: Path, sha256: str) -> None:
     """Flip one byte inside the fourth chunk of the bundle the cloud stored (the SquashFS, so
     the signature still verifies and only the block's hash gives it away)."""
-    stored = [p for p in folder.rglob("*") if p.is_file() and sha256_file(p) == sha256]
+    inodes = {p.stat().st_ino: p for p in folder.rglob("*") if p.is_file()}
+    stored = [p for p in inodes.values() if sha256_file(p) == sha256]
     assert len(stored) == 1, f"the bundle {sha256} is not (once) in {folder}"
     with stored[0].open("r+b") as f:
         f.seek(3 * 32768 + 1000)

@@ -177,7 +177,7 @@ class OtaCloud:
         )
         api_toml = self.root / "api.toml"
         api_toml.write_text(
-            '[api]\nlisten = "tcp:0:interface=127.0.0.1"\nmax_body_bytes = 65536\n\n'
+            '[api]\nlisten = "tcp:0:interface=127.0.0.1"\n\n'
             f'[database]\ndsn = "{self.dsn}"\n\n' + self.releases_section()
         )
         self.serve = edge_harness.Proc(
@@ -244,6 +244,22 @@ class OtaCloud:
             if row["edge_id"] == edge_id:
                 return dict(row)
         raise Problem(f"{edge_id} is not in rollout {rollout_id}")
+
+    def wait_for_delta(self, release_id: int, base_version: str, timeout: float,
+                       units: Sequence[Unit]) -> dict[str, Any]:
+        """Wait until the API has made the release's delta from ``base_version`` (in the
+        background, minutes for a big bundle), as an operator waits before rolling out."""
+        found: list[dict[str, Any]] = []
+
+        def ready() -> bool:
+            release = self.call("GET", f"/v1/releases/{release_id}")
+            found[:] = [d for d in release["deltas"] if d["base_version"] == base_version]
+            assert found, f"no delta from {base_version} planned: {release}"
+            assert found[0]["state"] in ("making", "ready"), found[0]
+            return bool(found[0]["state"] == "ready")
+
+        wait(f"the delta of release {release_id} from {base_version}", ready, timeout, units)
+        return found[0]
 
     def edge(self, edge_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.call("GET", f"/v1/edges/{edge_id}")
