@@ -34,25 +34,28 @@ from support.qemu_ota import (
     wait,
 )
 from support.qemu_unit import boot_env, partition_digest
-from support.qemu_world import wait_until_healthy, wait_until_marked_good
+from support.qemu_world import wait_until_marked_good
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 QEMU_CI = "gridedge-qemu-ci"
 BEAGLEBONE = "gridedge-beaglebone-black"
-#: The link is cut this often while a unit downloads (a 2G link that keeps dropping).
+#: The link is cut this often while a unit downloads (a 2G link that keeps dropping), this
+#: many times at most (each costs a reconnection: TLS on an emulated ARM takes seconds).
 CUT_EVERY = 12.0
+MAX_CUTS = 6
 #: Terminal states of a unit in a rollout.
 DONE = {"healthy", "failed", "rolled_back", "cancelled"}
 
 
 @pytest.fixture
 def make_cloud(tmp_path: Path, pg_dsn: str, ci_image: Path) -> Iterator[Callable[..., OtaCloud]]:
-    """make(trust=(extra CA files), compatible=(...)) -> the operator's cloud, started."""
+    """make(trust=(extra CA files), compatible=(...), deltas_from=N) -> the operator's cloud,
+    started."""
     clouds: list[OtaCloud] = []
 
-    def make(*, trust: tuple[Path, ...] = (), compatible: tuple[str, ...] = (QEMU_CI,)
-             ) -> OtaCloud:
+    def make(*, trust: tuple[Path, ...] = (), compatible: tuple[str, ...] = (QEMU_CI,),
+             deltas_from: int = 3) -> OtaCloud:
         root = tmp_path / "cloud"
         root.mkdir()
         pki = PKIDirectory(root / "pki")
@@ -61,7 +64,8 @@ def make_cloud(tmp_path: Path, pg_dsn: str, ci_image: Path) -> Iterator[Callable
         keyring = root / "rauc-keyring.pem"
         cas = (ci_image / "test-keys" / "ca.cert.pem", *trust)
         keyring.write_text("".join(ca.read_text() for ca in cas))
-        cloud = OtaCloud(root, edge_harness.Pki(pki.path, root), pg_dsn, keyring, compatible)
+        cloud = OtaCloud(root, edge_harness.Pki(pki.path, root), pg_dsn, keyring, compatible,
+                         deltas_from)
         clouds.append(cloud)
         return cloud.start()
 
@@ -89,11 +93,13 @@ def make_unit(tmp_path: Path, ci_image: Path) -> Iterator[Callable[[OtaCloud, st
 
 
 def boot_and_provision(*units: OtaUnit) -> None:
+    """Boot factory units and provision them; their slot A is marked good (a unit fetches
+    nothing before that)."""
     for u in units:
         assert u.unit.boot() == "A"
         u.provision()
     for u in units:
-        wait_until_healthy(u.unit, 240)
+        wait_until_marked_good(u.unit, 300)
 
 
 def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_rolls_back(
@@ -145,7 +151,7 @@ def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_roll
     assert partition_digest(one.unit.disk, 3) == factory_slot_b
     assert one.unit.boot() == "A"
     wait("unit 1's first download status after the power cut",
-         lambda: link.downloaded(0.0) and link.last["updated_at"] > before["updated_at"], 300,
+         lambda: link.downloaded(0.0) and link.last["updated_at"] > before["updated_at"], 600,
          units)
     assert link.last["received"] >= before["received"], (
         f"the download restarted: {before} before the power cut, {link.last} after")
@@ -167,8 +173,7 @@ def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_roll
     assert one.proxy.stats.bytes_down < 1.25 * row["size"], one.proxy.stats
 
     # Unit 2's wave starts only now; the rollout completes with it.
-    row2 = cloud.wait_for_unit(r, two.edge_id, {"rebooting"}, 900, units, or_halted=two.unit)
-    assert row2["updated_at"] >= row["updated_at"]
+    cloud.wait_for_unit(r, two.edge_id, {"rebooting"}, 900, units, or_halted=two.unit)
     assert two.unit.expect(r"A/B: booting slot (\w)", 300).group(1) == "B"
     two.unit.wait_for_shell()
     cloud.wait_for_unit(r, two.edge_id, {"healthy"}, 400, units)
@@ -222,11 +227,11 @@ def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says
     tampered = make_release(ci_image, releases, "ota-2.0.0-tampered")
     foreign = make_release(ci_image, releases, "ota-2.0.0-foreign", keys=stranger)
     other_board = make_release(ci_image, releases, "ota-2.0.0-bbb", compatible=BEAGLEBONE)
-    cloud = make_cloud(trust=(stranger.ca,), compatible=(QEMU_CI, BEAGLEBONE))
+    # No deltas: the unit is a factory unit (full offers only), and zstd would take a core.
+    cloud = make_cloud(trust=(stranger.ca,), compatible=(QEMU_CI, BEAGLEBONE), deltas_from=0)
     one = make_unit(cloud, "edge-ota-1")
     units = (one.unit,)
     boot_and_provision(one)
-    wait_until_marked_good(one.unit, 300)
     env = boot_env(one.unit)
 
     cases = (
@@ -263,7 +268,8 @@ class CuttingLink:
         """Has the unit reached ``state``? Cuts the link when it is time to."""
         self.last = self.cloud.unit(self.rollout, self.unit.edge_id)
         assert self.last["state"] not in DONE, self.last
-        if self.last["state"] == "downloading" and time.monotonic() - self.cut_at > CUT_EVERY:
+        if self.last["state"] == "downloading" and time.monotonic() - self.cut_at > CUT_EVERY \
+                and self.unit.proxy.stats.cuts < MAX_CUTS:
             self.cut_at = time.monotonic()
             self.unit.proxy.cut()
         return bool(self.last["state"] == state)

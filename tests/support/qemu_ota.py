@@ -145,6 +145,7 @@ class OtaCloud:
     dsn: str
     keyring: Path
     compatible: tuple[str, ...]
+    deltas_from: int = 3
     port: int = field(default_factory=edge_harness.free_port)
     serve: edge_harness.Proc | None = None
     api: edge_harness.Proc | None = None
@@ -159,7 +160,7 @@ class OtaCloud:
             f'keyring = "{self.keyring}"\n'
             f"compatible = [{compatible}]\n"
             "max_bundle_mb = 512\n"
-            "deltas_from = 3\n"
+            f"deltas_from = {self.deltas_from}\n"
         )
 
     def start(self) -> OtaCloud:
