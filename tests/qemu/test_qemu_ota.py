@@ -102,6 +102,8 @@ def boot_and_provision(*units: OtaUnit) -> None:
         wait_until_marked_good(u.unit, 300)
 
 
+# Eight boots of unit 1, two of unit 2 and two full downloads: past the suite's 600 s.
+@pytest.mark.timeout(2400)
 def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_rolls_back(
     make_cloud: Callable[..., OtaCloud],
     make_unit: Callable[[OtaCloud, str], OtaUnit],
@@ -211,6 +213,7 @@ def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_roll
     assert partition_digest(one.unit.disk, 2, size) == sha256_file(v3.rootfs)
 
 
+@pytest.mark.timeout(1200)
 def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says_why(
     make_cloud: Callable[..., OtaCloud],
     make_unit: Callable[[OtaCloud, str], OtaUnit],
