@@ -423,7 +423,7 @@ class FirmwareServer(service.Service):
             serving.writing = False
             if rows and rows[0][0] is None:
                 log.info("edge {edge}: report {state} for rollout unit {unit} ignored "
-                         "(not its unit, or cancelled or healthy already)",
+                         "(not its unit, healthy already, or cancelled)",
                          edge=edge, state=state, unit=unit)
             self._write_next(serving)
 
