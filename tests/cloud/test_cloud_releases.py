@@ -174,3 +174,22 @@ def test_deltas_are_made_in_the_background_and_rebuild_the_bundle(
         subprocess.run(["zstd", "-q", "-d", "--long=27", f"--patch-from={base}", str(patch),
                         "-o", str(out)], check=True)
         assert hashlib.sha256(out.read_bytes()).hexdigest() == v3["sha256"]
+
+
+def test_spools_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:
+    """An upload spool a day old is removed at start; a fresh one (an upload going on in
+    another process) and other files are kept."""
+    import os
+
+    from gridcloud.api import upload as spooling
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    old, fresh, other = (incoming / n for n in ("upload-a.raucb", "upload-b.raucb", "keep"))
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 90000, time.time() - 90000))
+    os.utime(other, (time.time() - 90000, time.time() - 90000))
+    assert spooling.sweep(tmp_path) == 1
+    assert sorted(p.name for p in incoming.iterdir()) == ["keep", "upload-b.raucb"]
+    assert spooling.sweep(tmp_path / "nowhere") == 0
