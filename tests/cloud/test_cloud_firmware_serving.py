@@ -101,7 +101,7 @@ async def test_chunks_are_byte_exact_and_offers_come_again_after_a_reconnect(
         ota: Ota, kit: dict[str, Any]) -> None:
     """Half the bundle, a cut, the same offer again on the next connection, the rest: the
     chunks put together are the bundle; the delta's chunks are the delta file; DOWNLOADING
-    statuses show the bytes on the API."""
+    statuses show the bytes on the API, at most one write per unit and progress interval."""
     ota.upload(kit["v1"])
     v2 = ota.deltas_ready(ota.upload(kit["v2"])["id"])
     await disconnect(await ota.unit("u1", "1.0.0"))
@@ -131,11 +131,14 @@ async def test_chunks_are_byte_exact_and_offers_come_again_after_a_reconnect(
     delta_bytes = await fetch(again, patch)
     stored = next(ota.folder.glob("deltas/*.zst")).read_bytes()
     assert delta_bytes == stored and len(delta_bytes) == patch.size
-    again.send(status(full, FirmwareState.DOWNLOADING, len(bundle)))  # within 10 s: not written
+    # Within the progress interval of the last write (also across the reconnect): held back,
+    # and dropped when the next state comes first.
+    again.send(status(full, FirmwareState.DOWNLOADING, len(bundle)))
     again.send(status(full, FirmwareState.DOWNLOADED))
     again.send(status(full, FirmwareState.VERIFYING))
     again.send(status(full, FirmwareState.INSTALLING))
     await wait_until(reactor(), lambda: unit_state(ota.dsn, "u1") == "installing", "installing")
+    assert ota.units(rollout["id"])["u1"]["received"] == len(first)
     await disconnect(again)
 
 
@@ -195,3 +198,26 @@ async def test_rollout_unit_gauge(ota: Ota, kit: dict[str, Any]) -> None:
     assert 'gridcloud_rollout_units{state="pending"} 2.0' in text
     assert 'gridcloud_rollout_units{state="healthy"} 0.0' in text
     assert "gridcloud_firmware_chunks_sent 0.0" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_held_back_is_written_when_the_interval_is_over(
+        ota: Ota, kit: dict[str, Any]) -> None:
+    """Three DOWNLOADING statuses in quick succession: the first is written at once, the
+    last one when the progress interval is over, the middle one never."""
+    ota.cloud.firmware.progress_interval = 1.0
+    v2 = ota.upload(kit["v2"])
+    await disconnect(await ota.unit("u1", "1.0.0"))
+    rollout = ota.rollout(v2["id"], {"edges": ["u1"]})
+    client = await ota.unit("u1", "1.0.0")
+    await wait_until(reactor(), lambda: client.offers, "the offer")
+    received = lambda: ota.units(rollout["id"])["u1"]["received"]  # noqa: E731
+    started = reactor().seconds()
+    for n in (100, 200, 300):
+        client.send(status(client.offers[0], FirmwareState.DOWNLOADING, n))
+    await wait_until(reactor(), lambda: received() == 100, "the first progress")
+    await wait_until(reactor(), lambda: received() == 300, "the last progress")
+    assert reactor().seconds() - started >= 0.9
+    feed = query(ota.dsn, "SELECT count(*) FROM feed_log WHERE rollout_unit_id IS NOT NULL")
+    assert feed == [(3,)]  # offered, 100, 300: 200 was never written
+    await disconnect(client)
