@@ -7,6 +7,7 @@ unfinished rollout per unit, and the units' changes on the live feed."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from gridedge import loadgen
 from gridwire import FirmwareState
 
 from support import release_bundles as rb
-from support.cloud_harness import CloudPKI, sleep, wait_until
+from support.cloud_harness import CloudPKI, query, sleep, wait_until
 from support.ota_harness import Ota, disconnect, ota_world, reactor, status, unit_state
 
 
@@ -240,3 +241,51 @@ async def test_unit_changes_are_on_the_live_feed(ota: Ota, kit: dict[str, Any]) 
     assert events[-1]["state"] == "healthy"
     assert len(events) >= 3  # offered, ..., healthy (a quick succession may repeat the latest)
     await disconnect(done)
+
+
+def test_two_last_reports_of_a_wave_in_two_transactions_start_the_next_wave_once(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """The last two units of wave 0 report healthy on two connections at once (as on two
+    serve nodes): the second waits for the first's lock on the rollout, then sees it, and
+    the next wave starts exactly once (one NOTIFY)."""
+    import subprocess
+    import sys
+
+    import psycopg2
+    from gridcloud import migrations
+
+    migrations.migrate(pg_dsn)
+    query(pg_dsn, "INSERT INTO edges (edge_id) VALUES ('a'), ('b'), ('c')")
+    query(pg_dsn, "INSERT INTO releases (version, compatible, size, sha256, signer, file) "
+                  "VALUES ('2', 'x', 1, repeat('0', 64), 's', 'f')")
+    (rollout,), = query(pg_dsn, "INSERT INTO rollouts (release_id, target, wave_size, "
+                                "max_failures) VALUES (1, '{}', 2, 0) RETURNING id")
+    query(pg_dsn, "INSERT INTO rollout_units (rollout_id, edge_id, wave, state) VALUES "
+                  "(%s, 'a', 0, 'rebooting'), (%s, 'b', 0, 'rebooting'), (%s, 'c', 1, 'pending')",
+          (rollout, rollout, rollout))
+    units = dict(query(pg_dsn, "SELECT edge_id, id FROM rollout_units"))
+    listener = psycopg2.connect(pg_dsn)
+    listener.autocommit = True
+    listener.cursor().execute("LISTEN gridcloud_rollouts")
+    first = psycopg2.connect(pg_dsn)
+    with first.cursor() as cur:  # holds the rollout's lock until COMMIT
+        cur.execute("SELECT rollout_unit_report(%s, 'a', 'healthy', 0, NULL, '')", (units["a"],))
+    script = (f"import psycopg2\nc = psycopg2.connect({pg_dsn!r})\n"
+              f"c.cursor().execute(\"SELECT rollout_unit_report({units['b']}, 'b', 'healthy', "
+              "0, NULL, '')\")\nc.commit()\n")
+    second = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        time.sleep(1.0)
+        assert second.poll() is None  # waiting for the lock
+        assert query(pg_dsn, "SELECT current_wave FROM rollouts") == [(0,)]
+        first.commit()
+        assert second.wait(20) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+        first.close()
+    assert query(pg_dsn, "SELECT current_wave, state FROM rollouts") == [(1, "running")]
+    time.sleep(0.2)
+    listener.poll()
+    assert [n.payload for n in listener.notifies] == [str(rollout)]
+    listener.close()
