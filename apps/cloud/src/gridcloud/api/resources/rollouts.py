@@ -314,7 +314,7 @@ def _control(action: str) -> Any:
         rows = await call.db.rows(CONTROL_SQL, {"id": rollout_id, "action": action,
                                                 "reason": reason})
         state = rows[0][0]
-        if state in ("completed", "cancelled") and action != "cancel":
+        if state == "completed" or (state == "cancelled" and action != "cancel"):
             raise Problem("conflict", f"rollout {rollout_id} is {state}")
         return await _one(call, rollout_id)
     return handler
