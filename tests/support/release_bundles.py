@@ -37,7 +37,7 @@ def tiny_rootfs(folder: Path, version: str) -> Path:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", str(src),
                     "-U", "00000000-0000-4000-8000-000000000015", "-E",
                     "hash_seed=00000000-0000-4000-8000-000000000015", str(image), "4M"],
-                   check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                   check=True, capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                     "E2FSPROGS_FAKE_TIME": "1795000000"})
     return image
 

@@ -24,9 +24,11 @@ base release is the version the unit runs).
 * ``FirmwareStatus``: recorded with ``rollout_unit_report()``, which also moves
   the rollout on (next wave, self-pause) in the same transaction.  A
   connection's reports are written one at a time, in order.  ``DOWNLOADING``
-  is written at most every :data:`PROGRESS_INTERVAL` seconds per unit (a state
-  change always).  ``HEALTHY`` counts only from a connection whose Hello named
-  the release's version: a unit that says healthy but runs something else is
+  is written at most every :data:`PROGRESS_INTERVAL` seconds per unit, also
+  across reconnects (a state change always; the latest progress held back is
+  written when the interval is over, unless another state came first).
+  ``HEALTHY`` counts only from a connection whose Hello named the release's
+  version: a unit that says healthy but runs something else is
   logged, not believed.
 
 Tests: tests/cloud/test_cloud_firmware_serving.py, tests/cloud/test_cloud_rollouts.py.
@@ -145,8 +147,6 @@ class _Serving:
     writing: bool = False
     looking: bool = False
     again: bool = False
-    #: unit id -> (state, when) of its last written report: for the DOWNLOADING throttle
-    written: dict[int, tuple[str, float]] = field(default_factory=dict)
 
 
 class _Files:
@@ -195,6 +195,11 @@ class FirmwareServer(service.Service):
         self._counts = task.LoopingCall(self.refresh_counts)
         self._counts.clock = clock
         self._counts_interval = counts_interval
+        #: seconds between two DOWNLOADING writes of one unit (PROGRESS_INTERVAL)
+        self.progress_interval = PROGRESS_INTERVAL
+        #: unit id -> (state, when) of its last written report, and its held-back progress
+        self._written: dict[int, tuple[str, float]] = {}
+        self._trailing: dict[int, Any] = {}
         #: chunks and their bytes sent by this node (metrics)
         self.chunks_sent = 0
         self.bytes_sent = 0
@@ -214,6 +219,10 @@ class FirmwareServer(service.Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._counts.running:
             self._counts.stop()
+        for timer in self._trailing.values():
+            if timer.active():
+                timer.cancel()
+        self._trailing.clear()
         self._serving.clear()
         self._files.close()
 
@@ -403,14 +412,31 @@ class FirmwareServer(service.Service):
 
     def _report(self, serving: _Serving, unit: int, state: str, received: int,
                 size: int | None, detail: str, *, force: bool = False) -> None:
+        """Queue a unit's report; a DOWNLOADING within ``progress_interval`` of the last
+        written one waits (only the latest of those is written, when the interval is over,
+        unless another state comes first)."""
         now = self._clock.seconds()
-        last = serving.written.get(unit)
-        if (not force and state == "downloading" and last is not None
-                and last[0] == state and now - last[1] < PROGRESS_INTERVAL):
-            return
-        serving.written[unit] = (state, now)
+        trailing = self._trailing.pop(unit, None)
+        if trailing is not None and trailing.active():
+            trailing.cancel()
+        last = self._written.get(unit)
+        if not force and state == "downloading" and last is not None and last[0] == state:
+            wait = self.progress_interval - (now - last[1])
+            if wait > 0:
+                self._trailing[unit] = self._clock.callLater(
+                    wait, self._flush_progress, serving, unit, received, size, detail)
+                return
+        if state in FINAL:
+            self._written.pop(unit, None)
+        else:
+            self._written[unit] = (state, now)
         serving.reports.append((unit, state, received, size, detail))
         self._write_next(serving)
+
+    def _flush_progress(self, serving: _Serving, unit: int, received: int, size: int | None,
+                        detail: str) -> None:
+        self._trailing.pop(unit, None)
+        self._report(serving, unit, "downloading", received, size, detail, force=True)
 
     def _write_next(self, serving: _Serving) -> None:
         if serving.writing or not serving.reports:
@@ -423,7 +449,7 @@ class FirmwareServer(service.Service):
             serving.writing = False
             if rows and rows[0][0] is None:
                 log.info("edge {edge}: report {state} for rollout unit {unit} ignored "
-                         "(not its unit, or cancelled or healthy already)",
+                         "(not its unit, healthy already, or cancelled)",
                          edge=edge, state=state, unit=unit)
             self._write_next(serving)
 
@@ -432,7 +458,7 @@ class FirmwareServer(service.Service):
             # The unit repeats its state (statuses are progress reports, not a journal).
             log.warn("edge {edge}: recording {state} of rollout unit {unit} failed: {why}",
                      edge=edge, state=state, unit=unit, why=failure.getErrorMessage())
-            serving.written.pop(unit, None)
+            self._written.pop(unit, None)
             self._write_next(serving)
 
         self._db.run(REPORT_SQL, (unit, edge, state, received, size, detail[:500])

@@ -119,6 +119,8 @@ class ApiService(service.MultiService):
         await self.db.start()
         await self.feed.start()
         self.deltas.start()
+        if self.config.releases.folder is not None:
+            upload.sweep(self.config.releases.folder)
         site = _CountingSite(self.api.resource(), self.metrics, self.config.releases)
         site.displayTracebacks = False
         if not self.config.access_log:

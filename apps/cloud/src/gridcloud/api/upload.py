@@ -12,14 +12,19 @@ hard-linked to its final name in the same folder, which costs nothing.  Past
 writes nothing at all), keeps counting, and the handler answers 413.
 
 The spooled file is deleted when the request is done with it (closed, or
-collected): a failed or refused upload leaves nothing behind.
+collected): a failed or refused upload leaves nothing behind.  Only a process
+killed mid-upload leaves one; :func:`sweep` removes those a day old when an API
+process starts.
 
 Tests: tests/cloud/test_cloud_releases.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
@@ -92,3 +97,16 @@ def spool_for(method: bytes | None, path: bytes | None, folder: Path | None, lim
     if path.split(b"?", 1)[0] != UPLOAD_PATH:
         return None
     return BundleSpool(folder, limit, declared)
+
+
+def sweep(folder: Path, older_than: float = 86400.0) -> int:
+    """Remove upload spools left in ``incoming/`` by killed processes; how many."""
+    removed = 0
+    limit = time.time() - older_than
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder / INCOMING) as entries:
+        for entry in entries:
+            if entry.name.startswith("upload-") and entry.stat().st_mtime < limit:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

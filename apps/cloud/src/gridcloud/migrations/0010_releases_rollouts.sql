@@ -143,7 +143,8 @@ $$;
 -- A unit's report (a FirmwareStatus, or the cloud's own finding): the unit's new state and
 -- the rollout's next step, in one transaction.  Locks the rollout first, so that reports of
 -- two units of one rollout on two nodes are applied one after the other.  Ignored (NULL)
--- for a unit of another edge, or one already cancelled or healthy.
+-- for a unit of another edge, one already healthy, or a cancelled one unless it reports
+-- its end (healthy, rolled back, failed).
 CREATE FUNCTION rollout_unit_report(p_unit bigint, p_edge text, p_state text,
                                     p_received bigint, p_size bigint, p_detail text)
 RETURNS text
@@ -163,7 +164,9 @@ BEGIN
            size = coalesce(p_size, size),
            detail = left(p_detail, 500),
            updated_at = now()
-     WHERE id = p_unit AND state NOT IN ('cancelled', 'healthy')
+     WHERE id = p_unit AND state <> 'healthy'
+       -- A cancelled unit that had begun still reports how it ended: the truth is shown.
+       AND (state <> 'cancelled' OR p_state IN ('healthy', 'rolled_back', 'failed'))
     RETURNING state INTO v_state;
     IF v_state IS NULL THEN
         RETURN NULL;

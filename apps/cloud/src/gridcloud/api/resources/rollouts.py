@@ -37,7 +37,7 @@ UNIT_STATES = ("pending", "offered", "downloading", "verifying", "installing", "
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 #: Stable bucket 0..99 of an edge id (md5: the same in every PostgreSQL version).
-_BUCKET = "(('x' || substr(md5(e.edge_id), 1, 8))::bit(32)::bigint % 100)"
+_BUCKET = "(('x' || substr(md5(e.edge_id), 1, 8))::bit(32)::bigint %% 100)"
 
 _CHOOSE = f"""
 SELECT e.edge_id FROM edges e
@@ -314,7 +314,7 @@ def _control(action: str) -> Any:
         rows = await call.db.rows(CONTROL_SQL, {"id": rollout_id, "action": action,
                                                 "reason": reason})
         state = rows[0][0]
-        if state in ("completed", "cancelled") and action != "cancel":
+        if state == "completed" or (state == "cancelled" and action != "cancel"):
             raise Problem("conflict", f"rollout {rollout_id} is {state}")
         return await _one(call, rollout_id)
     return handler
