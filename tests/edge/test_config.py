@@ -167,3 +167,48 @@ def test_web_section(tmp_path: Path) -> None:
     web = load(write(tmp_path, text)).web
     assert web.enabled and web.address == "127.0.0.1" and web.port == 9443
     assert web.max_upload == 64 << 20 and web.state_dir == Path("/data/gridedge/web")
+
+
+def test_firmware_section(tmp_path: Path) -> None:
+    """[firmware]: the defaults of docs/updates.md, the window as minutes, and every mistake
+    named with its key."""
+    fw = load(write(tmp_path, EXAMPLE)).firmware
+    assert fw.enabled and fw.reboot == "now" and fw.window == (120, 240)
+    assert fw.keyring == Path("/etc/rauc/keyring.pem") and fw.min_free_bytes == 64 << 20
+    assert fw.max_chunk_rate == 4.0
+    text = EXAMPLE + ('\n[firmware]\nenabled = false\nreboot = "window"\nwindow = "23:30-01:15"\n'
+                      'min_free_mb = 10\nmax_chunk_rate = 1\nkeyring = "keys/ca.pem"\n')
+    fw = load(write(tmp_path, text)).firmware
+    assert not fw.enabled and fw.reboot == "window" and fw.window == (1410, 75)
+    assert fw.min_free_bytes == 10 << 20 and fw.max_chunk_rate == 1.0
+    assert fw.keyring == Path("/data/gridedge/keys/ca.pem")
+    for bad, message in (('reboot = "later"', r"\[firmware\] reboot: must be"),
+                         ('window = "2-4"', r"\[firmware\] window: expected HH:MM-HH:MM"),
+                         ('window = "25:00-01:00"', "not a time of day"),
+                         ('window = "02:00-02:00"', "an empty window"),
+                         ("min_free_mb = -1", r"min_free_mb: must be >= 0"),
+                         ("max_chunk_rate = 0", r"max_chunk_rate: must be > 0"),
+                         ("chunk_rate = 1", "unknown key")):
+        with pytest.raises(ConfigError, match=message):
+            load(write(tmp_path, EXAMPLE + f"\n[firmware]\n{bad}\n"))
+
+
+def test_docs_list_every_firmware_key() -> None:
+    text = DOCS.read_text()
+    for key in ("enabled", "keyring", "reboot", "window", "min_free_mb", "max_chunk_rate"):
+        assert f"`[firmware] {key}`" in text, key
+
+
+def test_firmware_version_is_the_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without [edge] firmware_version, Hello says the image's /etc/gridedge/version: the
+    version its RAUC bundle carries (docs/updates.md)."""
+    import gridedge.config
+
+    image = tmp_path / "version"
+    image.write_text("2026.12-3-gabcdef\n")
+    monkeypatch.setattr(gridedge.config, "IMAGE_VERSION", image)
+    text = EXAMPLE.replace('firmware_version = "2026.11.1"\n', "")
+    assert load(write(tmp_path, text)).edge.firmware_version == "2026.12-3-gabcdef"
+    image.unlink()
+    assert load(write(tmp_path, text)).edge.firmware_version != ""
+    assert load(write(tmp_path, EXAMPLE)).edge.firmware_version == "2026.11.1"

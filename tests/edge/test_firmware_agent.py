@@ -439,3 +439,41 @@ async def test_readings_first_over_a_real_uplink_link(tmp_path: Path, kit: Kit,
     await settle(unit.clock, lambda: unit.slots.reboots == 1)
     assert unit.slots.installed == [("2.0", sha(v2))]
     link.connection_lost()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_before_the_reboot_reboots_in_the_window(
+        tmp_path: Path, kit: Kit, v2: bytes) -> None:
+    """gridedge restarted after the install but before the reboot (same boot): it does not
+    judge a boot that has not happened; it reboots, as [firmware] reboot says."""
+    clock_now = time.localtime(1_800_000_000)
+    minute = clock_now.tm_hour * 60 + clock_now.tm_min
+    unit = Unit(tmp_path, kit, reboot="window", window=((minute + 30) % 1440,
+                                                        (minute + 90) % 1440))
+    unit.connect({97: v2})
+    unit.agent.offered(offer_of(v2, 97, "2.0"))
+    await settle(unit.clock, lambda: unit.agent.phase == "window")
+    unit.restart("1.0", rebooted=False)
+    cloud = unit.connect({})
+    await idle(unit.clock, 2)
+    assert unit.agent.phase == "window" and unit.slots.reboots == 0 and cloud.statuses == []
+    unit.clock.advance(1800)
+    assert unit.slots.reboots == 1 and cloud.states() == ["REBOOTING"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rauc_install_failing_is_reported(tmp_path: Path, kit: Kit, v2: bytes) -> None:
+    unit = Unit(tmp_path, kit)
+    unit.slots.fail_install = "Failed to write slot rootfs.1: No space left on device"
+    cloud = unit.connect({98: v2})
+    unit.agent.offered(offer_of(v2, 98, "2.0"))
+    await settle(unit.clock, lambda: unit.agent.phase == "failed")
+    assert cloud.states()[-2:] == ["INSTALLING", "FAILED"]
+    assert cloud.statuses[-1].detail == ("rauc install: Failed to write slot rootfs.1: No space "
+                                         "left on device")
+    assert unit.slots.reboots == 0 and not (tmp_path / "firmware/pending.json").exists()
+    upload = tmp_path / "upload.raucb"
+    upload.write_bytes(v2)
+    with pytest.raises(UpdateFailed, match="No space left"):
+        await unit.agent.install_local(upload, hashlib.sha256(v2).hexdigest())
+    assert unit.agent.phase == "failed"

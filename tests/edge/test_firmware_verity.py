@@ -5,13 +5,14 @@ that holds only the tail."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from gridedge.firmware.manifest import ManifestError, cms_span, econtent, read_manifest
-from gridedge.firmware.rauc import BundleRefused, parse_status
+from gridedge.firmware.rauc import BundleRefused, RaucSlots, SlotStatus, parse_status
 from gridedge.firmware.verity import BLOCK, VerityError, VerityTree, tree_size
 
 from support.firmware_kit import Kit, make_kit
@@ -112,3 +113,26 @@ def test_rauc_status_json() -> None:
         ("gridedge-beaglebone-black", "B", True)
     data["slots"][1]["rootfs.1"]["boot_status"] = "bad"  # type: ignore[index]
     assert not parse_status(data).good
+
+
+@pytest_twisted.ensureDeferred
+async def test_slots_good_needs_mark_good(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAUC's U-Boot backend says "good" while a slot has boot attempts left (a slot on trial
+    too): RaucSlots also needs mark-good's file.  ``rauc`` here is a stand-in printing what
+    the CI image's rauc printed (its service needs the unit's D-Bus and slots)."""
+    status = {"compatible": "gridedge-qemu-ci", "variant": "", "booted": "B",
+              "boot_primary": "rootfs.1", "slots": [
+                  {"rootfs.1": {"class": "rootfs", "device": "/dev/vda3", "type": "ext4",
+                                "bootname": "B", "state": "booted", "parent": None,
+                                "mountpoint": "/", "boot_status": "good"}}]}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rauc").write_text(f"#!/bin/sh\ncat <<'END'\n{json.dumps(status)}\nEND\n")
+    (bin_dir / "rauc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    marker = tmp_path / "slot-good"
+    slots = RaucSlots(lambda: None, slot_good=marker)
+    assert (await slots.status()) == SlotStatus("gridedge-qemu-ci", "B", False)
+    marker.write_text("slot B marked good after 40 s\n")
+    assert (await slots.status()) == SlotStatus("gridedge-qemu-ci", "B", True)

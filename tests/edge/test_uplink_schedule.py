@@ -131,3 +131,25 @@ def test_schedule_rules_alone() -> None:
     s.add(reading(1, END + 900), 20)
     s.add(Event(1, END, 1, "x"), 21)
     assert s.due(21)  # an event
+
+
+def test_uploads_idle_for_the_update_agent(journal: Journal) -> None:
+    """What the update agent asks before each chunk (gridedge.firmware, readings first):
+    readings waiting for their schedule are not owed yet; once due they are, until acked."""
+    clock = Clock()
+    cloud = Cloud()
+    metered(journal, cloud, clock, expected=5, deadline=600)
+    link = cloud.link
+    assert link is not None and link.uploads_idle()
+    journal.append([reading(0), reading(1)])
+    assert cloud.uploads() == [] and link.uploads_idle(), "waiting for the interval"
+    journal.append([reading(m) for m in range(2, 5)])
+    assert len(cloud.uploads()) == 1 and not link.uploads_idle(), "sent, not acked"
+    cloud.ack_all()
+    assert link.uploads_idle()
+    journal.append_event(Event(7, END, 1, "tamper"))
+    assert not link.uploads_idle(), "an event goes at once and waits for its Ack"
+    cloud.ack_all()
+    assert link.uploads_idle()
+    link.connection_lost()
+    assert not link.uploads_idle()

@@ -484,3 +484,52 @@ def test_point7_mark_good_does_not_reboot_over_a_data_fault(
     # Control: data-setup itself failed (state=error), which a bad firmware can cause: the
     # usual rule applies, /data not mounted is never healthy, and the slot is given up.
     assert "reboot" in error
+
+
+def test_mark_good_leaves_the_reason_for_the_update_agent(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """An unhealthy slot after an update: before its reboot, mark-good writes which slot and
+    what `gridedge health --running` said to DATA_DIR/firmware/last-failure.txt, which the
+    agent on the other slot reports as ROLLED_BACK (docs/updates.md, "The unit")."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    after = """\
+echo 'console=ttyS0 rauc.slot=B quiet' >/tmp/cmdline
+mount --bind /tmp/cmdline /proc/cmdline
+mkdir -p /data/gridedge/firmware
+echo 'data_dir = "/data/gridedge"' >/data/gridedge/gridedge.toml
+chown -R gridedge:gridedge /data/gridedge
+printf '#!/bin/sh\\necho "NOT RUNNING:"\\necho "  - uplink is not running (restarts: 4, last \
+error: boom)"\\necho "  note: 2 meters behind"\\nexit 1\\n' >/usr/bin/gridedge
+chmod +x /usr/bin/gridedge
+""" + MARK_GOOD + "cat /data/gridedge/firmware/last-failure.txt\n"
+    result = boot(loop, tmp_path, after=after)
+    assert "data-setup-status=0" in result.stdout, result.stderr
+    assert "reboot" in result.stdout.split("mark-good-status=")[1], result.stderr
+    assert ("slot B not healthy after 0 s: uplink is not running (restarts: 4, last error: "
+            "boom)\n") in result.stdout, result.stdout + result.stderr
+
+
+def test_mark_good_says_the_slot_is_good_for_this_boot(
+    loop_disk: tuple[Path, list[Loop]], tmp_path: Path
+) -> None:
+    """A healthy slot: `rauc status mark-good`, then /run/gridedge/slot-good, which the update
+    agent needs (RAUC's U-Boot backend calls a slot on trial "good" too)."""
+    image, loops = loop_disk
+    partition(image)
+    loop = attach(image, loops)
+    after = """\
+echo 'console=ttyS0 rauc.slot=A quiet' >/tmp/cmdline
+mount --bind /tmp/cmdline /proc/cmdline
+mkdir -p /data/gridedge
+echo 'data_dir = "/data/gridedge"' >/data/gridedge/gridedge.toml
+chown -R gridedge:gridedge /data/gridedge
+printf '#!/bin/sh\\necho running\\n' >/usr/bin/gridedge
+chmod +x /usr/bin/gridedge
+rm -f /run/gridedge/slot-good
+""" + MARK_GOOD + "cat /run/gridedge/slot-good\n"
+    result = boot(loop, tmp_path, after=after)
+    assert "rauc status mark-good" in result.stdout, result.stdout + result.stderr
+    assert "slot A marked good after 0 s\n" in result.stdout, result.stdout + result.stderr

@@ -291,6 +291,13 @@ def test_bad_input_is_a_clear_4xx(page: Any, unit: Unit) -> None:
     assert huge.status == 413
     page.goto(unit.url + "/firmware")
     assert "update.raucb" in page.inner_text("#bundle")
+    # The upload goes to the update agent (docs/updates.md, "The local page"); this host has
+    # no rauc service, so the agent stops at `rauc status` and the page says so.
+
+    def agent_done() -> bool:
+        page.goto(unit.url + "/firmware")
+        return "failed: rauc status" in page.inner_text("#update")
+    wait_until(agent_done, 30, "the update agent's outcome on the page", (unit.edge.log,))
     diag = page.request.get(unit.url + "/diagnostics/bundle.tar.gz")
     assert diag.status == 200
     with tarfile.open(fileobj=io.BytesIO(diag.body()), mode="r:gz") as tar:

@@ -21,8 +21,8 @@ Example (docs/edge.md has the reference)::
     data_dir = "/data/gridedge"
 
     [edge]
-    # firmware_version defaults to the gridedge package version,
-    # boot_slot to rauc.slot= from /proc/cmdline.
+    # firmware_version defaults to the image's /etc/gridedge/version (else the
+    # gridedge package version), boot_slot to rauc.slot= from /proc/cmdline.
 
     [radio]
     port = "/dev/ttyS1"
@@ -253,6 +253,18 @@ def boot_slot_from_cmdline(cmdline: Path = Path("/proc/cmdline")) -> str:
     return "unknown"
 
 
+#: The firmware image's version (board/common/post-build.sh): what a release's RAUC manifest
+#: says, so the cloud can tell which units run a release (docs/updates.md).
+IMAGE_VERSION = Path("/etc/gridedge/version")
+
+
+def _image_version() -> str | None:
+    try:
+        return IMAGE_VERSION.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _package_version() -> str:
     try:
         return metadata.version("gridedge")
@@ -321,7 +333,8 @@ class _Section:
 
 def _read_edge(s: _Section, data_dir: Path, cmdline: Path) -> EdgeConfig:
     edge = EdgeConfig(
-        firmware_version=s.get("firmware_version", str, None) or _package_version(),
+        firmware_version=(s.get("firmware_version", str, None) or _image_version()
+                          or _package_version()),
         boot_slot=s.get("boot_slot", str, None) or boot_slot_from_cmdline(cmdline),
     )
     # Hello's text fields are bounded by gridwire (docs/protocol.md).

@@ -24,8 +24,9 @@ Rules (docs/updates.md, "The unit"):
 * A chunk that fails verification is fetched again, up to 3 times; then FAILED.  A bad
   signature, a foreign compatible or a bundle that is not a verity bundle: REJECTED.
 * Installed: ``pending.json`` is written and the unit reboots (now or in the window).  After
-  the boot: running the pending version with the slot marked good (the firmware's mark-good
-  script) is HEALTHY; running another version is ROLLED_BACK, with the reason mark-good wrote.
+  the boot: the new slot running and marked good (by the firmware's mark-good script) is
+  HEALTHY; back on the slot it was installed from is ROLLED_BACK, with the reason mark-good
+  wrote.
 
 Tests: tests/edge/test_firmware_agent.py, tests/edge/test_firmware_verity.py.
 """
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ from gridwire import ChunkRequest, FirmwareChunk, FirmwareOffer, FirmwareState, 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gridedge.config import FirmwareConfig
 from gridedge.firmware.fetch import DeltaFetch, FullFetch
@@ -251,7 +253,7 @@ class Agent:
                 and self._download.offer_id == chosen.offer_id:
             self._pump()  # resumed on a new connection
             return
-        defer.Deferred.fromCoroutine(self._begin(chosen, current))
+        self._spawn(self._begin(chosen, current))
 
     async def _begin(self, offer: FirmwareOffer, current: Download | None) -> None:
         try:
@@ -315,7 +317,7 @@ class Agent:
             step = plan.next(download)
             if step.check:
                 self.phase = "checking"
-                defer.Deferred.fromCoroutine(self._check_tail(download))
+                self._spawn(self._check_tail(download))
                 return
         except (ManifestError, VerityError) as exc:
             self._bad_tail(exc)
@@ -325,7 +327,7 @@ class Agent:
             return
         if step.done:
             self.phase = "checking"
-            defer.Deferred.fromCoroutine(self._downloaded(download))
+            self._spawn(self._downloaded(download))
             return
         assert step.index is not None
         now = self.clock.seconds()
@@ -481,6 +483,10 @@ class Agent:
         except UpdateFailed as exc:
             self._fail(exc, 0)
             raise
+        except (ToolError, OSError) as exc:
+            failed = UpdateFailed(FirmwareState.FAILED, str(exc))
+            self._fail(failed, 0)
+            raise failed from None
 
     async def _install(self, bundle: Path, offer_id: int, version: str | None, sha256: str,
                        size: int) -> None:
@@ -500,7 +506,7 @@ class Agent:
             # Cannot happen for an offer (checked before fetching; only a reboot unmarks it)
             # unless someone marked it bad by hand: wait rather than fail.
             self.phase = "waiting"
-            self._later(self.retry_after, lambda: defer.Deferred.fromCoroutine(
+            self._later(self.retry_after, lambda: self._spawn(
                 self._install(bundle, offer_id, version, sha256, size)))
             return
         self.phase = "installing"
@@ -510,19 +516,28 @@ class Agent:
             await self.slots.install(bundle)
         except ToolError as exc:
             raise UpdateFailed(FirmwareState.FAILED, f"rauc install: {exc}") from None
-        self.store.keep_installed(bundle, version, sha256)
-        self.store.discard()
-        self._download, self._plan = None, None
-        self._status(FirmwareState.INSTALLED, size, "", offer_id)
+        # The other slot is now the boot loader's first choice: say so first, so that any
+        # boot from here on is judged against it (and by its own failure, not an older one).
+        with contextlib.suppress(OSError):
+            os.unlink(self.store.last_failure)
         self.store.set_pending({"offer_id": offer_id, "version": version,
                                 "from_version": self.running_version, "boot_id": self._boot_id(),
                                 "booted": status.booted})
+        self.store.keep_installed(bundle, version, sha256)
+        if offer_id:  # a local install leaves an offer's download where it is
+            self.store.discard()
+            self._download, self._plan = None, None
+        self._status(FirmwareState.INSTALLED, size, "", offer_id)
+        self._schedule_reboot(offer_id, size)
+
+    def _schedule_reboot(self, offer_id: int, size: int) -> None:
+        """Reboot now, or at the start of the maintenance window."""
         wait = 0.0 if self.settings.reboot == "now" else \
             seconds_until_window(self.clock.seconds(), self.settings.window)
         self.phase = "window" if wait > 0 else "rebooting"
         if wait > 0:
             self.log.info("firmware {version} installed; rebooting in the window, in {s:.0f} s",
-                          version=version, s=wait)
+                          version=self.version, s=wait)
         self._later(wait, lambda: self._reboot(offer_id, size))
 
     def _reboot(self, offer_id: int, size: int) -> None:
@@ -534,35 +549,43 @@ class Agent:
     # -- after the reboot --------------------------------------------------------------------
 
     def _judge_boot(self, pending: dict[str, Any]) -> None:
-        defer.Deferred.fromCoroutine(self._judge(pending))
+        self._spawn(self._judge(pending))
 
     async def _judge(self, pending: dict[str, Any]) -> None:
         offer_id, version = int(pending["offer_id"]), str(pending["version"])
         if pending.get("boot_id") and pending["boot_id"] == self._boot_id():
-            self.log.warn("firmware {version}: installed but not rebooted yet; rebooting",
-                          version=version)
-            self._reboot(offer_id, 0)
+            self.log.warn("firmware {version}: installed but not rebooted yet", version=version)
+            self._schedule_reboot(offer_id, 0)
             return
-        if self.running_version != version:
+        try:
+            status = await self.slots.status()
+        except ToolError as exc:
+            self.log.warn("firmware: rauc status failed ({error})", error=str(exc))
+            self._later(self.retry_after / 6, lambda: self._judge_boot(pending))
+            return
+        # Back on the slot the update was installed from: the boot loader gave the new one
+        # up (mark-good rebooted it until its attempts ran out).  Without the slot on record,
+        # the version tells.
+        old_slot = pending.get("booted")
+        if (status.booted == old_slot) if old_slot else (self.running_version != version):
             reason = self.store.failure_reason() or \
-                f"the unit came back on {self.running_version} instead of {version}"
+                f"the unit came back on slot {status.booted}, running {self.running_version}"
             self.store.drop_installed()
             self._final(offer_id, FirmwareState.ROLLED_BACK, reason)
             self.log.warn("firmware {version} rolled back: {reason}", version=version,
                           reason=reason)
             return
-        try:
-            status = await self.slots.status()
-        except ToolError as exc:
-            status = None
-            self.log.warn("firmware: rauc status failed ({error})", error=str(exc))
-        if status is None or not status.good:
+        if not status.good:  # mark-good has not judged the new slot yet
             self._later(self.retry_after / 6, lambda: self._judge_boot(pending))
             return
+        if self.running_version != version:
+            self.log.warn("firmware: slot {slot} runs {running}, the bundle said {version}",
+                          slot=status.booted, running=self.running_version, version=version)
         self.store.promote_installed()
         with contextlib.suppress(OSError):
             os.unlink(self.store.last_failure)
-        self._final(offer_id, FirmwareState.HEALTHY, f"slot {status.booted} marked good")
+        self._final(offer_id, FirmwareState.HEALTHY,
+                    f"slot {status.booted} marked good, running {self.running_version}")
         self.log.info("firmware {version}: healthy, slot {slot} marked good", version=version,
                       slot=status.booted)
 
@@ -621,6 +644,15 @@ class Agent:
             self._owed = status
         else:
             self._port.send_message(status)
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run an asynchronous step; what it did not expect (a file it cannot read, a tool
+        that vanished) fails the update with the reason instead of leaving the agent stuck."""
+        def unexpected(failure: Failure) -> None:
+            self.log.failure("firmware: unexpected error", failure)
+            self._fail(UpdateFailed(FirmwareState.FAILED,
+                                    f"unexpected error: {failure.getErrorMessage()}"))
+        defer.Deferred.fromCoroutine(step).addErrback(unexpected)
 
     def _later(self, seconds: float, call: Callable[[], object]) -> None:
         if self._timer is not None and self._timer.active():

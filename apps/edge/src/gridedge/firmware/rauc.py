@@ -16,6 +16,8 @@ Tests: tests/edge/test_firmware_verity.py, tests/edge/test_firmware_agent.py.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +60,20 @@ def _reason(stderr: bytes, fallback: str) -> str:
     return (lines[-1] if lines else fallback)[:200]
 
 
-async def run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+def program(name: str) -> str:
+    """The program ``name`` on PATH (the unit has them in /usr/bin; BusyBox's sha256sum)."""
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+async def run(argv: Sequence[str]) -> tuple[bytes, bytes]:
     """Run ``argv``; its (stdout, stderr); ToolError with its reason when it exits non-zero."""
     from twisted.internet import reactor
-    out, err, code = await getProcessOutputAndValue(  # type: ignore[no-untyped-call]
-        argv[0], list(argv[1:]), env=env or {}, reactor=reactor)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+    try:
+        out, err, code = await getProcessOutputAndValue(  # type: ignore[no-untyped-call]
+            argv[0], list(argv[1:]), env=env, reactor=reactor)
+    except OSError as exc:
+        raise ToolError(f"{argv[0]}: {exc}") from None
     if code != 0:
         raise ToolError(_reason(err, f"{argv[0]} exited with {code}"))
     return out, err
@@ -71,12 +82,11 @@ async def run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[b
 class BundleTools:
     """Reading bundles: signature, delta rebuild, hash."""
 
-    def __init__(self, keyring: Path, *, rauc: str = "/usr/bin/rauc",
-                 zstd: str = "/usr/bin/zstd", sha256sum: str = "/usr/bin/sha256sum") -> None:
+    def __init__(self, keyring: Path) -> None:
         self.keyring = keyring
-        self._rauc = rauc
-        self._zstd = zstd
-        self._sha256sum = sha256sum
+        self._rauc = program("rauc")
+        self._zstd = program("zstd")
+        self._sha256sum = program("sha256sum")
 
     def info(self, bundle: Path) -> defer.Deferred[BundleInfo]:
         """The signed manifest's compatible and version; BundleRefused with rauc's reason."""
@@ -142,12 +152,23 @@ def parse_status(data: Any) -> SlotStatus:
         raise ToolError("rauc status printed no slots") from None
 
 
-class RaucSlots:
-    """The real slots: rauc's D-Bus service, and the unit's clean reboot."""
+#: Written by the firmware's mark-good script once it marked the running slot good, this boot
+#: (board/common/rootfs-overlay/usr/libexec/gridedge/mark-good).
+SLOT_GOOD = Path("/run/gridedge/slot-good")
 
-    def __init__(self, reboot: Callable[[], None], *, rauc: str = "/usr/bin/rauc") -> None:
+
+class RaucSlots:
+    """The real slots: rauc's D-Bus service, and the unit's clean reboot.
+
+    "Good" needs both ``rauc status`` saying so and mark-good's ``slot_good`` file: with the
+    U-Boot backend RAUC reports a slot good while it has boot attempts left (measured on the
+    CI image: a fresh boot shows ``boot_status: good`` before mark-good ran), which a slot on
+    trial also has."""
+
+    def __init__(self, reboot: Callable[[], None], slot_good: Path = SLOT_GOOD) -> None:
         self._reboot = reboot
-        self._rauc = rauc
+        self._rauc = program("rauc")
+        self._slot_good = slot_good
 
     def status(self) -> defer.Deferred[SlotStatus]:
         return defer.Deferred.fromCoroutine(self._status())
@@ -155,9 +176,12 @@ class RaucSlots:
     async def _status(self) -> SlotStatus:
         out, _ = await run([self._rauc, "status", "--detailed", "--output-format=json"])
         try:
-            return parse_status(json.loads(out))
+            status = parse_status(json.loads(out))
         except ValueError:
             raise ToolError("rauc status printed no JSON") from None
+        if status.good and not self._slot_good.exists():
+            return SlotStatus(status.compatible, status.booted, False)
+        return status
 
     def install(self, bundle: Path) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._install(bundle))

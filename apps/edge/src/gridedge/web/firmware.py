@@ -1,8 +1,9 @@
 """Firmware bundles uploaded from a technician's laptop: checked, kept on /data, and reported.
 
-Scope: the upload and its status only.  Installing is the update agent's job (RAUC verifies the
-signature and writes the other slot; another issue wires that in): what is checked here is what
-can be checked cheaply before a large file is kept: its size (``[web] max_upload``), its name
+Scope: the upload and its status only.  Installing is the update agent's job
+(gridedge.firmware.Agent.install_local, called by the page once the file is kept: RAUC verifies
+the signature and writes the other slot).  What is checked here is what can be checked cheaply
+before a large file is kept: its size (``[web] max_upload``), its name
 (``.raucb``) and its type (a RAUC bundle is a SquashFS image, magic ``hsqs``, with its CMS
 signature appended and the signature's size in the last 8 bytes, big-endian).  A file that
 fails is deleted and the reason shown.
@@ -42,7 +43,7 @@ class BundleStatus:
     size: int
     sha256: str
     received_at: float
-    state: str  #: "received": waiting for the update agent to install it
+    state: str  #: "received": handed to the update agent (its view says what became of it)
 
 
 class BundleStore:
