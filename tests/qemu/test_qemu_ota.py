@@ -129,6 +129,7 @@ def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_roll
     one, two = make_unit(cloud, "edge-ota-1"), make_unit(cloud, "edge-ota-2")
     units = (one.unit, two.unit)
     boot_and_provision(one, two)
+    cloud.wait_for_edges([one.edge_id, two.edge_id], 300, units)
     factory_slot_b = partition_digest(ci_image / "disk.img", 3)
 
     release = cloud.upload(v2.bundle)
@@ -235,6 +236,7 @@ def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says
     one = make_unit(cloud, "edge-ota-1")
     units = (one.unit,)
     boot_and_provision(one)
+    cloud.wait_for_edges([one.edge_id], 300, units)
     env = boot_env(one.unit)
 
     cases = (

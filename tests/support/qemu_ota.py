@@ -262,6 +262,20 @@ class OtaCloud:
         wait(f"the delta of release {release_id} from {base_version}", ready, timeout, units)
         return found[0]
 
+    def wait_for_edges(self, edge_ids: Sequence[str], timeout: float, units: Sequence[Unit]
+                       ) -> None:
+        """Wait until the cloud has admitted every unit (an edge exists from its first
+        connection on: only then can a rollout name it)."""
+        def known() -> bool:
+            for edge_id in edge_ids:
+                response = requests.get(f"{self.url}/v1/edges/{edge_id}", timeout=30,
+                                        headers={"Authorization": f"Bearer {self.admin}"})
+                if response.status_code != 200 or not response.json().get("online"):
+                    return False
+            return True
+
+        wait(f"the cloud to admit {', '.join(edge_ids)}", known, timeout, units)
+
     def edge(self, edge_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.call("GET", f"/v1/edges/{edge_id}")
         return answer
