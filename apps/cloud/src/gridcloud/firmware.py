@@ -200,6 +200,7 @@ class FirmwareServer(service.Service):
         #: unit id -> (state, when) of its last written report, and its held-back progress
         self._written: dict[int, tuple[str, float]] = {}
         self._trailing: dict[int, Any] = {}
+        self._inflight: set[defer.Deferred[None]] = set()
         #: chunks and their bytes sent by this node (metrics)
         self.chunks_sent = 0
         self.bytes_sent = 0
@@ -215,7 +216,8 @@ class FirmwareServer(service.Service):
         if self.running:
             self._counts.start(self._counts_interval, now=True)
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred[Any]:
+        """Stop; fires when the statements under way are done (the pool closes after)."""
         super().stopService()  # type: ignore[no-untyped-call]
         if self._counts.running:
             self._counts.stop()
@@ -225,6 +227,21 @@ class FirmwareServer(service.Service):
         self._trailing.clear()
         self._serving.clear()
         self._files.close()
+        return defer.DeferredList(list(self._inflight))
+
+    def _query(self, sql: str, params: Any = None) -> defer.Deferred[list[tuple[Any, ...]]]:
+        """``self._db.run``, remembered until it answers: stopping waits for it, so that no
+        statement is left on a connection the pool no longer owns."""
+        d = self._db.run(sql, params)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._inflight.add(done)
+
+        def finished(result: Any) -> Any:
+            self._inflight.discard(done)
+            done.callback(None)
+            return result
+
+        return d.addBoth(finished)
 
     def _recovered(self) -> defer.Deferred[None]:
         """LISTEN is back after an outage: notices may be lost, so look at every session."""
@@ -241,7 +258,7 @@ class FirmwareServer(service.Service):
         def failed(failure: Failure) -> None:
             log.warn("counting rollout units failed: {why}", why=failure.getErrorMessage())
 
-        result: defer.Deferred[None] = self._db.run(COUNTS_SQL).addCallbacks(got, failed)
+        result: defer.Deferred[None] = self._query(COUNTS_SQL).addCallbacks(got, failed)
         return result
 
     # -- the connection's observer (gridcloud.connection.SessionObserver) ---------------------
@@ -270,7 +287,7 @@ class FirmwareServer(service.Service):
                 if serving is not None:
                     self._look(serving)
 
-        self._db.run(EDGES_SQL, (rollout_id,)).addCallbacks(
+        self._query(EDGES_SQL, (rollout_id,)).addCallbacks(
             look, lambda failure: log.warn("rollout {id}: finding its units failed: {why}",
                                            id=rollout_id, why=failure.getErrorMessage()))
 
@@ -291,7 +308,7 @@ class FirmwareServer(service.Service):
         serving.looking = True
         serving.again = False
         c = serving.connection
-        d = self._db.run(OFFERS_SQL, {"edge": c.edge_id, "firmware": c.firmware_version})
+        d = self._query(OFFERS_SQL, {"edge": c.edge_id, "firmware": c.firmware_version})
         d.addCallbacks(lambda rows: self._offer(serving, rows),
                        lambda failure: self._look_failed(serving, failure))
 
@@ -406,7 +423,7 @@ class FirmwareServer(service.Service):
             else:
                 self._report(serving, unit, "healthy", 0, None, detail)
 
-        self._db.run(VERSION_SQL, (unit, c.edge_id)).addCallbacks(
+        self._query(VERSION_SQL, (unit, c.edge_id)).addCallbacks(
             check, lambda failure: log.warn("edge {edge}: checking HEALTHY failed: {why}",
                                             edge=c.edge_id, why=failure.getErrorMessage()))
 
@@ -439,7 +456,7 @@ class FirmwareServer(service.Service):
         self._report(serving, unit, "downloading", received, size, detail, force=True)
 
     def _write_next(self, serving: _Serving) -> None:
-        if serving.writing or not serving.reports:
+        if serving.writing or not serving.reports or not self.running:
             return
         unit, state, received, size, detail = serving.reports.popleft()
         serving.writing = True
@@ -461,5 +478,5 @@ class FirmwareServer(service.Service):
             self._written.pop(unit, None)
             self._write_next(serving)
 
-        self._db.run(REPORT_SQL, (unit, edge, state, received, size, detail[:500])
+        self._query(REPORT_SQL, (unit, edge, state, received, size, detail[:500])
                      ).addCallbacks(done, failed)
