@@ -127,6 +127,7 @@ class Agent:
         self._failed_here: set[int] = set()  # offers failed since that connection began
         self._failed_deltas: set[int] = set()  # deltas that failed: the full offer instead
         self._compatible: str | None = None  # the running system's, from rauc status
+        self._beginning = False  # an offer is being taken up (asking rauc, making room)
         self._owed: FirmwareStatus | None = None
         self._download: Download | None = None
         self._plan: FullFetch | DeltaFetch | None = None
@@ -226,12 +227,14 @@ class Agent:
 
     def _decide(self) -> None:
         self._deciding = None
-        if self.phase not in ("idle", "waiting", "failed", "downloading"):
+        if self._beginning or self.phase not in ("idle", "waiting", "failed", "downloading"):
             return  # installing or rebooting: offers wait for the next connection
-        offers, chosen = [], None
-        for offer in self._offers:
+        offers: list[FirmwareOffer] = []
+        chosen: FirmwareOffer | None = None
+        for offer in list(self._offers):
             outcome = self.store.outcome(offer.offer_id)
             if outcome is not None and outcome[0] in _FINAL:
+                self._offers.remove(offer)  # answered once per offer
                 self._send(FirmwareStatus(offer_id=offer.offer_id, state=outcome[0],
                                           detail=outcome[1]))
             elif offer.offer_id not in self._failed_here:
@@ -256,6 +259,7 @@ class Agent:
         self._spawn(self._begin(chosen, current))
 
     async def _begin(self, offer: FirmwareOffer, current: Download | None) -> None:
+        self._beginning = True
         try:
             if not await self._slot_good():
                 return
@@ -287,6 +291,8 @@ class Agent:
             self._pump()
         except UpdateFailed as exc:
             self._fail(exc, offer.offer_id)
+        finally:
+            self._beginning = False
 
     async def _slot_good(self) -> bool:
         """True when the running slot is marked good; else wait (phase "waiting") and decide
