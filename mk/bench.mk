@@ -1,7 +1,7 @@
 # Benchmarks: each prints a readable table and, as its very last line, one JSON object.
 
 BENCH_TARGETS := bench-wire bench-link bench-radio bench-ingest bench-refusals bench-api \
-	bench-commands bench-pipeline bench-web
+	bench-commands bench-pipeline bench-web bench-ota
 
 .PHONY: bench $(BENCH_TARGETS)
 
@@ -32,3 +32,6 @@ bench-pipeline: setup ## readings/s through aggregates, credit and alarms with 1
 
 bench-web: setup ## RSS the local web page adds and radio records/s with 10 live pages open, side by side
 	$(PY) bench/bench_web.py
+
+bench-ota: setup ci-image ## bytes to update a unit from v1 to v2 (gridedge changed): full bundle, our delta, casync
+	$(PY) bench/bench_ota.py

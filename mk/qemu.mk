@@ -15,7 +15,8 @@ CI_IMAGE_INPUTS := $(shell find board/qemu-ci board/common apps/wire/src apps/ra
 
 # Host tools of the image build and of the boot tests.
 APT_PACKAGES += qemu-system-arm u-boot-qemu rauc genimage mtools dosfstools squashfs-tools \
-	libubootenv-tool u-boot-tools cpio kmod busybox e2fsprogs binutils openssl
+	libubootenv-tool u-boot-tools cpio kmod busybox e2fsprogs binutils openssl \
+	casync zstd
 TEST_PREREQUISITES += ci-image
 
 .PHONY: ci-image ci-image-lock qemu-test qemu-run

@@ -71,3 +71,48 @@ def test_validation_requires_certificates_and_database() -> None:
     with pytest.raises(ConfigError, match="tls_resumption"):
         complete.with_overrides(tls_resumption="maybe").validate()
     assert complete.with_overrides(pool_size=None, listen="tcp:1").listen == "tcp:1"
+
+
+RELEASES = """
+[releases]
+folder = "releases"
+keyring = "/etc/gridcloud/rauc-keyring.pem"
+compatible = ["gridedge-beaglebone-black", "gridedge-qemu-ci"]
+max_bundle_mb = 64
+deltas_from = 2
+"""
+
+
+def test_the_releases_section_is_read_by_serve_and_api_alike(tmp_path: Path) -> None:
+    """[releases] is one record for both processes; relative folder, list of compatibles."""
+    from gridcloud.api.config import load_api_config
+
+    serve = tmp_path / "cloud.toml"
+    serve.write_text(EXAMPLE + RELEASES)
+    api = tmp_path / "api.toml"
+    api.write_text('[api]\nlisten = "tcp:8080"\n' + RELEASES)
+    releases = load_config(serve).validate().releases
+    assert releases == load_api_config(api).releases
+    assert releases.folder == tmp_path / "releases" and releases.enabled
+    assert releases.compatible == ("gridedge-beaglebone-black", "gridedge-qemu-ci")
+    assert (releases.max_bytes, releases.deltas_from) == (64 << 20, 2)
+    assert releases.keyring == Path("/etc/gridcloud/rauc-keyring.pem")
+    bare = tmp_path / "bare.toml"
+    bare.write_text(EXAMPLE)
+    assert not load_config(bare).releases.enabled  # off without the section
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[releases]\ncompatible = "one"\n', "[releases] compatible: must be a list of strings"),
+    ('[releases]\nfolder = "r"\ncompatible = ["x"]\n', "keyring: required when folder is set"),
+    ('[releases]\nfolder = "r"\nkeyring = "k"\n', "name at least one compatible string"),
+    ('[releases]\nfolder = "r"\nkeyring = "k"\ncompatible = ["x"]\nmax_bundle_mb = 0\n',
+     "max_bundle_mb must be positive"),
+    ('[releases]\nfolders = "r"\n', "unknown key(s) folders"),
+])
+def test_bad_releases_settings_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    """A wrong type, a folder without keyring or compatibles, a zero size, a typo: refused."""
+    path = tmp_path / "cloud.toml"
+    path.write_text(EXAMPLE + text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path).validate()

@@ -8,7 +8,6 @@ host HTTP server, as it would fetch them from the cloud.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.qemu_bundle import SigningKeys, changed_rootfs, http_server, start_bundle
-from support.qemu_unit import Unit
+from support.qemu_unit import Unit, boot_env, partition_digest
 from support.qemu_world import World, wait_until_healthy, wait_until_marked_good
 from support.waiting import wait_until
 
@@ -33,34 +32,7 @@ def install(unit: Unit, port: int, name: str) -> tuple[int, str]:
 
 def slot_b_digest(disk: Path) -> str:
     """sha256 of slot B's partition in a (stopped) unit's disk image, read from the host."""
-    digest = hashlib.sha256()
-    start, size = partition(disk, 3)
-    with disk.open("rb") as f:
-        f.seek(start)
-        while size:
-            chunk = f.read(min(size, 1 << 20))
-            digest.update(chunk)
-            size -= len(chunk)
-    return digest.hexdigest()
-
-
-def partition(disk: Path, number: int) -> tuple[int, int]:
-    """(offset, size) in bytes of MBR partition ``number`` of ``disk``."""
-    with disk.open("rb") as f:
-        mbr = f.read(512)
-    entry = mbr[446 + 16 * (number - 1) : 446 + 16 * number]
-    start = int.from_bytes(entry[8:12], "little") * 512
-    size = int.from_bytes(entry[12:16], "little") * 512
-    assert size > 0, f"no partition {number} in {disk}"
-    return start, size
-
-
-def boot_env(unit: Unit) -> dict[str, str]:
-    """The A/B variables as Linux (fw_printenv) sees them."""
-    output = unit.check("fw_printenv BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT")
-    return dict(
-        line.strip().split("=", 1) for line in output.splitlines() if line.startswith("BOOT_")
-    )
+    return partition_digest(disk, 3)
 
 
 def test_update_goes_to_slot_b_and_is_marked_good_once_healthy(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg2
 import pytest
 
+from support import release_bundles
 from support.api_harness import ApiProcess, World, running_api, seed_world
+from support.release_bundles import releases_section
 
 _counter = itertools.count()
 
@@ -45,6 +46,8 @@ def world(module_dsn: str) -> World:
 
 @pytest.fixture(scope="module")
 def api(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    """A ``gridcloud api`` process over the module's world."""
-    log: Path = tmp_path_factory.mktemp("api") / "api.log"
-    yield from running_api(world.dsn, log)
+    """A ``gridcloud api`` process over the module's world (releases on, with a keyring of
+    its own, so that every operation of the document can be called)."""
+    folder = tmp_path_factory.mktemp("api")
+    releases = releases_section(folder / "releases", release_bundles.keys(folder / "keys"))
+    yield from running_api(world.dsn, folder / "api.log", releases=releases)

@@ -111,8 +111,11 @@ class ApiProcess:
     def start(self) -> ApiProcess:
         config = self.log.with_suffix(".toml")
         lines = ["[api]", 'listen = "tcp:0:interface=127.0.0.1"']
-        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
-                  for k, v in self.settings.items()]
+        lines += [f"{k} = {_toml(v)}" for k, v in self.settings.items()
+                  if not isinstance(v, dict)]
+        for section, values in self.settings.items():  # e.g. releases={...}: [releases]
+            if isinstance(values, dict):
+                lines += [f"[{section}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
         config.write_text("\n".join(lines) + "\n")
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
@@ -154,6 +157,17 @@ class ApiProcess:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
         return requests.request(method, self.url + path, headers=headers, timeout=30, **kw)
+
+
+def _toml(value: Any) -> str:
+    """A TOML value for the settings the tests give (bool, number, string, path, list)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def running_api(dsn: str, log: Path, **settings: Any) -> Iterator[ApiProcess]:

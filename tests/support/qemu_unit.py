@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import re
@@ -184,6 +185,35 @@ class Unit:
         assert isinstance(match, re.Match)
         return match
 
+    def idle(self, seconds: float) -> None:
+        """Let the unit run for ``seconds`` while reading its console, failing at once on any
+        of FAILURES. A console nobody reads stalls the guest once the pty's buffer is full, so
+        a test that waits on something else (the cloud) idles its units meanwhile.
+
+        A reset of the guest is left to the next :meth:`expect` (which powers the unit on
+        again and sees its boot): until then the unit stays off, and :attr:`halted` is true.
+        """
+        child = self._child()
+        deadline = time.monotonic() + seconds
+        if not child.isalive():
+            time.sleep(seconds)
+            return
+        try:
+            index = child.expect(list(FAILURES), timeout=seconds)
+        except pexpect.TIMEOUT:
+            return
+        except pexpect.EOF:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return
+        with contextlib.suppress(pexpect.EOF):
+            child.expect(pexpect.TIMEOUT, timeout=3)
+        raise self.error(f"the unit failed ({FAILURES[index]!r}) while idle")
+
+    @property
+    def halted(self) -> bool:
+        """QEMU has exited (the guest reset itself) and nobody has powered the unit on yet."""
+        return self.child is not None and not self.child.isalive()
+
     def sync(self) -> None:
         """Wait until the shell has read everything typed so far."""
         token = f"{time.monotonic_ns()}"
@@ -284,6 +314,42 @@ class ConsoleLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def partition(disk: Path, number: int) -> tuple[int, int]:
+    """(offset, size) in bytes of MBR partition ``number`` of ``disk``."""
+    with disk.open("rb") as f:
+        mbr = f.read(512)
+    entry = mbr[446 + 16 * (number - 1) : 446 + 16 * number]
+    start = int.from_bytes(entry[8:12], "little") * 512
+    size = int.from_bytes(entry[12:16], "little") * 512
+    assert size > 0, f"no partition {number} in {disk}"
+    return start, size
+
+
+def partition_digest(disk: Path, number: int, length: int | None = None) -> str:
+    """sha256 of partition ``number`` of a (stopped) unit's disk, or of its first ``length``
+    bytes, read from the host."""
+    digest = hashlib.sha256()
+    start, size = partition(disk, number)
+    left = size if length is None else length
+    assert left <= size, f"{length} bytes do not fit partition {number} ({size} bytes)"
+    with disk.open("rb") as f:
+        f.seek(start)
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            assert chunk, f"{disk} ends inside partition {number}"
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def boot_env(unit: Unit) -> dict[str, str]:
+    """The A/B variables as Linux (fw_printenv) sees them."""
+    output = unit.check("fw_printenv BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT")
+    return dict(
+        line.strip().split("=", 1) for line in output.splitlines() if line.startswith("BOOT_")
+    )
 
 
 def copy_disk(src: Path, dest: Path) -> Path:

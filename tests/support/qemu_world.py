@@ -38,15 +38,17 @@ class World:
     def provision(self, unit: Unit) -> None:
         """Give a booted unit its configuration and certificate on /data, over the console,
         as the factory would; the gridedge service starts on its own once the file is there."""
-        tls = self.pki.edge_tls
-        for name, mode in (("ca.pem", "0644"), ("edge.pem", "0644"), ("edge.key", "0600")):
-            unit.write_file(
-                f"{DATA}/tls/{name}", (tls / name).read_bytes(), mode=mode, owner="gridedge"
-            )
-        unit.check(f"chown gridedge:gridedge {DATA}/tls && chmod 0750 {DATA}/tls")
-        unit.write_file(
-            f"{DATA}/gridedge.toml", edge_config(self.cloud.port).encode(), owner="gridedge"
-        )
+        provision_unit(unit, self.pki.edge_tls, edge_config(self.cloud.port))
+
+
+def provision_unit(unit: Unit, tls: Path, config: str) -> None:
+    """Write ``tls`` (ca.pem, edge.pem, edge.key) and the gridedge.toml ``config`` to the
+    unit's /data over its console."""
+    for name, mode in (("ca.pem", "0644"), ("edge.pem", "0644"), ("edge.key", "0600")):
+        unit.write_file(f"{DATA}/tls/{name}", (tls / name).read_bytes(), mode=mode,
+                        owner="gridedge")
+    unit.check(f"chown gridedge:gridedge {DATA}/tls && chmod 0750 {DATA}/tls")
+    unit.write_file(f"{DATA}/gridedge.toml", config.encode(), owner="gridedge")
 
 
 def edge_config(cloud_port: int) -> str:

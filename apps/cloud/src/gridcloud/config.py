@@ -18,7 +18,7 @@ Tests: tests/cloud/test_cloud_config.py.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,54 @@ _SECTIONS: dict[str, frozenset[str]] = {
     ),
 }
 
+#: The ``[releases]`` section, read by both ``gridcloud serve`` and ``gridcloud api``.
+RELEASES_KEYS = frozenset({"folder", "keyring", "compatible", "max_bundle_mb", "deltas_from"})
+
 
 class ConfigError(Exception):
     """The configuration is incomplete or invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleasesConfig:
+    """Where update bundles live and which ones are accepted (docs/updates.md, "Releases").
+
+    The folder is shared by every ``gridcloud api`` (which writes bundles and deltas into
+    it) and every ``gridcloud serve`` (which reads chunks from it): one machine, or a
+    shared file system.  ``folder`` unset: releases are off (the API answers 501).
+    """
+
+    folder: Path | None = None
+    #: The CA certificate(s) a bundle's signature must chain to (``rauc info --keyring``).
+    keyring: Path | None = None
+    #: The RAUC ``compatible`` strings accepted; any other is refused with the reason.
+    compatible: tuple[str, ...] = ()
+    #: Largest bundle accepted, MiB (a larger upload is a 413, never written whole to disk).
+    max_bundle_mb: int = 512
+    #: Deltas are made from this many earlier releases of the same compatible (0: none).
+    deltas_from: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_bundle_mb * 1024 * 1024
+
+    def validate(self) -> ReleasesConfig:
+        """Return self if sensible, else raise ConfigError naming the key."""
+        if self.folder is None:
+            return self
+        if self.keyring is None:
+            raise ConfigError("[releases] keyring: required when folder is set")
+        if not self.compatible:
+            raise ConfigError("[releases] compatible: name at least one compatible string")
+        if self.max_bundle_mb <= 0:
+            raise ConfigError(f"max_bundle_mb must be positive, not {self.max_bundle_mb!r}")
+        if self.deltas_from < 0:
+            raise ConfigError(f"deltas_from must be 0 or more, not {self.deltas_from!r}")
+        return self
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +156,8 @@ class ServerConfig:
     command_window: int = 32
     #: Seconds between sweeps that expire commands no unit executed in time.
     command_expiry_interval: float = 30.0
+    #: The ``[releases]`` section: bundles served to units (gridcloud.firmware).
+    releases: ReleasesConfig = field(default_factory=ReleasesConfig)
 
     def validate(self) -> ServerConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -142,6 +189,7 @@ class ServerConfig:
             raise ConfigError('tls_resumption must be "cache" or "tickets"')
         if self.partition_days_ahead < 1:
             raise ConfigError("partition_days_ahead must be at least 1")
+        self.releases.validate()
         return self
 
     def with_overrides(self, **values: Any) -> ServerConfig:
@@ -150,6 +198,7 @@ class ServerConfig:
 
 
 _TYPES = {f.name: str(f.type) for f in fields(ServerConfig)}
+RELEASES_TYPES = {f.name: str(f.type) for f in fields(ReleasesConfig)}
 
 
 def _coerce(kind: str, value: Any, base: Path) -> Any:
@@ -163,6 +212,10 @@ def _coerce(kind: str, value: Any, base: Path) -> Any:
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value
+    if kind.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a list of strings")
+        return tuple(value)
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
@@ -208,6 +261,17 @@ def read_sections(
     return values
 
 
+def split_releases(values: dict[str, Any]) -> dict[str, Any]:
+    """Move the ``[releases]`` keys of ``values`` (read_sections' answer) into a ReleasesConfig
+    under ``releases``: the section's keys are its own record, shared by serve and api."""
+    releases = {k: values.pop(k) for k in list(values) if k in RELEASES_KEYS}
+    if releases:
+        values["releases"] = ReleasesConfig(**releases)
+    return values
+
+
 def load_config(path: Path) -> ServerConfig:
     """Read a TOML config file; relative paths in it are relative to the file's folder."""
-    return ServerConfig(**read_sections(path, _SECTIONS, _TYPES))
+    values = read_sections(path, {**_SECTIONS, "releases": RELEASES_KEYS},
+                           {**_TYPES, **RELEASES_TYPES})
+    return ServerConfig(**split_releases(values))

@@ -255,6 +255,8 @@ class EdgeConnection:
         self.edge_id: str | None = None
         #: serial number of the client certificate (0 before the handshake)
         self.serial = 0
+        #: the firmware version the edge's Hello named ("" before Hello): what it runs now
+        self.firmware_version = ""
         # Shared by all connections of a server: the core messages are looked up first.
         self._handlers: Mapping[type[Message], Handler] = handlers if handlers is not None else {}
         self._observer = observer
@@ -401,6 +403,7 @@ class EdgeConnection:
             )
             return
         self._pause()
+        self.firmware_version = hello.firmware_version
         info = EdgeInfo(
             self.edge_id, self.serial, self.peer, hello.firmware_version, hello.boot_slot,
             hello.budget_bytes, hello.month_bytes,

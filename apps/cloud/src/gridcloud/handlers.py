@@ -6,11 +6,13 @@ message type is looked up in a table of handlers, ``{message type: handler}``,
 where a handler is ``handler(connection, message)`` and may use the
 connection's ``edge_id``, ``peer``, ``log`` and ``send()``.  A type without a
 handler is accepted (the session has checked it) and otherwise ignored, which
-is today's fate of Pong, FirmwareStatus and ChunkRequest.
+is Pong's fate (and FirmwareStatus's and ChunkRequest's in a server built
+without ``CloudService``).
 
 Why a table: command dispatch and firmware updates each add a handler (here, or
 into ``CloudService.handlers`` when it needs the database, as
-:mod:`gridcloud.commands` does for ``CommandResult``), not another branch in the
+:mod:`gridcloud.commands` does for ``CommandResult`` and :mod:`gridcloud.firmware`
+for ``ChunkRequest`` and ``FirmwareStatus``), not another branch in the
 connection or its Twisted adapter.
 
 Tests: tests/cloud/test_cloud_connection.py.

@@ -40,6 +40,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .firmware import UNIT_STATES
+
 log = Logger(namespace="gridcloud.metrics")
 
 #: ``health()`` answers (healthy, reason).
@@ -108,6 +110,25 @@ class ServeMetrics:
         gauge = Gauge("gridcloud_sessions_live", "edges admitted and live on this node",
                       registry=self.registry)
         gauge.set_function(lambda: float(count()))
+
+    def firmware(self, server: Any) -> None:
+        """Rollout units by state (cluster-wide, refreshed by ``server``, a
+        gridcloud.firmware.FirmwareServer) and the chunks this node served."""
+        units = Gauge("gridcloud_rollout_units",
+                      "units of rollouts by state, all rollouts of the cluster (every serve "
+                      "node reports the same numbers)", ["state"], registry=self.registry)
+        def count(state: str) -> Callable[[], float]:
+            return lambda: float(server.unit_counts.get(state, 0))
+
+        for state in UNIT_STATES:
+            units.labels(state=state).set_function(count(state))
+        chunks = Gauge("gridcloud_firmware_chunks_sent", "firmware chunks this node sent",
+                       registry=self.registry)
+        chunks.set_function(lambda: float(server.chunks_sent))
+        sent = Gauge("gridcloud_firmware_bytes_sent",
+                     "firmware bytes this node sent in chunks (before TLS)",
+                     registry=self.registry)
+        sent.set_function(lambda: float(server.bytes_sent))
 
 
 #: One round trip for every database-wide gauge (the indexes are migration 0011's).
@@ -211,7 +232,7 @@ class ApiMetrics:
     #: First path segment after ``/v1/`` that names a resource; anything else is "other",
     #: so a scan of random URLs cannot blow up the number of series.
     RESOURCES = frozenset({"edges", "meters", "readings", "events", "apikeys", "feed",
-                           "openapi.json"})
+                           "openapi.json", "releases", "rollouts"})
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

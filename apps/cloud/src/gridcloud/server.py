@@ -13,7 +13,10 @@ previous one is ready:
    (before any edge is accepted), then checks again every
    ``partition_check_interval``.
 3. :class:`~gridcloud.commands.CommandDispatcher` LISTENs for ``NOTIFY
-   gridcloud_commands`` and delivers commands to the live sessions of this node.
+   gridcloud_commands`` and delivers commands to the live sessions of this node;
+   :class:`~gridcloud.firmware.FirmwareServer` LISTENs for ``NOTIFY
+   gridcloud_rollouts`` and offers firmware to the units of rollouts, serves
+   their chunks and records their statuses.
 4. :class:`EdgeListener` listens on a plain TCP endpoint wrapped in TLS by
    :class:`gridcloud.tls.ServerTLS`.
 
@@ -47,14 +50,14 @@ table of message handlers (:mod:`gridcloud.handlers`).
 Tests: tests/cloud/test_cloud_server.py, tests/system/test_certificates.py,
 tests/cloud/test_cloud_presence.py, tests/cloud/test_api_traffic.py,
 tests/cloud/test_cloud_metrics.py, tests/system/test_scale_out.py,
-tests/system/test_certificate_renewal.py.
+tests/system/test_certificate_renewal.py, tests/cloud/test_cloud_firmware_serving.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gridwire import CertificateRequest, CommandResult
+from gridwire import CertificateRequest, ChunkRequest, CommandResult, FirmwareStatus
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
@@ -64,7 +67,8 @@ from twisted.python.failure import Failure
 from . import migrations, pki, revocation
 from .commands import CommandDispatcher
 from .config import ServerConfig
-from .connection import EdgeConnection, StoreUnavailable, Transport
+from .connection import EdgeConnection, SessionObserver, StoreUnavailable, Transport
+from .firmware import FirmwareServer
 from .handlers import default_handlers
 from .ingest import IngestStore
 from .metrics import DatabaseGauges, MetricsListener, ServeMetrics, pool_gauges
@@ -254,6 +258,21 @@ class EdgeListener(_Part):
         self.factory.abort_all()
 
 
+class _Observers:
+    """Several parts told of each live session (commands, firmware), in order."""
+
+    def __init__(self, *observers: SessionObserver) -> None:
+        self._observers = observers
+
+    def live(self, connection: EdgeConnection) -> None:
+        for observer in self._observers:
+            observer.live(connection)
+
+    def gone(self, connection: EdgeConnection) -> None:
+        for observer in self._observers:
+            observer.gone(connection)
+
+
 class CloudService(service.MultiService):
     """The cloud server's root service: the pool, and its parts as child services.
 
@@ -303,10 +322,16 @@ class CloudService(service.MultiService):
             self.store.run, days=config.certificate_days, now=self.clock.seconds,
         )
         self.handlers[CertificateRequest] = self.issuer
+        #: offers firmware to units of rollouts, serves chunks, records statuses
+        self.firmware = FirmwareServer(self.store, self.sessions, self.clock, config.releases)
+        self.handlers[ChunkRequest] = self.firmware.chunk
+        self.handlers[FirmwareStatus] = self.firmware.status
+        self._observers = _Observers(self.commands, self.firmware)
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
         self.metrics = ServeMetrics()
         self.metrics.sessions(lambda: len(self.sessions))
+        self.metrics.firmware(self.firmware)
         pool_gauges(self.metrics.registry, "gridcloud", self.store.pool)
         self.metrics_listener: MetricsListener | None = None
         if config.metrics_listen:
@@ -330,7 +355,8 @@ class CloudService(service.MultiService):
             reactor, config.listen, self.tls,
             EdgeFactory(self._connection, self.tls, self.metrics), self.traffic,
         )
-        for part in (self.revocations, self.partitions, self.commands, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.firmware,
+                     self.listener):
             part.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     @property
@@ -360,7 +386,8 @@ class CloudService(service.MultiService):
             await self.metrics_listener.listen()
         await self.store.start()
         self.traffic.start()
-        for part in (self.revocations, self.partitions, self.commands, self.listener):
+        for part in (self.revocations, self.partitions, self.commands, self.firmware,
+                     self.listener):
             part.startService()
             await part.ready
         if self.database_gauges is not None and self.running:
@@ -383,7 +410,7 @@ class CloudService(service.MultiService):
             sessions=self.sessions,
             log=log,
             handlers=self.handlers,
-            observer=self.commands,
+            observer=self._observers,
         )
 
 

@@ -33,6 +33,8 @@ from gridwire import (
     Error,
     ErrorCode,
     EventReport,
+    FirmwareChunk,
+    FirmwareOffer,
     Hello,
     Ping,
     Pong,
@@ -91,6 +93,9 @@ class EdgeClient(Protocol):
         self._waiters: list[tuple[int, defer.Deferred[int]]] = []
         #: every Command received, in order (re-deliveries included)
         self.commands: list[Command] = []
+        #: every FirmwareOffer and FirmwareChunk received, in order (the cloud's firmware tests)
+        self.offers: list[FirmwareOffer] = []
+        self.chunks: list[FirmwareChunk] = []
         #: answer each Command at once: ACCEPTED, then a COMMAND_SUCCEEDED outcome event
         #: (as a unit that stored and executed it would; the benchmark's stand-in units)
         self.answer_commands = answer_commands
@@ -133,6 +138,10 @@ class EdgeClient(Protocol):
                 self.pongs.append(message.nonce)
             elif isinstance(message, Error):
                 self.errors.append(message)
+            elif isinstance(message, FirmwareOffer):
+                self.offers.append(message)
+            elif isinstance(message, FirmwareChunk):
+                self.chunks.append(message)
             elif isinstance(message, Command):
                 self.commands.append(message)
                 if self.answer_commands:

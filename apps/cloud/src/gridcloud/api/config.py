@@ -9,11 +9,18 @@ Tests: tests/cloud/test_api_config.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, read_sections
+from ..config import (
+    RELEASES_KEYS,
+    RELEASES_TYPES,
+    ConfigError,
+    ReleasesConfig,
+    read_sections,
+    split_releases,
+)
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "api": frozenset(
@@ -21,6 +28,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
          "access_log", "metrics_listen"}
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
+    "releases": RELEASES_KEYS,
 }
 
 
@@ -50,6 +58,8 @@ class ApiConfig:
     access_log: bool = True
     #: Twisted endpoint serving /metrics and /healthz (keep it private); empty: none.
     metrics_listen: str = ""
+    #: The ``[releases]`` section: where uploaded bundles go, which are accepted.
+    releases: ReleasesConfig = field(default_factory=ReleasesConfig)
 
     def validate(self) -> ApiConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""
@@ -58,6 +68,7 @@ class ApiConfig:
         for name in ("pool_size", "max_body_bytes", "max_page", "rate_limit", "rate_burst"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        self.releases.validate()
         return self
 
     def with_overrides(self, **values: Any) -> ApiConfig:
@@ -70,4 +81,5 @@ _TYPES = {f.name: str(f.type) for f in fields(ApiConfig)}
 
 def load_api_config(path: Path) -> ApiConfig:
     """Read a ``gridcloud api`` TOML config file."""
-    return ApiConfig(**read_sections(path, _SECTIONS, _TYPES))
+    values = read_sections(path, _SECTIONS, {**_TYPES, **RELEASES_TYPES})
+    return ApiConfig(**split_releases(values))

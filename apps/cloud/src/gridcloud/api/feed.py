@@ -33,7 +33,12 @@ Alarms: the pipeline's alarm changes are feed_log rows too (migration 0008, with
 ``alarm_id`` set): they are sent as ``alarm`` events in the same order, id
 ``<txid>-<id>-0``.
 
-Tests: tests/cloud/test_api_feed.py, tests/pipeline/test_pipeline_api.py.
+Rollouts: each change of a rollout unit's state or downloaded bytes (migration
+0010's trigger) is a ``feed_log`` row with ``rollout_unit_id`` set, sent as an
+event ``rollout`` carrying the unit as it is when sent, id ``<txid>-<id>-0``.
+
+Tests: tests/cloud/test_api_feed.py, tests/pipeline/test_pipeline_api.py,
+tests/cloud/test_cloud_rollouts.py.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from .resources import alarms as alarms_resource
 from .resources import commands as commands_resource
 from .resources import events as events_resource
 from .resources import readings as readings_resource
+from .resources import rollouts as rollouts_resource
 from .routes import STREAMED, Call, Operation
 
 log = Logger(namespace="gridcloud.api.feed")
@@ -80,7 +86,7 @@ START_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
 
 ROWS_SQL = f"""
 SELECT txid::text::numeric, id, edge_id, first_seq, last_seq,
-       txid < pg_snapshot_xmin(pg_current_snapshot()), command_id, alarm_id
+       txid < pg_snapshot_xmin(pg_current_snapshot()), command_id, alarm_id, rollout_unit_id
   FROM feed_log
  WHERE (txid, id) >= (%(t)s::text::xid8, %(i)s)
    AND (%(edges)s::text[] IS NULL OR edge_id = ANY(%(edges)s::text[]))
@@ -101,6 +107,7 @@ SELECT edge_id, seq, meter_id, event_time, kind, detail, received_at
 
 COMMAND_SQL = commands_resource.ONE_SQL
 ALARM_SQL = alarms_resource.LIST_SQL.split("WHERE")[0] + "WHERE alarm_id = %s"
+ROLLOUT_UNIT_SQL = rollouts_resource.UNIT_SQL
 
 #: The pipeline's alarms (migration 0008) wake the feed on this channel.
 ALARM_CHANNEL = "gridcloud_alarms"
@@ -147,7 +154,8 @@ class FeedHub:
                 params=(WAIT,),
                 description=(
                     "Answers `text/event-stream`: events `reading`, `event`, `command` (a "
-                    "command's state changed) and `alarm` (raised or cleared by the pipeline), "
+                    "command's state changed), `alarm` (raised or cleared by the pipeline) and "
+                    "`rollout` (a unit of a rollout changed state or downloaded more), "
                     "each with an "
                     "`id` to send back as `Last-Event-ID` to resume after it (docs/api.md)."
                 ),
@@ -243,13 +251,17 @@ class _Stream:
         while not self._closed:
             t, i, s = self.position
             rows = await db.rows(ROWS_SQL, {"t": str(t), "i": i, "edges": self._call.edges()})
-            for txid, row_id, edge_id, first, last, ready, command_id, alarm_id in rows:
+            for (txid, row_id, edge_id, first, last, ready, command_id, alarm_id,
+                 unit_id) in rows:
                 if not ready:
                     return True
                 txid = int(txid)
-                if alarm_id is not None:
+                if alarm_id is not None or unit_id is not None:
                     if (txid, row_id) != (t, i):  # not sent yet
-                        await self._send_alarm(txid, row_id, alarm_id, pacer)
+                        if unit_id is not None:
+                            await self._send_rollout_unit(txid, row_id, unit_id, pacer)
+                        else:
+                            await self._send_alarm(txid, row_id, alarm_id, pacer)
                     self.position = (txid, row_id, 0)
                     if self._closed:
                         return False
@@ -284,6 +296,17 @@ class _Stream:
         if rows:
             data = json.dumps(alarms_resource.item(rows[0]))
             self._request.write(f"id: {txid}-{row_id}-0\nevent: alarm\ndata: {data}\n\n".encode())
+            await pacer.ready()
+        self._last_sent = self._call.clock.seconds()
+
+    async def _send_rollout_unit(self, txid: int, row_id: int, unit_id: int, pacer: Pacer
+                                 ) -> None:
+        """A rollout unit as it is now (its latest state and bytes)."""
+        rows = await self._call.db.rows(ROLLOUT_UNIT_SQL, (unit_id,))
+        if rows:
+            data = json.dumps(rollouts_resource.feed_item(rows[0]))
+            self._request.write(
+                f"id: {txid}-{row_id}-0\nevent: rollout\ndata: {data}\n\n".encode())
             await pacer.ready()
         self._last_sent = self._call.clock.seconds()
 

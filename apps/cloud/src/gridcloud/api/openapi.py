@@ -53,7 +53,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.scope is not None:
         out["x-scope"] = op.scope
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}
+        out["requestBody"] = {"required": True, "content": {op.body_media: {"schema": op.body}}}
     responses: dict[str, Any] = {}
     success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
     if op.status != 204:

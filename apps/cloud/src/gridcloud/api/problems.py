@@ -33,9 +33,11 @@ TYPES: dict[str, tuple[int, str]] = {
     "not-acceptable": (406, "No acceptable representation"),
     "conflict": (409, "The resource already exists"),
     "body-too-large": (413, "The request body is too large"),
-    "unsupported-media-type": (415, "The body must be application/json"),
+    "unsupported-media-type": (415, "The body's media type is not the one this needs"),
+    "bad-bundle": (422, "The update bundle was refused"),
     "rate-limited": (429, "Too many requests for this key"),
     "internal": (500, "Internal error"),
+    "not-configured": (501, "Not configured on this server"),
     "unavailable": (503, "The database is unavailable"),
 }
 

@@ -119,6 +119,11 @@ class Operation:
     #: other media types of the success response than JSON (text/csv, text/event-stream)
     media: tuple[str, ...] = ()
     description: str = ""
+    #: the request body's media type; other than JSON, the handler gets the spooled body as
+    #: a file (``call.body``) and checks its size itself (a bundle upload)
+    body_media: str = JSON
+    #: error statuses beyond the common ones (422: refused as it is; 409: not in this state)
+    errors: tuple[int, ...] = ()
 
     @property
     def klein_path(self) -> str:
@@ -133,7 +138,8 @@ class Operation:
             codes.append(404)
         if self.body is not None:
             codes += [409, 413, 415]
-        return tuple(sorted(codes))
+        codes += self.errors
+        return tuple(sorted(set(codes)))
 
 
 class Api:
@@ -261,9 +267,13 @@ class Api:
             if size:
                 raise Problem("bad-body", "this operation takes no body")
             return None
+        ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if op.body_media != JSON:
+            if ctype != op.body_media:
+                raise Problem("unsupported-media-type", f"send Content-Type: {op.body_media}")
+            return content
         if size > self.config.max_body_bytes:
             raise Problem("body-too-large", f"at most {self.config.max_body_bytes} bytes")
-        ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if ctype != JSON:
             raise Problem("unsupported-media-type", "send Content-Type: application/json")
         assert content is not None

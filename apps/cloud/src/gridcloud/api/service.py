@@ -20,9 +20,12 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
+from ..config import ReleasesConfig
 from ..metrics import ApiMetrics, MetricsListener, pool_gauges
+from . import upload
 from .config import ApiConfig
 from .database import Database
+from .deltas import DeltaMaker
 from .feed import FeedHub
 from .resources import operations
 from .routes import Api
@@ -31,19 +34,36 @@ log = Logger(namespace="gridcloud.api")
 
 
 class _TimedRequest(Request):
-    """A request that knows when it arrived, for the latency histogram."""
+    """A request that knows when it arrived, for the latency histogram; a bundle upload's
+    body goes to the releases folder as it arrives (gridcloud.api.upload)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.arrived = time.monotonic()
 
+    def gotLength(self, length: int | None) -> None:
+        channel: Any = self.channel
+        releases = getattr(channel.site, "releases", None)
+        spool = None
+        if releases is not None and releases.enabled:
+            # The request line is parsed (on the channel) before the body's length is known.
+            spool = upload.spool_for(getattr(channel, "_command", None),
+                                     getattr(channel, "_path", None),
+                                     releases.folder, releases.max_bytes, length)
+        if spool is None:
+            super().gotLength(length)  # type: ignore[no-untyped-call]
+        else:
+            self.content = spool
+
 
 class _CountingSite(Site):
     """A Site that counts every finished request in ApiMetrics (Site.log is called once each)."""
 
-    def __init__(self, resource: Any, metrics: ApiMetrics) -> None:
+    def __init__(self, resource: Any, metrics: ApiMetrics, releases: ReleasesConfig) -> None:
         super().__init__(resource, requestFactory=_TimedRequest)  # type: ignore[no-untyped-call]
         self._metrics = metrics
+        #: where bundle uploads are spooled (read by _TimedRequest)
+        self.releases = releases
 
     def log(self, request: Any) -> None:
         super().log(request)
@@ -63,8 +83,10 @@ class ApiService(service.MultiService):
         self.clock = clock if clock is not None else reactor
         self.db = Database(reactor, config.dsn, config.pool_size)
         self.feed = FeedHub(self.db)
-        self.api = Api(operations(config, self.feed.operations(config)), self.db, config,
-                       self.clock)
+        #: makes the deltas of new releases in child processes (gridcloud.api.deltas)
+        self.deltas = DeltaMaker(reactor, self.db, config.releases)
+        self.api = Api(operations(config, self.feed.operations(config), self.deltas, reactor),
+                       self.db, config, self.clock)
         self.ready: defer.Deferred[Any] = defer.Deferred()
         #: the IListeningPort, once listening
         self.port: Any = None
@@ -96,7 +118,10 @@ class ApiService(service.MultiService):
             await self.metrics_listener.listen()
         await self.db.start()
         await self.feed.start()
-        site = _CountingSite(self.api.resource(), self.metrics)
+        self.deltas.start()
+        if self.config.releases.folder is not None:
+            upload.sweep(self.config.releases.folder)
+        site = _CountingSite(self.api.resource(), self.metrics, self.config.releases)
         site.displayTracebacks = False
         if not self.config.access_log:
             site.log = _no_access_log  # type: ignore[method-assign]
@@ -113,6 +138,7 @@ class ApiService(service.MultiService):
         if self.port is not None:
             yield self.port.stopListening()
         self.feed.stop()
+        yield self.deltas.stop()
         self.db.close()
 
 

@@ -321,12 +321,20 @@ class Agent:
             return
         try:
             step = plan.next(download)
+            if isinstance(plan, FullFetch) and plan.tree is not None and not plan.tail_checked:
+                self._check_stored_tail(plan)  # the tree was built just now
+                download = self._download
+                assert download is not None
+                step = plan.next(download)
             if step.check:
                 self.phase = "checking"
                 self._spawn(self._check_tail(download))
                 return
         except (ManifestError, VerityError) as exc:
             self._bad_tail(exc)
+            return
+        except UpdateFailed as exc:
+            self._fail(exc)
             return
         except OSError as exc:
             self._fail(UpdateFailed(FirmwareState.FAILED, f"cannot read the download: {exc}"))
@@ -396,11 +404,11 @@ class Agent:
                 raise UpdateFailed(FirmwareState.REJECTED, f"the bundle is version "
                                    f"{manifest.version}, offered as {download.version}")
             self.phase = "downloading"
-            plan.next(download)  # builds and checks the tree (VerityError: fetched again)
-            for index in plan.stored_bad(download):
-                self._download = download = download.marked(index, on=False)
-                self.store.save(download)
-                self._refetch(str(index), f"chunk {index} failed verification")
+            # Builds and checks the tree when its chunks are in (VerityError: fetched again);
+            # a real bundle's tree spans chunks beyond the signature's, fetched next, and the
+            # stored tail is then checked when _pump sees the tree built.
+            plan.next(download)
+            self._check_stored_tail(plan)
         except BundleRefused as exc:
             self._fail(UpdateFailed(FirmwareState.REJECTED, str(exc)))
             return
@@ -413,6 +421,19 @@ class Agent:
             return
         self.phase = "downloading"
         self._pump()
+
+    def _check_stored_tail(self, plan: FullFetch) -> None:
+        """Once the tree is built: tail chunks stored before it whose data blocks fail it are
+        fetched again (UpdateFailed after 3 times)."""
+        if plan.tree is None or plan.tail_checked:
+            return
+        plan.tail_checked = True
+        download = self._download
+        assert download is not None
+        for index in plan.stored_bad(download):
+            self._download = download = download.marked(index, on=False)
+            self.store.save(download)
+            self._refetch(str(index), f"chunk {index} failed verification")
 
     def _check_compatible(self, compatible: str) -> None:
         mine = self._compatible

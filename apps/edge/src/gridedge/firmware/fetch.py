@@ -44,6 +44,8 @@ class FullFetch:
         self.cms: tuple[int, int] | None = None
         self.manifest: Manifest | None = None
         self.tree: VerityTree | None = None
+        #: the stored tail was checked against the tree (the agent does it once, when built)
+        self.tail_checked = False
 
     def _need_from(self, size: int) -> int:
         """The start of the tail needed before data chunks can be checked."""

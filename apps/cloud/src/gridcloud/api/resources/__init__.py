@@ -1,12 +1,16 @@
 """The API's resources, one module each; :func:`operations` is the whole route table.
 
 Tests: tests/cloud/test_api_resources.py, tests/cloud/test_api_openapi.py,
-tests/cloud/test_api_commands.py, tests/pipeline/test_pipeline_api.py.
+tests/cloud/test_api_commands.py, tests/pipeline/test_pipeline_api.py,
+tests/cloud/test_cloud_releases.py, tests/cloud/test_cloud_rollouts.py.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import ApiConfig
+from ..deltas import DeltaMaker
 from ..routes import Operation
 from . import (
     alarms,
@@ -19,11 +23,15 @@ from . import (
     events,
     meters,
     readings,
+    releases,
+    rollouts,
 )
 
 
-def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
-    """Every operation the API serves, the feed's (gridcloud.api.feed) included."""
+def operations(config: ApiConfig, feed: list[Operation], deltas: DeltaMaker, reactor: Any
+               ) -> list[Operation]:
+    """Every operation the API serves, the feed's (gridcloud.api.feed) included; ``deltas``
+    makes the deltas of uploaded releases, ``reactor`` runs RAUC's checks as processes."""
     ops = [
         *edges.operations(config),
         *meters.operations(config),
@@ -34,6 +42,8 @@ def operations(config: ApiConfig, feed: list[Operation]) -> list[Operation]:
         *alarms.operations(config),
         *apikeys.operations(config),
         *commands.operations(config),
+        *releases.operations(config, reactor, deltas),
+        *rollouts.operations(config),
         *feed,
     ]
     return [*ops, document.operation(ops, config)]

@@ -39,7 +39,8 @@ CASE WHEN date_trunc('month', last_connected_at AT TIME ZONE 'UTC')
           = date_trunc('month', now() AT TIME ZONE 'UTC') THEN e.month_bytes_reported END,
 (SELECT coalesce(sum(m.bytes_up + m.bytes_down), 0) FROM edge_traffic m
   WHERE m.edge_id = e.edge_id
-    AND m.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date)
+    AND m.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date),
+e.tags
 """
 
 #: the edges and today's (UTC) traffic row of each
@@ -105,7 +106,7 @@ SCHEMA: dict[str, Any] = {
                  "readings_total", "sequence_gaps", "last_seq", "revoked", "revoked_at",
                  "revoked_reason", "first_seen", "bytes_up_today", "bytes_down_today",
                  "health", "budget_bytes_per_month", "month_bytes", "month_bytes_reported",
-                 "budget_used"],
+                 "budget_used", "tags"],
     "properties": {
         "edge_id": {"type": "string"},
         "online": {"type": "boolean", "description": "Held by a gridcloud serve node now."},
@@ -147,6 +148,8 @@ SCHEMA: dict[str, Any] = {
             "description": "The larger of month_bytes and month_bytes_reported over the budget "
                            "(1.0: all of it); null without a budget. The unit stretches its "
                            "uploads ahead of pace and raises DATA_BUDGET at 0.8 and 1.0."},
+        "tags": {"type": "array", "items": {"type": "string"},
+                 "description": "Set with PUT /v1/edges/{edge_id}/tags; rollouts target them."},
     },
 }
 
@@ -166,7 +169,7 @@ TRAFFIC_SCHEMA: dict[str, Any] = {
 
 def item(row: tuple[Any, ...]) -> dict[str, Any]:
     (edge_id, online, contact, peer, firmware, slot, total, gaps, last_seq, revoked_at,
-     reason, first_seen, up, down, health, health_at, budget, reported, month) = row
+     reason, first_seen, up, down, health, health_at, budget, reported, month, tags) = row
     return {
         "edge_id": edge_id,
         "online": bool(online),
@@ -188,6 +191,7 @@ def item(row: tuple[Any, ...]) -> dict[str, Any]:
         "month_bytes": int(month),
         "month_bytes_reported": reported,
         "budget_used": round(max(int(month), reported or 0) / budget, 4) if budget else None,
+        "tags": list(tags),
     }
 
 
