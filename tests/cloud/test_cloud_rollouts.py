@@ -248,9 +248,6 @@ def test_two_last_reports_of_a_wave_in_two_transactions_start_the_next_wave_once
     """The last two units of wave 0 report healthy on two connections at once (as on two
     serve nodes): the second waits for the first's lock on the rollout, then sees it, and
     the next wave starts exactly once (one NOTIFY)."""
-    import subprocess
-    import sys
-
     import psycopg2
     from gridcloud import migrations
 
@@ -270,22 +267,35 @@ def test_two_last_reports_of_a_wave_in_two_transactions_start_the_next_wave_once
     first = psycopg2.connect(pg_dsn)
     with first.cursor() as cur:  # holds the rollout's lock until COMMIT
         cur.execute("SELECT rollout_unit_report(%s, 'a', 'healthy', 0, NULL, '')", (units["a"],))
-    script = (f"import psycopg2\nc = psycopg2.connect({pg_dsn!r})\n"
-              f"c.cursor().execute(\"SELECT rollout_unit_report({units['b']}, 'b', 'healthy', "
-              "0, NULL, '')\")\nc.commit()\n")
-    second = subprocess.Popen([sys.executable, "-c", script])
+    # The second node: an asynchronous connection, so this test can watch it wait.
+    second = psycopg2.connect(pg_dsn, async_=1)
+    _settle(second)
     try:
+        cursor = second.cursor()  # kept: psycopg2 needs it until the statement is done
+        cursor.execute("SELECT rollout_unit_report(%s, 'b', 'healthy', 0, NULL, '')",
+                       (units["b"],))
         time.sleep(1.0)
-        assert second.poll() is None  # waiting for the lock
+        assert second.poll() != psycopg2.extensions.POLL_OK  # waiting for the lock
         assert query(pg_dsn, "SELECT current_wave FROM rollouts") == [(0,)]
         first.commit()
-        assert second.wait(20) == 0
+        _settle(second)
     finally:
-        if second.poll() is None:
-            second.kill()
         first.close()
+        second.close()
     assert query(pg_dsn, "SELECT current_wave, state FROM rollouts") == [(1, "running")]
     time.sleep(0.2)
     listener.poll()
     assert [n.payload for n in listener.notifies] == [str(rollout)]
     listener.close()
+
+
+def _settle(connection: Any, seconds: float = 20.0) -> None:
+    """Poll an asynchronous psycopg2 connection until its work is done."""
+    import select
+
+    import psycopg2
+
+    deadline = time.monotonic() + seconds
+    while connection.poll() != psycopg2.extensions.POLL_OK:
+        assert time.monotonic() < deadline, "the statement did not finish"
+        select.select([connection.fileno()], [], [], 0.1)
