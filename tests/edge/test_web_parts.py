@@ -253,3 +253,43 @@ def test_live_streams_skip_blocked_readers_without_losing_changes() -> None:
     assert dash.finished and not table.finished and hub.streams == 1
     hub.stop()
     assert table.finished and hub.streams == 0
+
+
+def test_live_changes_are_pushed_at_once_then_throttled() -> None:
+    """A change reaches an open meters table on the next turn of the reactor; changes within
+    ``gap`` of a push wait for the gap's end and go out together; the dashboard's numbers are
+    gathered on a change only when ``every`` has passed since the last gathering."""
+    from gridedge.web.live import LiveHub
+
+    clock = Clock()
+    history = History(clock.seconds)
+    gathered: list[float] = []
+
+    def dashboard() -> dict[str, str]:
+        gathered.append(clock.seconds())
+        return {"t": str(clock.seconds())}
+
+    hub = LiveHub(clock, 1.0, history, dashboard=dashboard,
+                  meter_rows=lambda ids: [{"id": i} for i in ids],
+                  meter_fragment=lambda m: {"id": m}, gap=0.25)
+    hub.start()
+    table, dash = FakeStreamRequest(), FakeStreamRequest()
+    assert hub.subscribe(table, "meters", None) and hub.subscribe(dash, "dash", None)
+    gathered.clear()
+    clock.advance(0.5)
+    history.add([record(5, 0, 10)])
+    clock.advance(0)
+    assert [w for w in table.written if b"event: meters" in w][-1].count(b'"id": 5') == 1
+    assert gathered == [0.5], "the first change gathers the dashboard at once"
+    history.add([record(6, 0, 10)])
+    history.touch(7)  # a join, through the radio link's hook
+    clock.advance(0.2)
+    assert not any(b'"id": 6' in w for w in table.written), "within the gap: held"
+    clock.advance(0.05)
+    sent = [w for w in table.written if b"event: meters" in w]
+    assert len(sent) == 2 and b'"id": 6' in sent[1] and b'"id": 7' in sent[1]
+    assert gathered == [0.5], "the dashboard waits for its own period"
+    clock.advance(0.25)
+    assert len(gathered) == 2, "the periodic tick (at 1.0) gathers it"
+    hub.stop()
+    assert history.listeners == []

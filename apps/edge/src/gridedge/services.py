@@ -123,8 +123,15 @@ class Unit(service.MultiService):
             sink = HistorySink(self.journal, self.history)
         port = config.radio.port
         if port is not None:
-            self.supervisor.supervise("radio", lambda crashed: RadioService(
-                port, config.radio.baudrate, sink, reactor, config.radio.link))
+            watched = self.history
+
+            def radio(crashed: Crashed) -> RadioService:
+                svc = RadioService(port, config.radio.baudrate, sink, reactor, config.radio.link)
+                if watched is not None:  # joins, leaves, relay confirmations: live on the page
+                    svc.link.on_meter_change = watched.touch
+                return svc
+
+            self.supervisor.supervise("radio", radio)
         self.supervisor.supervise("uplink", self._uplink)
         if self.history is not None:
             history = self.history

@@ -334,7 +334,7 @@ class WebApp:
         page_no = min(max(1, _int(_arg(request, "page", 6) or "1", "page")), pages_n)
         shown = rows[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]
         body = pages.meters_table(shown, q=q, sort=sort, desc=desc, page_no=page_no,
-                                  pages=pages_n, total=len(rows))
+                                  pages=pages_n, total=len(rows), page_size=PAGE_SIZE)
         return self._html(request, "Meters", body, account, session, live="meters")
 
     def meter_fragment(self, meter_id: int) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class WebService(service.Service):
             LoginLimiter(c.login_attempts, c.login_window, clock),
             BundleStore(folder / "upload", c.max_upload), self.logs, dashboard)
         hub = LiveHub(self.reactor, c.live_every, self.history, web.dash_values,
-                      web.live_rows, web.meter_fragment)
+                      web.live_rows, web.meter_fragment, gap=c.live_gap)
         web.hub = hub
         site = server.Site(web.app.resource())  # type: ignore[no-untyped-call]
         site.displayTracebacks = False
