@@ -35,6 +35,7 @@ from .actions import ActionPort
 from .app import WebApp
 from .diagnostics import LogTail
 from .firmware import BundleStore
+from .hashing import ChildHasher
 from .history import History
 from .live import LiveHub
 from .sessions import LoginLimiter, Sessions
@@ -119,7 +120,7 @@ class WebService(service.Service):
         c = self.config
         folder = c.state_dir
         cert, key = ensure_certificate(folder, c.address, f"gridedge {c.address}")
-        accounts = Accounts(folder)
+        accounts = Accounts(folder, ChildHasher(self.reactor))
         token = accounts.ensure_token()
         clock = self.reactor.seconds
         dashboard = Dashboard(self.unit, self.history, clock)
