@@ -38,6 +38,7 @@ from gridedge.commands import settings as saved_settings
 from gridedge.config import Config, ConfigError, load
 from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
+from gridedge.linkquality import LinkQualityService
 from gridedge.metrics import MetricsService
 from gridedge.radio import RadioLink, RadioService, RecordSink
 from gridedge.supervisor import Crashed, Supervisor
@@ -132,6 +133,8 @@ class Unit(service.MultiService):
                 return svc
 
             self.supervisor.supervise("radio", radio)
+            self.supervisor.supervise("link-quality", lambda crashed: LinkQualityService(
+                self.journal, self.radio_link, reactor, config.radio.link.link_report_gap))
         self.supervisor.supervise("uplink", self._uplink)
         if self.history is not None:
             history = self.history

@@ -102,6 +102,7 @@ class AlarmKind(enum.IntEnum):
     RECORDS_REFUSED = 0x8003  #: values outside the value ranges were refused; detail says which
     JOURNAL_QUARANTINED = 0x8004  #: the journal was unreadable, moved aside, restarted empty
     DATA_BUDGET = 0x8005  #: the month's data use crossed 80% or 100% of the unit's budget
+    LINK_QUALITY = 0x8009  #: a meter's radio link: detail "<rssi dBm> <hops> <parent id>"
     # A command's final outcome (meter_id: the command's meter, 0 for the unit), journalled
     # like any event so that it rides the exactly-once path; detail "<id> <action> <reason>".
     COMMAND_SUCCEEDED = 0x8010
