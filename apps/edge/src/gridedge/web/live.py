@@ -150,7 +150,10 @@ class LiveHub:
             self._dash_at = now
         dash: str | None = None
         seq = self.history.seq
+        # Streams that last saw the same sequence number get the same update: built once.
         changed_cache: dict[int, list[int]] = {}
+        rows_cache: dict[int, str] = {}
+        fragment_cache: dict[tuple[int, int], str] = {}
         for stream in list(self._streams):
             try:
                 if _blocked(stream.request):
@@ -172,10 +175,18 @@ class LiveHub:
                         changed = changed_cache[stream.seen] = self.history.changed_since(
                             stream.seen)
                     if stream.view == "meters" and changed:
-                        self._event(stream, "meters", json.dumps(self.meter_rows(changed)))
+                        rows = rows_cache.get(stream.seen)
+                        if rows is None:
+                            rows = rows_cache[stream.seen] = json.dumps(
+                                self.meter_rows(changed))
+                        self._event(stream, "meters", rows)
                     elif stream.view == "meter" and stream.meter in changed:
-                        self._event(stream, "meter",
-                                    json.dumps(self.meter_fragment(stream.meter)))
+                        key = (stream.seen, stream.meter)
+                        fragment = fragment_cache.get(key)
+                        if fragment is None:
+                            fragment = fragment_cache[key] = json.dumps(
+                                self.meter_fragment(stream.meter))
+                        self._event(stream, "meter", fragment)
                 stream.seen = seq
                 if self.clock.seconds() - stream.last_write >= _KEEPALIVE:
                     self._write(stream, b": keep-alive\n\n")
