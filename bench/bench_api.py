@@ -507,9 +507,11 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ratio = a["p50_ms"] / s["p50_ms"]
             print(f"{'':<10} {side:<7} {a['p50_ms']:>6.2f}ms {a['p99_ms']:>6.2f}ms "
                   f"{a['rps']:>6.1f} {a['errors']:>6} {ratio:>8.1f}")
+            # keys: api_*, before_api_*, and the floors' web_* and klein_*
             prefix = "" if side == "api" else f"{side}_"
-            out[key].update({f"{prefix}api_p50_ms": round(a["p50_ms"], 2),
-                             f"{prefix}api_p99_ms": round(a["p99_ms"], 2),
+            name_p = prefix if side in FLOORS else f"{prefix}api_"
+            out[key].update({f"{name_p}p50_ms": round(a["p50_ms"], 2),
+                             f"{name_p}p99_ms": round(a["p99_ms"], 2),
                              f"{prefix}ratio_p50": round(ratio, 2),
                              f"{prefix}errors": a["errors"]})
         a = r["api"][name]
