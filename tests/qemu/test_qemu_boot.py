@@ -2,7 +2,8 @@
 
 A factory-fresh copy of output/ci-image/disk.img boots in qemu-system-arm through U-Boot, with
 gridsim as its radio module (a host pty on the guest's PCI UART) and gridcloud with a fresh
-PostgreSQL database on the host's loopback (10.0.2.2 in the guest).
+PostgreSQL database on the host's loopback (10.0.2.2 in the guest); the unit's web page is
+forwarded to a port on the host's loopback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def test_first_boot_runs_gridedge_and_readings_reach_postgresql(
 ) -> None:
     """A fresh unit boots slot A with a read-only root, makes /data, and its gridedge, running
     as its own user, sends gridsim's readings over mutual TLS into PostgreSQL and serves its
-    local web page, set up with the provisioning token."""
+    local web page, which the host reaches through QEMU's forwarded port: the administrator
+    is set up with the provisioning token, logs out and logs in again."""
     w = world(meters=8, speed=300, duration="1d")
     unit = make_unit(radio=w.sim.port)
 
