@@ -16,12 +16,12 @@ What is sent, per meter, as ``EventReport(meter_id, time, kind=0x8009, detail)``
   what was last reported, but no sooner than ``[radio] link_report_gap`` seconds (24 h by
   default; 0 turns the reports off) after the meter's last report.
 
-Cost (docs/edge.md, "Link quality reports"): one event is a 25-32 byte gridwire frame (30 for
-``"-71 2 100004"``).  A site whose links do not change pays one event per meter per start of
-gridedge: with a start a week, 0.045 byte per reading (96 readings a meter a day), under 1 %
-of the 6.12 bytes a reading costs all-in (make bench-link, protocol v2).  The worst case, every
-meter's link changing all the time, is one event per meter per gap: 30 / 96 = 0.31 byte per
-reading (5 %).
+Cost (docs/edge.md, "Link quality reports", measured with make bench-link): one event is a
+25-32 byte gridwire frame (30 for ``"-71 2 100004"``), about 55 bytes on the socket with its Ack
+and TLS record; a day's first report of 1,000 meters adds 0.55-0.63 byte per reading to the
+6.19 the link costs without them.  With stable links that is once per start of gridedge; the
+worst case, every meter's link changing all the time, repeats it every gap.  The events wait
+for the next upload (gridedge.uplink.schedule.NOT_URGENT) rather than making one.
 
 The check runs every ``CHECK_EVERY`` seconds over the radio link's registry (a few microseconds
 a meter); a journal that cannot store the events (full disk) is retried at the next check.
