@@ -20,10 +20,13 @@ Run under ``tools/pgcluster.py run`` (GRIDEDGE_PG_DSN names a throwaway cluster)
    reactor) are shown beside them for reference.
 4. CSV: a one-day export of one edge (``Accept: text/csv``, 96,000 rows) against the
    same statement read directly through a server-side cursor; rows per second.
-5. "floor": a Klein app that answers every GET at once with a constant body of the
-   size of the real answer (no key, no parameters, no database), in its own process
-   like the API: what any Twisted/Klein HTTP round trip costs this client and server.
-   API minus floor minus SQL is what the API's own code adds.
+5. Two floors, each in its own process like the API, answering every GET at once with the
+   API's own answer to that scenario (fetched from it before the measurements; no key, no
+   parameters, no database): "web", a bare twisted.web resource (no Klein), and "klein", a
+   bare Klein app.  They are what an HTTP round trip costs this client and server with
+   twisted.web alone and with Klein on top; API minus floor minus SQL is what the API's own
+   code adds.  When the twisted.web floor alone is above 2x the SQL, no API served by
+   twisted.web can meet the ratio target in that run: the report says so.
 6. ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add
    /tmp/base main``) runs that revision's ``gridcloud api`` in the same run, beside this
    one: the scenarios alternate between the two (and the direct SQL) in ``--rounds``
@@ -58,6 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 P99_TARGET_MS = 50.0
 RATIO_TARGET = 2.0
 CSV_TARGET = 100_000
+#: the floors' side names: a bare twisted.web resource, a bare Klein app
+FLOORS = ("web", "klein")
 METERS_PER_EDGE = 1000
 INTERVALS_PER_DAY = 96
 
@@ -187,23 +192,36 @@ def start_api(
     sys.exit("bench-api: gridcloud api did not start:\n" + log.read_text())
 
 
-def floor_server() -> None:
-    """``--floor-server``: the floor's Klein app (see the module docstring), until killed."""
-    from klein import Klein
+def floor_server(kind: str, bodies_dir: Path) -> None:
+    """``--floor-server web|klein DIR``: a floor (see the module docstring) answering with the
+    bodies in DIR (``meters.json``, ``edges.json``), until killed."""
     from twisted.internet import endpoints, reactor
+    from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    app = Klein()
-    bodies = {"meters": b" " * 20_000, "edges": b" " * 2_000}
+    bodies = {name: (bodies_dir / f"{name}.json").read_bytes() for name in ("meters", "edges")}
 
-    @app.route("/v1/<path:rest>", methods=["GET"])  # type: ignore[misc]
     def answer(request: Any, rest: str) -> bytes:
         body = bodies["meters" if rest.startswith("meters") else "edges"]
-        request.setHeader("content-type", "application/json")
-        request.setHeader("content-length", b"%d" % len(body))
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
-    site = Site(app.resource())  # type: ignore[no-untyped-call]
+    if kind == "klein":
+        from klein import Klein
+
+        app = Klein()
+        app.route("/v1/<path:rest>", methods=["GET"])(answer)
+        root: Any = app.resource()  # type: ignore[no-untyped-call]
+    else:
+        class Bare(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                return answer(request, request.path.decode()[len("/v1/"):])
+
+        root = Bare()
+    site = Site(root)  # type: ignore[no-untyped-call]
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
 
     def listening(port: Any) -> None:
@@ -213,10 +231,21 @@ def floor_server() -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def start_floor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def api_bodies(url: str, key: str, paths: dict[str, str], folder: Path) -> Path:
+    """The API's own answers to one request of each scenario, for the floors to send."""
+    import urllib.request
+
+    for name, path in paths.items():
+        request = urllib.request.Request(url + path, headers={"authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            (folder / f"{name}.json").write_bytes(response.read())
+    return folder
+
+
+def start_floor(log: Path, kind: str, bodies: Path) -> tuple[subprocess.Popen[bytes], str]:
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, __file__, "--floor-server"], stdout=out,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, __file__, "--floor-server", kind, str(bodies)],
+                            stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = re.findall(r"floor listening on port=(\d+)", log.read_text())
@@ -321,7 +350,7 @@ def client_phases(dsn: str, key: str, apis: dict[str, str], scenarios: dict[str,
             results.setdefault(side, {})[scenario] = {
                 **percentiles(samples), "rps": len(samples) / spent, "errors": len(errors)}
         for side, url in apis.items():
-            if side == "floor":
+            if side in FLOORS:
                 continue
             t = time.monotonic()
             response = await agent.request(b"GET", (url + csv_path).encode(),
@@ -430,14 +459,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = []
         try:
             apis = {}
-            proc, apis["floor"] = start_floor(Path(tmp) / "floor.log")
+            proc, api = start_api(dsn, Path(tmp) / "api.log")
             procs.append(proc)
+            bodies = api_bodies(api, key, {"meters": meter_days[0], "edges": "/v1/edges"},
+                                Path(tmp))
+            for kind in FLOORS:
+                proc, apis[kind] = start_floor(Path(tmp) / f"{kind}.log", kind, bodies)
+                procs.append(proc)
             if args.baseline is not None:
                 proc, apis["before"] = start_baseline(dsn, Path(tmp) / "before.log",
                                                       args.baseline)
                 procs.append(proc)
-            proc, apis["api"] = start_api(dsn, Path(tmp) / "api.log")
-            procs.append(proc)
+            apis["api"] = api
             measured = client_phases(dsn, key, apis, scenarios, csv_path, args.rate,
                                      args.duration, args.rounds)
         finally:
@@ -449,7 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     sql, blocking = r["sql"], r["blocking"]
-    sides = [s for s in ("floor", "before", "api") if s in r]
+    sides = [s for s in (*FLOORS, "before", "api") if s in r]
     print(f"\nbench-api: {r['rows']:,} readings ({args.meters} meters, {args.days} days; "
           f"generated in {r['generate_s']:.0f} s), {args.rate:g} requests/s for "
           f"{args.duration:g} s per scenario and side in {args.rounds} alternating rounds"
@@ -458,6 +491,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
            f"{'p50/SQL':>8}"
     print(head)
     out: dict[str, Any] = {"bench": "api", "rows": r["rows"], "rate": args.rate}
+    notes: list[str] = []
     ok = True
     for name in ("meter-day", "edge-list"):
         s, b = sql[name], blocking[name]
@@ -473,21 +507,32 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ratio = a["p50_ms"] / s["p50_ms"]
             print(f"{'':<10} {side:<7} {a['p50_ms']:>6.2f}ms {a['p99_ms']:>6.2f}ms "
                   f"{a['rps']:>6.1f} {a['errors']:>6} {ratio:>8.1f}")
+            # keys: api_*, before_api_*, and the floors' web_* and klein_*
             prefix = "" if side == "api" else f"{side}_"
-            out[key].update({f"{prefix}api_p50_ms": round(a["p50_ms"], 2),
-                             f"{prefix}api_p99_ms": round(a["p99_ms"], 2),
+            name_p = prefix if side in FLOORS else f"{prefix}api_"
+            out[key].update({f"{name_p}p50_ms": round(a["p50_ms"], 2),
+                             f"{name_p}p99_ms": round(a["p99_ms"], 2),
                              f"{prefix}ratio_p50": round(ratio, 2),
                              f"{prefix}errors": a["errors"]})
         a = r["api"][name]
         ok = ok and a["p99_ms"] < P99_TARGET_MS and out[key]["ratio_p50"] <= RATIO_TARGET \
             and not a["errors"]
+        floor = r["web"][name]["p50_ms"]
+        out[key]["floor_over_target"] = floor > RATIO_TARGET * s["p50_ms"]
+        if out[key]["floor_over_target"]:
+            notes.append(f"{name}: the bare twisted.web round trip alone ({floor:.2f} ms p50) "
+                         f"is above {RATIO_TARGET:g}x the SQL ({RATIO_TARGET:g} x "
+                         f"{s['p50_ms']:.2f} = {RATIO_TARGET * s['p50_ms']:.2f} ms): no API "
+                         f"served by twisted.web can meet the ratio target in this run")
     print("SQL: the API's statement from the same client and reactor over txpostgres; "
-          "SQL*: over blocking psycopg2;\nfloor: a constant answer of the same size from a "
-          "bare Klein app (the HTTP round trip alone)")
+          "SQL*: over blocking psycopg2;\nweb, klein: the API's answer sent at once by a bare "
+          "twisted.web resource and by a bare Klein app (the HTTP round trip alone)")
+    for note in notes:
+        print(f"NOTE {note}")
     d = blocking["csv"]
     out["csv"] = {"sql_rows_per_s": round(d["rows_per_s"])}
     for side in sides:
-        if side == "floor":
+        if side in FLOORS:
             continue
         c = r[side]["csv"]
         print(f"\ncsv export of one edge-day ({side}): {c['rows']:,} rows in "
@@ -507,8 +552,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--floor-server"]:
-        floor_server()
+    if sys.argv[1:2] == ["--floor-server"]:
+        floor_server(sys.argv[2], Path(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=5000)

@@ -142,7 +142,8 @@ def wait_for(what: str, check: Any, timeout: float, *procs: Proc) -> None:
         time.sleep(0.05)
 
 
-def edge_config(data: Path, radio: Path, relay_port: int, extra: str) -> str:
+def edge_config(data: Path, radio: Path, relay_port: int, extra: str,
+                radio_extra: str = "") -> str:
     """The unit's file: only what a site must say; every tuning key at its default."""
     return f"""\
 data_dir = "{data}"
@@ -153,7 +154,7 @@ boot_slot = "A"
 
 [radio]
 port = "{radio}"
-
+{radio_extra}
 [uplink]
 host = "127.0.0.1"
 port = {relay_port}
@@ -252,7 +253,7 @@ def run_day(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
         procs.append(sim)
         wait_for("gridsim's pty", radio.exists, 30, sim)
         config = work / "gridedge.toml"
-        config.write_text(edge_config(data, radio, proxy.port, args.uplink))
+        config.write_text(edge_config(data, radio, proxy.port, args.uplink, args.radio))
         edge = Proc("gridedge", [sys.executable, str(ROOT / "bench" / "scaled_clock.py"),
                                  str(START), str(args.speed), str(anchor), "gridedge.cli",
                                  "run", "--config", str(config)], work / "edge.log")
@@ -363,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--uplink", default="",
                         help="extra [uplink] lines (default none: production defaults)")
+    parser.add_argument("--radio", default="",
+                        help="extra [radio] lines, e.g. 'link_report_gap = 0' (no link quality "
+                        "reports) to see what they cost")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="after the day, real seconds without a new reading before the "
@@ -433,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "vs_columnar_zlib": base["columnar_zlib"] / (wire / total),
         "speed": args.speed,
         "uplink_overrides": args.uplink,
+        "radio_overrides": args.radio,
     }
     result["targets"] = TARGETS
     result["met"] = {

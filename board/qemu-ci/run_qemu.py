@@ -10,7 +10,10 @@ tests/qemu/ (console driven with pexpect). Facts behind the options:
 - the radio module: an optional host serial device (a pty of gridsim) appears in the guest as
   /dev/ttyS1, the second 16550 UART of a PCI serial card (8250_pci is built into the kernel),
   the radio's port on the BeagleBone too;
-- user networking: the guest reaches the host's loopback as 10.0.2.2.
+- user networking: the guest (10.0.2.15, board/qemu-ci/rootfs-overlay/etc/init.d/S40network)
+  reaches the host's loopback as 10.0.2.2; a forward (hostfwd) opens a port on the host's
+  loopback only, never on its other interfaces, to a TCP port of the guest (the local web
+  page's, for the boot tests and 'make qemu-run --forward 8443:8443').
 
 Tests: tests/qemu/ (every boot test runs QEMU through command()).
 """
@@ -21,20 +24,34 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm/u-boot.bin")
 DEFAULT_DISK = Path(__file__).resolve().parents[2] / "output/ci-image/disk.img"
 
 
+GUEST_ADDRESS = "10.0.2.15"
+
+
 def command(
-    disk: Path, *, radio: str | None = None, memory_mb: int = 512, exit_on_reset: bool = False
+    disk: Path,
+    *,
+    radio: str | None = None,
+    memory_mb: int = 512,
+    exit_on_reset: bool = False,
+    forwards: Sequence[tuple[int, int]] = (),
 ) -> list[str]:
     """The qemu-system-arm command line booting disk; console on stdio.
 
     exit_on_reset: QEMU exits when the guest resets, for a harness that starts it again (a
     fresh QEMU boots the kernel in 2 s; after a reset inside one QEMU it takes 15 s).
+    forwards: (host port, guest port) pairs: 127.0.0.1:host port on the host reaches the
+    guest's GUEST_ADDRESS:guest port.
     """
+    netdev = "user,id=net0" + "".join(
+        f",hostfwd=tcp:127.0.0.1:{host}-{GUEST_ADDRESS}:{guest}" for host, guest in forwards
+    )
     args = [
         "qemu-system-arm",
         "-M", "virt,highmem=off",
@@ -44,7 +61,7 @@ def command(
         "-bios", str(UBOOT),
         "-drive", f"if=none,file={disk},format=raw,id=disk0",
         "-device", "virtio-blk-pci,drive=disk0",
-        "-netdev", "user,id=net0",
+        "-netdev", netdev,
         "-device", "virtio-net-pci,netdev=net0,romfile=",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
@@ -69,7 +86,14 @@ def main() -> int:
         help="copy this image to --disk first when --disk is missing or older (keeps the "
         "built image pristine for the tests; the copy keeps its /data between runs)",
     )
-    parser.add_argument("--radio", help="host serial device for the guest's /dev/ttyS0")
+    parser.add_argument("--radio", help="host serial device for the guest's /dev/ttyS1")
+    parser.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="HOST:GUEST",
+        help="forward 127.0.0.1:HOST on this machine to the guest's TCP port GUEST (repeatable)",
+    )
     args = parser.parse_args()
     source = args.fresh_from
     if source is not None:
@@ -83,7 +107,12 @@ def main() -> int:
         print(f"{args.disk} does not exist: run 'make ci-image' first", file=sys.stderr)
         return 1
     print("qemu-run: the unit's root shell is on this console; Ctrl-A X quits QEMU", flush=True)
-    cmd = command(args.disk, radio=args.radio)
+    try:
+        forwards = [(int(h), int(g)) for h, _, g in (f.partition(":") for f in args.forward)]
+    except ValueError:
+        print("--forward takes HOST:GUEST port numbers, e.g. 8443:8443", file=sys.stderr)
+        return 2
+    cmd = command(args.disk, radio=args.radio, forwards=forwards)
     os.execvp(cmd[0], cmd)
 
 

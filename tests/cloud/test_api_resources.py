@@ -6,11 +6,14 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from gridwire import AlarmKind
+
 from support.api_harness import (
     INTERVAL,
     T0,
     ApiProcess,
     World,
+    ingest_event,
     ingest_records,
     readings,
     running_api,
@@ -136,3 +139,20 @@ def test_access_log_false_writes_no_line_per_request(world: World, tmp_path: Pat
         assert loud.get("/v1/edges", world.reader).status_code == 200
         wait_until(lambda: '"GET /v1/edges' in (tmp_path / "loud.log").read_text(), 5,
                    "the access log line")
+
+
+def test_meters_show_the_link_quality_their_edge_reported(api: ApiProcess,
+                                                          world: World) -> None:
+    """A meter's ``link`` is its edge's newest LINK_QUALITY event (RSSI, hops, parent); null
+    for a meter whose edge never reported one. (Runs last: it adds events to e2.)"""
+    assert api.get("/v1/meters/1", world.reader).json()["link"] is None
+    seq = world.intervals + 100
+    ingest_event(world.dsn, "e2", seq, 3, T0 + 300, int(AlarmKind.LINK_QUALITY), "-82 3 7")
+    ingest_event(world.dsn, "e2", seq + 1, 3, T0 + 900, int(AlarmKind.LINK_QUALITY), "-64 1 0")
+    one = api.get("/v1/meters/3", world.reader).json()
+    assert one["link"] == {"rssi_dbm": -64, "hops": 1, "parent_id": None,
+                           "reported_at": iso(T0 + 900)}
+    listed = walk(api, "/v1/edges/e2/meters", world.e2_only)
+    assert [m["link"]["rssi_dbm"] for m in listed] == [-64]
+    kinds = api.get("/v1/events", world.e2_only, params={"kind": "link_quality"}).json()
+    assert [e["detail"] for e in kinds["items"]] == ["-82 3 7", "-64 1 0"]

@@ -153,3 +153,19 @@ def test_uploads_idle_for_the_update_agent(journal: Journal) -> None:
     assert link.uploads_idle()
     link.connection_lost()
     assert not link.uploads_idle()
+
+
+def test_link_quality_reports_wait_for_the_next_upload() -> None:
+    """A meter's link quality report (gridedge.linkquality) makes no upload of its own: it
+    waits and goes with the readings when their rules make them due (or at the deadline)."""
+    from gridwire import AlarmKind
+
+    s = UploadSchedule(deadline=60, batch_records=100, expected=lambda: 2)
+    s.add(Event(1, END, AlarmKind.LINK_QUALITY, "-70 2 0"), 5)
+    assert not s.due(5) and s.wait(5) == 60
+    s.add(reading(1), 10)
+    s.add(reading(2), 11)
+    assert s.due(11)  # the interval's readings, the report along
+    s.reset()
+    s.add(Event(1, END, AlarmKind.LINK_QUALITY, "-70 2 0"), 20)
+    assert s.due(80)  # alone, it goes at the deadline

@@ -15,7 +15,7 @@ import pytest
 
 from support import edge_harness
 from support.qemu_unit import Unit, copy_disk
-from support.qemu_world import World
+from support.qemu_world import GUEST_WEB_PORT, World
 
 IMAGE = Path(__file__).resolve().parents[2] / "output" / "ci-image"
 
@@ -36,7 +36,10 @@ def make_unit(ci_image: Path, tmp_path: Path) -> Iterator[Callable[..., Unit]]:
 
     def make(radio: Path | None = None) -> Unit:
         disk = copy_disk(ci_image / "disk.img", tmp_path / f"disk{len(units)}.img")
-        unit = Unit(disk, tmp_path / f"console{len(units)}.log", radio=radio)
+        # The local web page's port, reachable from the host's loopback (and nowhere else).
+        forwards = ((edge_harness.free_port(), GUEST_WEB_PORT),)
+        unit = Unit(disk, tmp_path / f"console{len(units)}.log", radio=radio,
+                    forwards=forwards)
         units.append(unit)
         return unit
 

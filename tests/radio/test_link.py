@@ -590,3 +590,21 @@ def test_read_now_failures() -> None:
     h.link.read_now(M).addCallback(got.append)
     h.link.stop()
     assert [o.reason for o in got] == ["unknown-meter", "no-response", "timeout", "link-stopped"]
+
+
+def test_meter_changes_without_a_record_reach_the_watcher() -> None:
+    """A join, a mesh status, a leave and a relay confirmation each tell ``on_meter_change``
+    which meter changed (the local page shows them at once); a report does not (its record
+    reaches the page through the sink)."""
+    h = Harness()
+    changed: list[int] = []
+    h.link.on_meter_change = changed.append
+    h.feed(F.MeterJoin(M, 0, 1, -60), F.MeshStatus(M, 7, 2, -72),
+           F.MeterLeave(M, F.LeaveReason.LOST))
+    h.report(rec(M, 900 * 2000))
+    h.link.relay(M, True)
+    [cmd] = [f for f in h.sent if isinstance(f, F.RelayCommand)]
+    h.feed(F.RelayConfirm(cmd.cmd_id, M, True, F.RelayStatus.OK, F.RelayState.OPEN))
+    assert changed == [M, M, M, M]
+    status = h.link.meter(M)
+    assert status is not None and (status.hops, status.rssi, status.parent_id) == (2, -72, 7)

@@ -67,10 +67,13 @@ class UnitError(AssertionError):
 class Unit:
     """One qemu-system-arm process booting ``disk``; ``boot()`` again after a power cut."""
 
-    def __init__(self, disk: Path, console_log: Path, *, radio: Path | None = None) -> None:
+    def __init__(self, disk: Path, console_log: Path, *, radio: Path | None = None,
+                 forwards: tuple[tuple[int, int], ...] = ()) -> None:
         self.disk = disk
         self.console_log = console_log
         self.radio = radio
+        #: (host loopback port, guest port) pairs reachable from the host (run_qemu.command)
+        self.forwards = forwards
         self.child: pexpect.spawn | None = None
         self.boots = 0
         self.powered_on = 0.0
@@ -81,7 +84,8 @@ class Unit:
         """Start QEMU (U-Boot runs at once); the console log keeps every boot's output."""
         assert self.child is None or not self.child.isalive(), "the unit is already running"
         radio = str(self.radio) if self.radio else None
-        cmd = run_qemu.command(self.disk, radio=radio, exit_on_reset=True)
+        cmd = run_qemu.command(self.disk, radio=radio, exit_on_reset=True,
+                               forwards=self.forwards)
         log = ConsoleLog(self.console_log)
         log.write(f"\n===== power on #{self.boots + 1} at {time.strftime('%H:%M:%S')} =====\n")
         self.child = pexpect.spawn(
@@ -105,6 +109,10 @@ class Unit:
         progress.info("U-Boot chose slot %s after %.1f s", slot, time.monotonic() - self.powered_on)
         self.wait_for_shell(timeout)
         return slot
+
+    def host_port(self, guest_port: int) -> int:
+        """The host loopback port forwarded to ``guest_port`` of the guest."""
+        return next(h for h, g in self.forwards if g == guest_port)
 
     def wait_for_shell(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Wait for the console shell of a boot in progress and make it scriptable."""

@@ -113,8 +113,10 @@ def _stop_once_on_signals(reactor: Any) -> Callable[[], None]:
     handler would call reactor.stop() again and log a ReactorNotRunning traceback, and
     once Twisted restores the default handlers during shutdown a late SIGTERM would kill
     the process before the journal is closed. So the reactor runs without its own signal
-    handlers (gridedge spawns no processes, so it needs no SIGCHLD handling either) and
-    these stay in place until the process exits.
+    handlers and these stay in place until the process exits. Without Twisted's handlers
+    nothing reaps children either, and the page hashes passwords in child processes
+    (gridedge.web.hashing): SIGCHLD asks the reactor to reap them, the way Twisted's own
+    handler does, so their processEnded fires.
     """
     stopping = False
 
@@ -127,8 +129,14 @@ def _stop_once_on_signals(reactor: Any) -> Callable[[], None]:
     def on_signal(_signum: int, _frame: object) -> None:
         reactor.callFromThread(stop)
 
+    def on_child(_signum: int, _frame: object) -> None:
+        from twisted.internet.process import reapAllProcesses
+
+        reactor.callFromThread(reapAllProcesses)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGCHLD, on_child)
     return stop
 
 

@@ -180,8 +180,10 @@ class WebConfig:
     #: Largest request body, bytes (forms); firmware bundles have ``max_upload``.
     max_body: int = 16 << 10
     max_upload: int = 256 << 20
-    #: Seconds between live updates pushed to open pages (Server-Sent Events).
+    #: Seconds between two gatherings of the dashboard's numbers for open pages (Server-Sent
+    #: Events); meter changes are pushed at once, at most once per ``live_gap`` seconds.
     live_every: float = 1.0
+    live_gap: float = 0.25
     #: RAUC's slot status file (board/common/rauc/system.conf.in): the other slot's version.
     rauc_status: Path = Path("/data/rauc/status.raucs")
 
@@ -504,7 +506,7 @@ def _read_web(s: _Section, data_dir: Path, cmdline: Path) -> WebConfig:
     s.given(given, "port", int)
     if "port" in given and not 1 <= given["port"] <= 65535:
         raise s.error("port", f"must be 1..65535, got {given['port']}")
-    for key in ("session_ttl", "login_window", "live_every"):
+    for key in ("session_ttl", "login_window", "live_every", "live_gap"):
         s.given(given, key, float, positive=True)
     s.given(given, "login_attempts", int, positive=True)
     for key in ("max_body", "max_upload"):

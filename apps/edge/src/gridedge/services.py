@@ -45,6 +45,7 @@ from gridedge.firmware import Agent, BundleTools, DownloadStore, RaucSlots
 from gridedge.firmware.service import FirmwareService
 from gridedge.health import HealthService, Snapshot, evaluate
 from gridedge.journal import Event, Journal, JournalError
+from gridedge.linkquality import LinkQualityService
 from gridedge.metrics import MetricsService
 from gridedge.radio import RadioLink, RadioService, RecordSink
 from gridedge.summary import HealthReporter, system_numbers
@@ -158,8 +159,17 @@ class Unit(service.MultiService):
         sink = CreditSink(sink, self.credit)
         port = config.radio.port
         if port is not None:
-            self.supervisor.supervise("radio", lambda crashed: RadioService(
-                port, config.radio.baudrate, sink, reactor, config.radio.link))
+            watched = self.history
+
+            def radio(crashed: Crashed) -> RadioService:
+                svc = RadioService(port, config.radio.baudrate, sink, reactor, config.radio.link)
+                if watched is not None:  # joins, leaves, relay confirmations: live on the page
+                    svc.link.on_meter_change = watched.touch
+                return svc
+
+            self.supervisor.supervise("radio", radio)
+            self.supervisor.supervise("link-quality", lambda crashed: LinkQualityService(
+                self.journal, self.radio_link, reactor, config.radio.link.link_report_gap))
         self.supervisor.supervise("uplink", self._uplink)
         if self.history is not None:
             history = self.history

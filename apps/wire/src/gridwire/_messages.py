@@ -120,6 +120,7 @@ class AlarmKind(enum.IntEnum):
     CREDIT_RELAY_OPENED = 0x8007
     #: the unit closed the relay it had opened for credit: a newer allowance gave credit again
     CREDIT_RELAY_CLOSED = 0x8008
+    LINK_QUALITY = 0x8009  #: a meter's radio link: detail "<rssi dBm> <hops> <parent id>"
     # A command's final outcome (meter_id: the command's meter, 0 for the unit), journalled
     # like any event so that it rides the exactly-once path; detail "<id> <action> <reason>".
     COMMAND_SUCCEEDED = 0x8010

@@ -21,6 +21,11 @@ and the counters:
 * :mod:`~gridedge.radio.outbox`: the port's send function and command ids;
 * :mod:`~gridedge.radio.counters`: what ``stats()`` reports.
 
+Watchers: ``on_meter_change`` (a callable taking a meter id, or None) is called after a
+frame changed what is known of a meter without a record reaching the sink: a join, a
+leave, a mesh status (hops, RSSI, parent), a relay confirmation.  The local page uses it to
+show such changes at once (records reach it through the sink).  It must not raise.
+
 No I/O here: bytes come in through :meth:`RadioLink.data_received`, frames go
 out through the ``send`` callable given to :meth:`RadioLink.connected`, and
 time comes from the injected clock, so tests drive it with ``task.Clock``.
@@ -88,10 +93,12 @@ class RadioLink:
         self.polls.delivery = self.delivery
         self.relays = RelayCommands(clock, settings, self.registry, self.outbox, counters)
         self.reads = ReadNow(clock, self.registry, self.outbox, self.delivery, counters)
+        #: called with a meter id after a join, leave, mesh status or relay confirmation
+        self.on_meter_change: Callable[[int], None] | None = None
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             IntervalReport: self._on_report,
             PollResponse: self._on_poll_response,
-            RelayConfirm: self.relays.on_confirm,
+            RelayConfirm: self._on_relay_confirm,
             MeterJoin: self._on_join,
             MeterLeave: self._on_leave,
             MeshStatus: self._on_mesh_status,
@@ -215,21 +222,32 @@ class RadioLink:
             meter.relay_open = bool(record.flags & _RELAY_OPEN)
         self.delivery.take(meter, record)
 
+    def _changed(self, meter_id: int) -> None:
+        if self.on_meter_change is not None:
+            self.on_meter_change(meter_id)
+
+    def _on_relay_confirm(self, frame: RelayConfirm, now: float) -> None:
+        self.relays.on_confirm(frame, now)
+        self._changed(frame.meter_id)
+
     def _on_join(self, frame: MeterJoin, now: float) -> None:
         meter = self.registry.state(frame.meter_id)
         meter.seen(now)
         meter.joined = True
         meter.hops, meter.rssi, meter.parent_id = frame.hops, frame.rssi, frame.parent_id
         self.counters.joins += 1
+        self._changed(frame.meter_id)
 
     def _on_leave(self, frame: MeterLeave, now: float) -> None:
         meter = self.registry.state(frame.meter_id)
         meter.joined = False
         self.counters.leaves += 1
+        self._changed(frame.meter_id)
 
     def _on_mesh_status(self, frame: MeshStatus, now: float) -> None:
         meter = self.registry.state(frame.meter_id)
         meter.hops, meter.rssi, meter.parent_id = frame.hops, frame.rssi, frame.parent_id
+        self._changed(frame.meter_id)
 
     def _on_module_status(self, frame: ModuleStatus, now: float) -> None:
         self.polls.module_clock(frame.module_time, now)

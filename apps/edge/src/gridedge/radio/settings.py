@@ -54,6 +54,7 @@ class LinkSettings:
     relay_attempts: int = 3  #: sends of one relay command, first one included
     relay_retry_delay: float = 5.0  #: wait before re-sending after NO_RESPONSE or BUSY
     sink_retry: float = 1.0  #: wait before offering records again after the sink failed
+    link_report_gap: float = 86400.0  #: least seconds between link quality events of a meter
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -69,7 +70,8 @@ class LinkSettings:
                     "relay_attempts"):
             if getattr(self, key) < 1:
                 raise SettingError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("backfill", "overdue_after", "scan_every", "relay_retry_delay"):
+        for key in ("backfill", "overdue_after", "scan_every", "relay_retry_delay",
+                    "link_report_gap"):
             if getattr(self, key) < 0:
                 raise SettingError(key, f"must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.poll_window <= MAX_POLL_COUNT:

@@ -21,7 +21,10 @@ journal entry once, in sequence order, and asks :meth:`UploadSchedule.due`):
   3. the waiting readings fill a batch (``batch_records``);
 * anything that is not a reading (an event such as a tamper alarm, a command
   result) is due at once, and the readings before it go along, since the
-  journal's sequence order is kept on the wire.
+  journal's sequence order is kept on the wire; except the events in
+  ``NOT_URGENT`` (a meter's link quality, gridedge.linkquality), which wait with
+  the readings for the next upload: sent at once, a day's first link reports
+  added ten uploads and 0.8 byte per reading in make bench-link.
 
 When an upload is due, everything seen so far goes (the Link splits it into
 batches within its window) and the schedule starts over with :meth:`reset`.
@@ -34,7 +37,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gridwire import IntervalRecord
+from gridwire import AlarmKind, IntervalRecord
+
+#: Event kinds that wait for the next upload instead of making one (see the rules above).
+NOT_URGENT = frozenset({AlarmKind.LINK_QUALITY})
 
 
 @dataclass(slots=True)
@@ -60,7 +66,8 @@ class UploadSchedule:
         if self.oldest_at is None:
             self.oldest_at = now
         if not isinstance(entry, IntervalRecord):
-            self.urgent = True
+            if getattr(entry, "kind", None) not in NOT_URGENT:
+                self.urgent = True
             return
         self.waiting += 1
         end = entry.interval_end

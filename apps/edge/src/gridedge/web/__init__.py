@@ -9,7 +9,9 @@ Public surface:
 * :class:`History`, :class:`HistorySink`: the last 24 hours per meter, kept in memory;
 * :class:`UnitView`: what the page reads of the running unit.
 
-Modules: ``app`` (routes and rules), ``pages`` (HTML), ``live`` (SSE), ``accounts``,
+Modules: ``app`` (the routes' class), ``routing`` (rules every route follows),
+``account_routes``, ``unit_routes``, ``action_routes`` (the routes, by reason to change),
+``pages`` (HTML), ``live`` (SSE), ``accounts``, ``hashing`` (scrypt in a child process),
 ``sessions``, ``tlscert``, ``status``, ``chart``, ``firmware``, ``diagnostics``, ``history``,
 ``actions``, ``files``, ``service``.  docs/edge.md, "Local web page", is the operator's guide.
 

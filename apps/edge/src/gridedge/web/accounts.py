@@ -7,12 +7,16 @@ the token in ``DATA_DIR/web/provisioning-token`` (made at first start, printed o
 put there by provisioning); using it deletes it.  After that the administrator creates the
 other accounts.
 
-Why scrypt: it is memory-hard (each guess costs 16 MiB and ~50 ms here), in the standard
-library (``hashlib.scrypt``, OpenSSL), and so on the unit without a new package.  Those 16 MiB
-must go back to the system after each hash, or a second login would leave them resident: glibc
-serves the first such block with mmap but then raises its mmap threshold and keeps later ones
-in the heap.  :func:`_return_big_blocks` pins the threshold at 1 MiB (``mallopt``; the unit's
-C library is glibc; elsewhere it does nothing), so every hash's memory is unmapped when freed.
+Why scrypt: it is memory-hard (each guess costs 16 MiB), in the standard library
+(``hashlib.scrypt``, OpenSSL), and so on the unit without a new package.  The hash itself runs
+through a :data:`~gridedge.web.hashing.Hasher`: in the running unit a child process
+(gridedge.web.hashing says why), so the methods that hash return Deferreds; the rules (names,
+roles, password length, the token) are checked before any hashing, and their refusals raise
+:class:`AccountError` at once.  When the hash runs in this process (``inline_hash``, tests),
+its 16 MiB must go back to the system after each hash, or a second login would leave them
+resident: glibc serves the first such block with mmap but then raises its mmap threshold and
+keeps later ones in the heap.  :func:`_return_big_blocks` pins the threshold at 1 MiB
+(``mallopt``; the unit's C library is glibc; elsewhere it does nothing).
 
 Roles: ``viewer`` sees everything; ``operator`` also acts (poll, relay, upload now, firmware
 upload); ``admin`` also manages accounts.
@@ -25,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import hashlib
 import hmac
 import os
 import re
@@ -33,7 +36,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
+
 from .files import read_json, write_json
+from .hashing import Hasher, inline_hash
 
 __all__ = ["ROLES", "Account", "AccountError", "Accounts"]
 
@@ -42,8 +48,6 @@ _RANK = {role: i for i, role in enumerate(ROLES)}
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,31}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256
-#: scrypt cost: n=2**14, r=8 is 16 MiB per hash (RFC 7914's interactive-login figure).
-_N, _R, _P = 1 << 14, 8, 1
 
 
 class AccountError(ValueError):
@@ -75,16 +79,12 @@ def _return_big_blocks() -> bool:
         return False
 
 
-def _hash(password: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P,
-                          maxmem=64 << 20, dklen=32)
-
-
 class Accounts:
     """The accounts file (``accounts.json``) and the provisioning token, both in ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, hasher: Hasher = inline_hash) -> None:
         _return_big_blocks()
+        self.hasher = hasher
         self.path = folder / "accounts.json"
         self.token_path = folder / "provisioning-token"
         self._accounts: dict[str, dict[str, str]] = read_json(self.path, {})
@@ -113,7 +113,7 @@ class Accounts:
                 f.write(token + "\n")
         return token
 
-    def provision(self, token: str, name: str, password: str) -> Account:
+    def provision(self, token: str, name: str, password: str) -> Deferred[Account]:
         """Create the first administrator, if ``token`` is the one on /data; the token is then
         deleted."""
         if self.provisioned:
@@ -121,33 +121,44 @@ class Accounts:
         expected = self.ensure_token() or ""
         if not token or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise AccountError("wrong provisioning token")
-        account = self.create(name, password, "admin")
-        self.token_path.unlink(missing_ok=True)
-        return account
+        return self._add(name, password, "admin", first=True)
 
     # -- accounts ------------------------------------------------------------------------
 
-    def create(self, name: str, password: str, role: str) -> Account:
-        if not _NAME.match(name):
-            raise AccountError("a name is 2-32 characters: lower-case letters, digits, . _ -")
-        if name in self._accounts:
-            raise AccountError(f"account {name} exists already")
-        if role not in ROLES:
-            raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    def create(self, name: str, password: str, role: str) -> Deferred[Account]:
+        return self._add(name, password, role, first=False)
+
+    def _add(self, name: str, password: str, role: str, *, first: bool) -> Deferred[Account]:
+        self._check_new(name, role)
         self._check_password(password)
         salt = os.urandom(16)
-        self._accounts[name] = {"role": role, "salt": salt.hex(),
-                                "hash": _hash(password, salt).hex()}
-        self._save()
-        return Account(name, role)
 
-    def set_password(self, name: str, password: str) -> None:
+        def hashed(digest: bytes) -> Account:
+            # Checked again: another request may have got here while this one was hashing.
+            if first and self.provisioned:
+                raise AccountError("this unit already has an administrator")
+            self._check_new(name, role)
+            self._accounts[name] = {"role": role, "salt": salt.hex(), "hash": digest.hex()}
+            self._save()
+            if first:
+                self.token_path.unlink(missing_ok=True)
+            return Account(name, role)
+
+        return self.hasher(password, salt).addCallback(hashed)
+
+    def set_password(self, name: str, password: str) -> Deferred[None]:
         if name not in self._accounts:
             raise AccountError(f"no account {name}")
         self._check_password(password)
         salt = os.urandom(16)
-        self._accounts[name].update(salt=salt.hex(), hash=_hash(password, salt).hex())
-        self._save()
+
+        def hashed(digest: bytes) -> None:
+            if name not in self._accounts:
+                raise AccountError(f"no account {name}")
+            self._accounts[name].update(salt=salt.hex(), hash=digest.hex())
+            self._save()
+
+        return self.hasher(password, salt).addCallback(hashed)
 
     def delete(self, name: str) -> None:
         if name not in self._accounts:
@@ -158,14 +169,19 @@ class Accounts:
         del self._accounts[name]
         self._save()
 
-    def check(self, name: str, password: str) -> Account | None:
+    def check(self, name: str, password: str) -> Deferred[Account | None]:
         """The account if ``password`` is right; None otherwise (same cost either way)."""
         entry = self._accounts.get(name)
         salt = bytes.fromhex(entry["salt"]) if entry else b"\0" * 16
-        digest = _hash(password[:MAX_PASSWORD], salt)
-        if entry is None or not hmac.compare_digest(digest, bytes.fromhex(entry["hash"])):
-            return None
-        return Account(name, entry["role"])
+
+        def compare(digest: bytes) -> Account | None:
+            current = self._accounts.get(name)
+            if entry is None or current is not entry or not hmac.compare_digest(
+                    digest, bytes.fromhex(entry["hash"])):
+                return None
+            return Account(name, entry["role"])
+
+        return self.hasher(password[:MAX_PASSWORD], salt).addCallback(compare)
 
     def get(self, name: str) -> Account | None:
         entry = self._accounts.get(name)
@@ -173,6 +189,14 @@ class Accounts:
 
     def all(self) -> list[Account]:
         return [Account(n, a["role"]) for n, a in sorted(self._accounts.items())]
+
+    def _check_new(self, name: str, role: str) -> None:
+        if not _NAME.match(name):
+            raise AccountError("a name is 2-32 characters: lower-case letters, digits, . _ -")
+        if name in self._accounts:
+            raise AccountError(f"account {name} exists already")
+        if role not in ROLES:
+            raise AccountError(f"role must be one of {', '.join(ROLES)}")
 
     def _check_password(self, password: str) -> None:
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:

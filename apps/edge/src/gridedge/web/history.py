@@ -9,7 +9,10 @@ after a restart the page shows what arrived since, which the meter page says.
 Memory: records are packed into one ``bytearray`` ring per meter (26 bytes a record), so the
 default 96 intervals (24 h of 15-minute intervals) cost 2.5 KB a meter, 2.5 MB for 1,000
 meters; events are a short deque per meter.  Every change bumps a sequence number, which is
-how the live view (gridedge.web.live) finds what to push.
+how the live view (gridedge.web.live) finds what to push, and calls the ``listeners`` (the live
+view's :meth:`~gridedge.web.live.LiveHub.changed`), which is how it knows when.  Changes that
+are not records (a join, a leave, a mesh status, a relay confirmation) come from the radio
+link's ``on_meter_change`` hook (wired by gridedge.services) as :meth:`History.touch`.
 
 Tests: tests/edge/test_web_parts.py, tests/web/test_web_browser.py.
 """
@@ -60,6 +63,8 @@ class History:
         self.seq = 0
         #: meter id -> sequence number of its last change (for the live view)
         self.changed: dict[int, int] = {}
+        #: called (no arguments) after every change; must not raise
+        self.listeners: list[Callable[[], None]] = []
 
     def add(self, records: Sequence[IntervalRecord]) -> None:
         for r in records:
@@ -78,6 +83,8 @@ class History:
         """Mark ``meter_id`` changed (a record, a relay confirmation, an event)."""
         self.seq += 1
         self.changed[meter_id] = self.seq
+        for listener in self.listeners:
+            listener()
 
     def note(self, meter_id: int, text: str) -> None:
         """An event worth showing (meter 0: the unit itself)."""

@@ -181,13 +181,18 @@ def meter_cells(row: dict[str, Any]) -> dict[str, str]:
 
 
 def meters_table(rows: Sequence[dict[str, Any]], *, q: str, sort: str, desc: bool,
-                 page_no: int, pages: int, total: int) -> str:
+                 page_no: int, pages: int, total: int, page_size: int = 100) -> str:
+    """The meters table; ``data-add`` tells the live script how many meters it may add at the
+    end (new meters appear without a reload on the last page of an unfiltered table; the next
+    load sorts them in); -1 when a search filters the table (nothing added, nothing counted)."""
+    room = -1 if q else page_size - len(rows) if page_no == pages else 0
     def link(col: str) -> str:
         d = "1" if col == sort and not desc else "0"
         return f'<a href="/meters?q={h(q)}&amp;sort={col}&amp;desc={d}">'
     def arrow(col: str) -> str:
         return (" ▼" if desc else " ▲") if col == sort else ""
-    head = "".join(f"<th>{link(c)}{h(t)}{arrow(c)}</a></th>" for c, t in METER_COLUMNS)
+    head = "".join(f'<th data-c="{c}">{link(c)}{h(t)}{arrow(c)}</a></th>'
+                   for c, t in METER_COLUMNS)
     body = []
     for row in rows:
         cells = meter_cells(row)
@@ -206,8 +211,9 @@ def meters_table(rows: Sequence[dict[str, Any]], *, q: str, sort: str, desc: boo
             f'<input name="q" value="{h(q)}" placeholder="meter id or alarm" '
             'aria-label="search meters"><input type="hidden" name="sort" '
             f'value="{h(sort)}"><button>Search</button></form>'
-            f"<p>{total} meter(s)</p>"
-            f'<div class="scroll"><table id="meters"><thead><tr>{head}</tr></thead>'
+            f'<p><span id="meter-count">{total}</span> meter(s)</p>'
+            f'<div class="scroll"><table id="meters" data-add="{room}"><thead><tr>{head}</tr>'
+            '</thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>{nav}")
 
 

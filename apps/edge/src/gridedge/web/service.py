@@ -35,6 +35,7 @@ from .actions import ActionPort
 from .app import WebApp
 from .diagnostics import LogTail
 from .firmware import BundleStore
+from .hashing import ChildHasher
 from .history import History
 from .live import LiveHub
 from .sessions import LoginLimiter, Sessions
@@ -119,7 +120,7 @@ class WebService(service.Service):
         c = self.config
         folder = c.state_dir
         cert, key = ensure_certificate(folder, c.address, f"gridedge {c.address}")
-        accounts = Accounts(folder)
+        accounts = Accounts(folder, ChildHasher(self.reactor))
         token = accounts.ensure_token()
         clock = self.reactor.seconds
         dashboard = Dashboard(self.unit, self.history, clock)
@@ -129,7 +130,7 @@ class WebService(service.Service):
             LoginLimiter(c.login_attempts, c.login_window, clock),
             BundleStore(folder / "upload", c.max_upload), self.logs, dashboard)
         hub = LiveHub(self.reactor, c.live_every, self.history, web.dash_values,
-                      web.live_rows, web.meter_fragment)
+                      web.live_rows, web.meter_fragment, gap=c.live_gap)
         web.hub = hub
         site = server.Site(web.app.resource())  # type: ignore[no-untyped-call]
         site.displayTracebacks = False

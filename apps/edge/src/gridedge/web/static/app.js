@@ -18,6 +18,36 @@
     }
   }
 
+  // A meter the table does not show yet (it joined since the page loaded): added at the end
+  // while the page has room for it (the unit says how much: data-add), counted always.
+  function addRow(row) {
+    var table = document.getElementById("meters");
+    if (!table) { return; }
+    var room = Number(table.getAttribute("data-add") || "-1");
+    if (room < 0) { return; }
+    var count = document.getElementById("meter-count");
+    if (count) { count.textContent = String(Number(count.textContent) + 1); }
+    if (room <= 0) { return; }
+    table.setAttribute("data-add", String(room - 1));
+    var tr = document.createElement("tr");
+    tr.id = "m-" + row.id;
+    table.querySelectorAll("thead th[data-c]").forEach(function (th) {
+      var key = th.getAttribute("data-c");
+      var td = document.createElement("td");
+      td.setAttribute("data-c", key);
+      if (key === "id") {
+        var a = document.createElement("a");
+        a.href = "/meters/" + row.id;
+        a.textContent = row.cells.id;
+        td.appendChild(a);
+      } else {
+        td.textContent = row.cells[key] || "";
+      }
+      tr.appendChild(td);
+    });
+    table.tBodies[0].appendChild(tr);
+  }
+
   function handlers(source) {
     source.addEventListener("dash", function (e) {
       var values = JSON.parse(e.data);
@@ -29,7 +59,7 @@
     source.addEventListener("meters", function (e) {
       JSON.parse(e.data).forEach(function (row) {
         var tr = document.getElementById("m-" + row.id);
-        if (tr) { setCells(tr, row.cells); }
+        if (tr) { setCells(tr, row.cells); } else { addRow(row); }
       });
     });
     source.addEventListener("meter", function (e) {
