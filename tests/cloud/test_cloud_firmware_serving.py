@@ -221,3 +221,40 @@ async def test_progress_held_back_is_written_when_the_interval_is_over(
     feed = query(ota.dsn, "SELECT count(*) FROM feed_log WHERE rollout_unit_id IS NOT NULL")
     assert feed == [(3,)]  # offered, 100, 300: 200 was never written
     await disconnect(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_delta_leaves_the_full_offer_and_a_failure_is_final(
+        ota: Ota, kit: dict[str, Any]) -> None:
+    """FAILED for the delta offer is no failure of the unit: it stays offered and its next
+    connection gets the full bundle alone.  FAILED for the full offer is final: a late
+    DOWNLOADING (a unit retrying) does not reopen it, and no offer comes again."""
+    ota.upload(kit["v1"])
+    v2 = ota.deltas_ready(ota.upload(kit["v2"])["id"])
+    await disconnect(await ota.unit("u1", "1.0.0"))
+    rollout = ota.rollout(v2["id"], {"edges": ["u1"]})
+    client = await ota.unit("u1", "1.0.0")
+    await wait_until(reactor(), lambda: len(client.offers) == 2, "the offers")
+    patch = next(o for o in client.offers if o.is_delta)
+    client.send(status(patch, FirmwareState.FAILED, detail="rebuilt bundle's sha256 differs"))
+    await wait_until(reactor(), lambda: "delta failed" in ota.units(rollout["id"])["u1"]["detail"],
+                     "the delta's failure recorded")
+    assert unit_state(ota.dsn, "u1") == "offered"
+    await disconnect(client)
+
+    again = await ota.unit("u1", "1.0.0")
+    await wait_until(reactor(), lambda: again.offers, "the offer again")
+    await sleep(reactor(), 0.5)
+    assert [o.is_delta for o in again.offers] == [False], "the full bundle alone"
+    full = again.offers[0]
+    again.send(status(full, FirmwareState.FAILED, detail="chunk 3 failed verification"))
+    await wait_until(reactor(), lambda: unit_state(ota.dsn, "u1") == "failed", "failed")
+    again.send(status(full, FirmwareState.DOWNLOADING, 32768))
+    await sleep(reactor(), 0.5)
+    assert unit_state(ota.dsn, "u1") == "failed"
+    assert ota.units(rollout["id"])["u1"]["detail"] == "chunk 3 failed verification"
+    await disconnect(again)
+    third = await ota.unit("u1", "1.0.0")
+    await sleep(reactor(), 1.0)
+    assert third.offers == []
+    await disconnect(third)

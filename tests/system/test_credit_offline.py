@@ -62,8 +62,7 @@ class World:
         self.sim = Sim(root, root / "radio", meters=METERS, speed=SPEED, duration="5d",
                        extra=("--log-every", "0.5"))
         self.edge = Edge(root, self.data, edge_config(
-            self.data, uplink_port=self.proxy.port, radio=self.sim.port,
-            extra="\n[commands]\nreboot_command = []\n"))
+            self.data, uplink_port=self.proxy.port, radio=self.sim.port))
         self.pipeline = Proc("pipeline", [str(BIN / "gridcloud"), "pipeline", "--dsn", dsn,
                                           "--config", str(self._pipeline_config())],
                              root / "pipeline.log")

@@ -29,7 +29,10 @@ base release is the version the unit runs).
   written when the interval is over, unless another state came first).
   ``HEALTHY`` counts only from a connection whose Hello named the release's
   version: a unit that says healthy but runs something else is
-  logged, not believed.
+  logged, not believed.  ``healthy``, ``rolled_back`` and ``failed`` are final:
+  a late report, or a unit retrying what it failed, never reopens them.  A
+  ``FAILED`` of a delta offer is not the unit's failure: the unit is offered
+  the full bundle alone from then on (``rollout_units.delta_failed``).
 
 Tests: tests/cloud/test_cloud_firmware_serving.py, tests/cloud/test_cloud_rollouts.py.
 """
@@ -98,6 +101,7 @@ SELECT u.id, u.state, rel.version, rel.size, rel.sha256, rel.file,
   JOIN releases rel ON rel.id = o.release_id
   LEFT JOIN releases b ON b.compatible = rel.compatible AND b.version = %(firmware)s
   LEFT JOIN release_deltas d ON d.release_id = rel.id AND d.base_id = b.id AND d.state = 'ready'
+        AND NOT u.delta_failed
  WHERE u.edge_id = %(edge)s
    AND u.state NOT IN {FINAL!r}
    AND ((o.state = 'running' AND u.wave <= o.current_wave)
@@ -407,6 +411,10 @@ class FirmwareServer(service.Service):
         if state == "healthy":
             self._check_healthy(serving, unit, detail)
             return
+        if status.state == FirmwareState.FAILED and status.offer_id % 2 == 1:
+            # A delta that did not rebuild the bundle: the full one is offered instead
+            # (the unit takes it at its next connection), not a failure of the unit.
+            state = "delta_failed"
         self._report(serving, unit, state, status.received, size, detail)
 
     def _check_healthy(self, serving: _Serving, unit: int, detail: str) -> None:

@@ -25,6 +25,12 @@ from gridedge.config import Config, ConfigError, load
 
 _LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
 
+#: ``gridedge run``'s exit status after a clean stop for a reboot (a ``reboot`` command, an
+#: installed update) with no ``[commands] reboot_command``: the firmware's service wrapper,
+#: which runs as root while gridedge does not, reboots the unit on it (board/common,
+#: usr/libexec/gridedge/gridedge-service).  75 is EX_TEMPFAIL: "come back later".
+EXIT_REBOOT = 75
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -97,7 +103,11 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("gridedge stopped")
-    if unit.reboot_requested and config.commands.reboot_command:
+    if unit.reboot_requested:
+        if not config.commands.reboot_command:
+            log.warn("stopped for a reboot: exit status {status} asks the service wrapper to "
+                     "reboot the unit", status=EXIT_REBOOT)
+            return EXIT_REBOOT
         log.warn("rebooting: {argv}", argv=" ".join(config.commands.reboot_command))
         import subprocess
 

@@ -192,9 +192,11 @@ class WebConfig:
 class CommandsConfig:
     """What the command executor needs from the file (gridedge.commands)."""
 
-    #: run after the clean stop that a reboot command causes (empty: just exit, for
-    #: tests and bench units whose supervisor restarts gridedge)
-    reboot_command: tuple[str, ...] = ("/sbin/reboot",)
+    #: run after the clean stop that a reboot (a command, an installed update) causes.
+    #: Empty, the default: exit with status ``EXIT_REBOOT`` (gridedge.cli) and let the
+    #: service wrapper, which runs as root, reboot the unit (gridedge runs unprivileged
+    #: and may not); a supervisor that restarts gridedge treats it as any exit.
+    reboot_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

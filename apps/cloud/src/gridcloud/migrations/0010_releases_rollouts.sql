@@ -87,6 +87,9 @@ CREATE TABLE rollout_units (
     size        bigint NOT NULL DEFAULT 0,
     -- The unit's reason (failed, rolled_back) or the step it reported.
     detail      text NOT NULL DEFAULT '',
+    -- The unit failed to rebuild the bundle from a delta: from then on it is offered the
+    -- full bundle only (a delta that failed once would fail the same way again).
+    delta_failed boolean NOT NULL DEFAULT false,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (rollout_id, edge_id)
 );
@@ -158,13 +161,25 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM 1 FROM rollouts WHERE id = v_rollout FOR UPDATE;
+    IF p_state = 'delta_failed' THEN
+        -- Not a failure of the unit: it takes the full bundle at its next connection.
+        UPDATE rollout_units
+           SET state = 'offered', delta_failed = true, received = 0,
+               detail = left('delta failed, the full bundle next: ' || p_detail, 500),
+               updated_at = now()
+         WHERE id = p_unit AND state NOT IN ('healthy', 'rolled_back', 'failed', 'cancelled')
+        RETURNING state INTO v_state;
+        RETURN v_state;
+    END IF;
     UPDATE rollout_units
        SET state = p_state,
            received = CASE WHEN p_state = 'downloading' THEN p_received ELSE received END,
            size = coalesce(p_size, size),
            detail = left(p_detail, 500),
            updated_at = now()
-     WHERE id = p_unit AND state <> 'healthy'
+     -- healthy, rolled_back and failed are final: a late or repeated report (a unit that
+     -- retries what it failed) never turns them back into progress.
+     WHERE id = p_unit AND state NOT IN ('healthy', 'rolled_back', 'failed')
        -- A cancelled unit that had begun still reports how it ended: the truth is shown.
        AND (state <> 'cancelled' OR p_state IN ('healthy', 'rolled_back', 'failed'))
     RETURNING state INTO v_state;
