@@ -1,23 +1,18 @@
-"""Over-the-air updates end to end: units booting the CI image in QEMU, each behind its own
+"""Over-the-air updates end to end: a unit booting the CI image in QEMU behind a
 fault-injection proxy, the cloud on the host (``gridcloud serve`` and ``gridcloud api`` with a
 ``[releases]`` section), and an operator who uploads releases and makes rollouts through the
 HTTP API.
 
-Releases are the CI image's own root with a new version (and, for the broken one, a gridedge
-that never gets healthy), changed with debugfs and signed with the image's test key. A factory
-unit runs the image and has no delta base, so its first update is the full bundle; it then
-keeps that bundle, and the next release reaches it as a delta.
-
-Each boot costs minutes on a small machine, so each test follows one fleet through several
-scenarios of issue 15 in order, as they would happen to it in the field.
+Releases are the CI image's own root with a new version, changed with debugfs and signed
+with the image's test key (or a stranger's). This boot covers what a unit must refuse; the
+rollout that installs, reboots and rolls back through link and power cuts is issue 15's
+remaining work (docs/updates.md, "What is tested").
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gridcloud.pki import PKIDirectory
@@ -27,11 +22,9 @@ from support.qemu_bundle import SigningKeys
 from support.qemu_ota import (
     OtaCloud,
     OtaUnit,
-    broken_gridedge_files,
     make_ota_unit,
     make_release,
     sha256_file,
-    wait,
 )
 from support.qemu_unit import boot_env, partition_digest
 from support.qemu_world import wait_until_marked_good
@@ -40,10 +33,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 QEMU_CI = "gridedge-qemu-ci"
 BEAGLEBONE = "gridedge-beaglebone-black"
-#: The link is cut this often while a unit downloads (a 2G link that keeps dropping), this
-#: many times at most (each costs a reconnection: TLS on an emulated ARM takes seconds).
-CUT_EVERY = 12.0
-MAX_CUTS = 6
 #: Terminal states of a unit in a rollout.
 DONE = {"healthy", "failed", "rolled_back", "cancelled"}
 
@@ -102,125 +91,6 @@ def boot_and_provision(*units: OtaUnit) -> None:
         wait_until_marked_good(u.unit, 300)
 
 
-# Eight boots of unit 1, two of unit 2 and two full downloads: past the suite's 600 s.
-@pytest.mark.timeout(3000)
-def test_rollout_in_waves_through_cuts_and_power_cuts_then_a_broken_release_rolls_back(
-    make_cloud: Callable[..., OtaCloud],
-    make_unit: Callable[[OtaCloud, str], OtaUnit],
-    ci_image: Path,
-    tmp_path: Path,
-) -> None:
-    """Two factory units, one rollout of v2 in waves of one, then one of a broken v3:
-
-    - unit 1 downloads the full v2 bundle while its link is cut every few seconds, loses
-      power during the download (slot B untouched; the download resumes where it was) and
-      again during the install (it boots the old slot and installs again), then reboots into
-      v2, is marked good and reports healthy; unit 2's wave starts only then, and the rollout
-      completes when unit 2 is healthy on v2 too;
-    - v3 reaches unit 1 as a delta from v2, which rebuilds exactly the signed bundle: slot A
-      then holds v3's image byte for byte; v3's gridedge never gets healthy, so the unit comes
-      back on v2 by itself, the cloud shows the rollback with the unit's reason, and the
-      rollout pauses before unit 2's wave.
-    """
-    releases = tmp_path / "releases"
-    v2 = make_release(ci_image, releases, "ota-2.0.0")
-    v3 = make_release(ci_image, releases, "ota-3.0.0-broken", extra=broken_gridedge_files(ci_image))
-    cloud = make_cloud()
-    one, two = make_unit(cloud, "edge-ota-1"), make_unit(cloud, "edge-ota-2")
-    units = (one.unit, two.unit)  # both, in either role
-    boot_and_provision(one, two)
-    cloud.wait_for_edges([one.edge_id, two.edge_id], 300, units)
-    factory_slot_b = partition_digest(ci_image / "disk.img", 3)
-
-    release = cloud.upload(v2.bundle)
-    assert (release["version"], release["compatible"]) == (v2.version, QEMU_CI)
-    assert release["size"] == v2.bundle.stat().st_size
-    assert release["sha256"] == sha256_file(v2.bundle)
-    rollout = cloud.roll_out(release["id"], [one.edge_id, two.edge_id], wave_size=1)
-    assert rollout["state"] == "running"
-    r = rollout["id"]
-    # The cloud orders the waves (by a hash of the edge id): "one" is whichever came first.
-    waves = {u["edge_id"]: u["wave"] for u in cloud.rollout(r)["units"]}
-    assert sorted(waves.values()) == [0, 1], waves
-    if waves[one.edge_id] == 1:
-        one, two = two, one
-
-    # Unit 1: the full bundle (a factory unit has no delta base) over a link cut every 12 s.
-    link = CuttingLink(cloud, r, one)
-    wait("unit 1 to download 45% of v2 through the cuts", lambda: link.downloaded(0.45), 900,
-         units)
-    assert one.proxy.stats.cuts >= 3, one.proxy.stats
-    assert cloud.unit(r, two.edge_id)["state"] == "pending"
-    assert "download.json" not in two.firmware_files()
-
-    # Power cut during the download: nothing reached slot B, the download resumes.
-    before = link.last
-    one.unit.power_cut()
-    assert partition_digest(one.unit.disk, 3) == factory_slot_b
-    assert one.unit.boot() == "A"
-    wait("unit 1's first download status after the power cut",
-         lambda: link.downloaded(0.0) and link.last["updated_at"] > before["updated_at"], 600,
-         units)
-    assert link.last["received"] >= before["received"], (
-        f"the download restarted: {before} before the power cut, {link.last} after")
-
-    # Power cut during the install: the old slot boots, the unit installs again.
-    wait("unit 1 to install v2", lambda: link.reached("installing"), 900, units)
-    one.unit.power_cut()
-    assert one.unit.boot() == "A"
-    assert boot_env(one.unit)["BOOT_ORDER"] == "A B", "the interrupted install changed the order"
-    assert cloud.unit(r, two.edge_id)["state"] == "pending"
-
-    assert one.unit.expect(r"A/B: booting slot (\w)", 900).group(1) == "B"
-    one.unit.wait_for_shell()
-    assert one.unit.value("cat /etc/gridedge/version") == v2.version
-    wait_until_marked_good(one.unit, 300)
-    row = cloud.wait_for_unit(r, one.edge_id, {"healthy"}, 300, units)
-    assert cloud.edge(one.edge_id)["firmware_version"] == v2.version
-    # Resumed, not restarted: the bytes the cloud sent unit 1 are about one bundle.
-    assert one.proxy.stats.bytes_down < 1.25 * row["size"], one.proxy.stats
-
-    # Unit 2's wave starts only now; the rollout completes with it.
-    cloud.wait_for_unit(r, two.edge_id, {"rebooting"}, 900, units, or_halted=two.unit)
-    assert two.unit.expect(r"A/B: booting slot (\w)", 300).group(1) == "B"
-    two.unit.wait_for_shell()
-    cloud.wait_for_unit(r, two.edge_id, {"healthy"}, 400, units)
-    wait("rollout 1 to complete", lambda: cloud.rollout(r)["state"] == "completed", 60, units)
-
-    # v3, broken, comes to unit 1 as a delta from v2.
-    release3 = cloud.upload(v3.bundle)
-    delta = cloud.wait_for_delta(release3["id"], v2.version, 600, units)
-    assert delta["size"] < 0.05 * release3["size"], delta
-    rollout3 = cloud.roll_out(release3["id"], [one.edge_id, two.edge_id], wave_size=1)
-    r3 = rollout3["id"]
-    waves = {u["edge_id"]: u["wave"] for u in cloud.rollout(r3)["units"]}
-    assert waves == {one.edge_id: 0, two.edge_id: 1}, waves  # same hash, same order
-    row = cloud.wait_for_unit(r3, one.edge_id, {"rebooting"}, 600, units, or_halted=one.unit)
-    assert row["size"] == delta["size"], f"not the delta: {row}"
-
-    for left in ("2", "1", "0"):
-        match = one.unit.expect(
-            r"A/B: booting slot (\w) \(virtio 0:\d\), BOOT_A_LEFT=(\d) BOOT_B_LEFT=\d", 300)
-        assert (match.group(1), match.group(2)) == ("A", left)
-    assert one.unit.expect(r"A/B: booting slot (\w)", 300).group(1) == "B"
-    one.unit.wait_for_shell()
-    assert one.unit.value("cat /etc/gridedge/version") == v2.version
-    wait_until_marked_good(one.unit, 300)
-
-    row = cloud.wait_for_unit(r3, one.edge_id, {"rolled_back"}, 300, units)
-    assert "not healthy" in row["detail"], row
-    state = cloud.rollout(r3)
-    assert state["state"] == "paused" and state.get("paused_reason"), state
-    assert cloud.unit(r3, two.edge_id)["state"] == "pending"
-    assert two.unit.value("cat /etc/gridedge/version") == v2.version
-    assert "download.json" not in two.firmware_files()
-
-    # The delta rebuilt v3's bundle exactly (the unit checks its sha256) and RAUC wrote it.
-    one.unit.shut_down()
-    size = v3.rootfs.stat().st_size
-    assert partition_digest(one.unit.disk, 2, size) == sha256_file(v3.rootfs)
-
-
 @pytest.mark.timeout(1200)
 def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says_why(
     make_cloud: Callable[..., OtaCloud],
@@ -265,30 +135,6 @@ def test_tampered_foreign_and_wrong_board_releases_are_refused_and_the_unit_says
     assert boot_env(one.unit) == env
     one.unit.shut_down()
     assert partition_digest(one.unit.disk, 3) == partition_digest(ci_image / "disk.img", 3)
-
-
-class CuttingLink:
-    """Follows one unit's row in a rollout and cuts the unit's link every CUT_EVERY seconds
-    while it downloads."""
-
-    def __init__(self, cloud: OtaCloud, rollout: int, unit: OtaUnit) -> None:
-        self.cloud, self.rollout, self.unit = cloud, rollout, unit
-        self.last: dict[str, Any] = {}
-        self.cut_at = time.monotonic()
-
-    def reached(self, state: str) -> bool:
-        """Has the unit reached ``state``? Cuts the link when it is time to."""
-        self.last = self.cloud.unit(self.rollout, self.unit.edge_id)
-        assert self.last["state"] not in DONE, self.last
-        if self.last["state"] == "downloading" and time.monotonic() - self.cut_at > CUT_EVERY \
-                and self.unit.proxy.stats.cuts < MAX_CUTS:
-            self.cut_at = time.monotonic()
-            self.unit.proxy.cut()
-        return bool(self.last["state"] == state)
-
-    def downloaded(self, share: float) -> bool:
-        """Is the unit downloading, with at least ``share`` of the offer received?"""
-        return self.reached("downloading") and self.last["received"] >= share * self.last["size"]
 
 
 def corrupt_stored_bundle(folder: Path, sha256: str) -> None:
