@@ -38,6 +38,8 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from gridedge.sqlitefile import open_durable
+
 #: The first id of a unit-originated command (the cloud's ids stay below it).
 LOCAL_BASE = 1 << 62
 
@@ -106,11 +108,7 @@ class CommandStore:
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL").fetchone()
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
+            db = open_durable(self.path, _SCHEMA)
             now = self._clock()
             db.execute("BEGIN IMMEDIATE")
             interrupted = db.execute(

@@ -18,6 +18,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from gridedge.sqlitefile import open_durable
+
 from .countdown import MeterCredit
 
 __all__ = ["CreditStore", "CreditStoreError"]
@@ -56,11 +58,7 @@ class CreditStore:
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL").fetchone()
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
+            db = open_durable(self.path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise CreditStoreError(f"cannot open {self.path}: {exc}") from exc
         self._db = db
