@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from gridcloud import bundles
 from gridedge.config import EdgeConfig, FirmwareConfig, UplinkConfig
 from gridedge.firmware import Agent, DownloadStore, UpdateFailed
+from gridedge.firmware.manifest import cms_span
+from gridedge.firmware.verity import tree_size
 from gridedge.uplink.link import Link, LinkSettings
 from gridwire import (
     Ack,
@@ -29,7 +32,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from support.firmware_kit import CHUNK, FakeCloud, FakeSlots, Kit, make_kit, offer_of
@@ -244,10 +247,14 @@ async def test_delta_rebuilds_exactly_the_target(tmp_path: Path, kit: Kit, v2: b
     base = tmp_path / "v2.raucb"
     base.write_bytes(v2)
     patch = tmp_path / "v2-v3.zst"
-    subprocess.run(["zstd", "-q", "-19", "--long=27", f"--patch-from={base}", str(v3_path),
-                    "-o", str(patch)], check=True)
+    await defer.ensureDeferred(bundles.make_delta(reactor, base, v3_path, patch))
     delta = patch.read_bytes()
     assert len(delta) < len(v3) / 5
+    zstd = subprocess.run(["zstd", "-q", "-d", "--long=27", f"--patch-from={base}", "-c"],
+                          input=delta, capture_output=True, check=True).stdout
+    squashfs = cms_span(len(zstd), zstd[-8:])[0]
+    assert zstd == v3[:squashfs] + v3[squashfs + tree_size(squashfs):], \
+        "the patch rebuilds the bundle without its hash tree: the unit puts it back"
     full_offer = offer_of(v3, 60, "3.0")
     delta_offer = offer_of(delta, 61, "3.0", base=v2, target=v3)
 
