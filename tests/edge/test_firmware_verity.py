@@ -1,7 +1,8 @@
 """The bundle's signed structure, read the way the agent reads it, against real verity
 bundles from Debian's ``rauc bundle``: the manifest inside the CMS, the hash tree against
-the signed root, every 4096-byte block against the tree, and ``rauc info`` on a sparse file
-that holds only the tail."""
+the signed root, every 4096-byte block against the tree, ``rauc info`` on a sparse file
+that holds only the tail, and the delta format: the tree rebuilt from the SquashFS byte for
+byte as rauc wrote it, cut by the cloud and put back by the unit."""
 
 from __future__ import annotations
 
