@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from gridedge.firmware.delta import insert_tree
 
 from support import release_bundles as rb
 from support.api_harness import ApiProcess, World, query, running_api
@@ -150,7 +151,8 @@ def test_deltas_are_made_in_the_background_and_rebuild_the_bundle(
         releases_api: ApiProcess, world: World, kit: dict[str, Any], tmp_path: Path) -> None:
     """v1.1 after v1.0, then v1.2: deltas from every earlier release (deltas_from = 3) are
     listed as making, then ready; each patch rebuilds the target byte for byte with zstd -d
-    --patch-from, and is a small fraction of the bundle."""
+    --patch-from and the unit's hash-tree insertion (docs/updates.md, "Deltas"), and is a
+    small fraction of the bundle."""
     upload(releases_api, world.admin, kit["v1"])  # 201 or 409: there either way
     v2 = upload(releases_api, world.admin, kit["v2"])
     assert v2.status_code == 201, v2.text
@@ -173,6 +175,9 @@ def test_deltas_are_made_in_the_background_and_rebuild_the_bundle(
         out = tmp_path / f"rebuilt-{delta['base_id']}"
         subprocess.run(["zstd", "-q", "-d", "--long=27", f"--patch-from={base}", str(patch),
                         "-o", str(out)], check=True)
+        assert out.stat().st_size < len(target), "the patch rebuilds it without its tree"
+        for _ in insert_tree(out):  # the unit's step: the hash tree put back
+            pass
         assert hashlib.sha256(out.read_bytes()).hexdigest() == v3["sha256"]
 
 

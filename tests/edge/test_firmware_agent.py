@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from gridcloud import bundles
 from gridedge.config import EdgeConfig, FirmwareConfig, UplinkConfig
 from gridedge.firmware import Agent, DownloadStore, UpdateFailed
+from gridedge.firmware.manifest import cms_span
+from gridedge.firmware.verity import tree_size
 from gridedge.uplink.link import Link, LinkSettings
 from gridwire import (
     Ack,
@@ -29,7 +32,7 @@ from gridwire import (
     ReadingBatch,
     Welcome,
 )
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from support.firmware_kit import CHUNK, FakeCloud, FakeSlots, Kit, make_kit, offer_of
@@ -244,10 +247,14 @@ async def test_delta_rebuilds_exactly_the_target(tmp_path: Path, kit: Kit, v2: b
     base = tmp_path / "v2.raucb"
     base.write_bytes(v2)
     patch = tmp_path / "v2-v3.zst"
-    subprocess.run(["zstd", "-q", "-19", "--long=27", f"--patch-from={base}", str(v3_path),
-                    "-o", str(patch)], check=True)
+    await defer.ensureDeferred(bundles.make_delta(reactor, base, v3_path, patch))
     delta = patch.read_bytes()
     assert len(delta) < len(v3) / 5
+    zstd = subprocess.run(["zstd", "-q", "-d", "--long=27", f"--patch-from={base}", "-c"],
+                          input=delta, capture_output=True, check=True).stdout
+    squashfs = cms_span(len(zstd), zstd[-8:])[0]
+    assert zstd == v3[:squashfs] + v3[squashfs + tree_size(squashfs):], \
+        "the patch rebuilds the bundle without its hash tree: the unit puts it back"
     full_offer = offer_of(v3, 60, "3.0")
     delta_offer = offer_of(delta, 61, "3.0", base=v2, target=v3)
 
@@ -274,6 +281,43 @@ async def test_delta_rebuilds_exactly_the_target(tmp_path: Path, kit: Kit, v2: b
     await settle(other.clock, lambda: other.slots.reboots == 1)
     assert {r.offer_id for _, r in cloud.requests} == {60}
     assert other.slots.installed == [("3.0", sha(v3))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delta_of_the_old_format_fails_then_the_full_bundle(
+        tmp_path: Path, kit: Kit, v2: bytes) -> None:
+    """A patch of the whole bundle, hash tree included (the format before the tree was left
+    out), decodes to something that is not ``squashfs || CMS || size``: the rebuild fails
+    with the reason, nothing is installed, and the full offer is taken next time."""
+    v3_path = kit.bundle("v3", "3.0", extra=b" with a fix")
+    v3 = v3_path.read_bytes()
+    base = tmp_path / "v2.raucb"
+    base.write_bytes(v2)
+    old = subprocess.run(["zstd", "-q", "-19", "--long=27", f"--patch-from={base}", "-c",
+                          str(v3_path)], capture_output=True, check=True).stdout
+    full_offer = offer_of(v3, 62, "3.0")
+    delta_offer = offer_of(old, 63, "3.0", base=v2, target=v3)
+    unit = Unit(tmp_path / "unit", kit, running="2.0")
+    store = DownloadStore(tmp_path / "unit/firmware")
+    store.folder.mkdir(parents=True)
+    (store.folder / "v2").write_bytes(v2)
+    store.keep_installed(store.folder / "v2", "2.0", hashlib.sha256(v2).hexdigest())
+    store.promote_installed()
+    cloud = unit.connect({62: v3, 63: old})
+    unit.agent.offered(full_offer)
+    unit.agent.offered(delta_offer)
+    await settle(unit.clock, lambda: unit.agent.phase == "failed", agent=unit.agent)
+    assert cloud.states()[-1] == "FAILED"
+    assert cloud.statuses[-1].offer_id == 63
+    assert "delta rebuild failed" in cloud.statuses[-1].detail
+    assert unit.slots.installed == [] and not store.rebuilt.exists()
+
+    cloud = unit.connect({62: v3, 63: old})
+    unit.agent.offered(full_offer)
+    unit.agent.offered(delta_offer)
+    await settle(unit.clock, lambda: unit.slots.reboots == 1, agent=unit.agent)
+    assert {r.offer_id for _, r in cloud.requests} == {62}
+    assert unit.slots.installed == [("3.0", sha(v3))]
 
 
 @pytest_twisted.ensureDeferred

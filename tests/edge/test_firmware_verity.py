@@ -1,7 +1,8 @@
 """The bundle's signed structure, read the way the agent reads it, against real verity
 bundles from Debian's ``rauc bundle``: the manifest inside the CMS, the hash tree against
-the signed root, every 4096-byte block against the tree, and ``rauc info`` on a sparse file
-that holds only the tail."""
+the signed root, every 4096-byte block against the tree, ``rauc info`` on a sparse file
+that holds only the tail, and the delta format: the tree rebuilt from the SquashFS byte for
+byte as rauc wrote it, cut by the cloud and put back by the unit."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from gridcloud import bundles
+from gridedge.firmware.delta import DeltaError, insert_tree
 from gridedge.firmware.manifest import ManifestError, cms_span, econtent, read_manifest
 from gridedge.firmware.rauc import BundleRefused, RaucSlots, SlotStatus, parse_status
-from gridedge.firmware.verity import BLOCK, VerityError, VerityTree, tree_size
+from gridedge.firmware.verity import BLOCK, TreeBuilder, VerityError, VerityTree, tree_size
+from twisted.internet import defer, reactor
 
 from support.firmware_kit import Kit, make_kit
 
@@ -74,6 +78,48 @@ def test_a_tampered_tree_or_root_is_refused(bundle: bytes) -> None:
         VerityTree(manifest.verity_salt, bytes(32), data, bundle[data:start])
     with pytest.raises(VerityError, match="expected"):
         VerityTree(manifest.verity_salt, manifest.verity_hash, data, bundle[data:start - 4096])
+
+
+def test_tree_builder_writes_raucs_tree_byte_for_byte(bundle: bytes) -> None:
+    """The tree built from the SquashFS alone, fed in pieces that do not fall on blocks, is
+    the tree ``rauc bundle`` wrote, and its root the signed verity-hash."""
+    start, data, _ = parts(bundle)
+    manifest = read_manifest(bundle[start:cms_span(len(bundle), bundle[-8:])[1]])
+    builder = TreeBuilder(manifest.verity_salt)
+    for at in range(0, data, 10_000):
+        builder.update(bundle[at:min(at + 10_000, data)])
+    tree, root = builder.finish()
+    assert tree == bundle[data:start]
+    assert root == manifest.verity_hash
+    short = TreeBuilder(manifest.verity_salt)
+    short.update(bundle[:BLOCK + 1])
+    with pytest.raises(VerityError):
+        short.finish()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delta_format_round_trip(bundle: bytes, tmp_path: Path) -> None:
+    """The cloud's cut (gridcloud.bundles.cut_tree: ``squashfs || CMS || size``) and the
+    unit's insert_tree give back the bundle to the byte; a SquashFS changed in between (a
+    patch gone wrong) is refused against the signed verity-hash."""
+    whole = tmp_path / "whole.raucb"
+    whole.write_bytes(bundle)
+    cut = tmp_path / "cut.raucb"
+    await defer.ensureDeferred(bundles.cut_tree(reactor, whole, cut))
+    start, data, _ = parts(bundle)
+    assert cut.read_bytes() == bundle[:data] + bundle[start:]
+    assert bundles.squashfs_size(start) == data
+    for _ in insert_tree(cut, piece=3 * BLOCK + 5):
+        pass
+    assert cut.read_bytes() == bundle
+    bad = tmp_path / "bad.raucb"
+    bad.write_bytes(bundle[:100] + bytes([bundle[100] ^ 1]) + bundle[101:data]
+                    + bundle[start:])
+    with pytest.raises(DeltaError, match="verity hash"):
+        list(insert_tree(bad))
+    bad.write_bytes(bundle[:data - 100] + bundle[start:])
+    with pytest.raises(DeltaError, match="does not take"):
+        list(insert_tree(bad))
 
 
 def test_not_a_bundle_tail() -> None:

@@ -140,7 +140,7 @@ class DeltaMaker:
         try:
             made = await bundles.make_delta(self._reactor, folder / base_file,
                                             folder / target_file, out)
-        except OSError as exc:
+        except (OSError, bundles.BundleRefused) as exc:  # a tool failed; not a verity bundle
             values.update(state="failed", reason=str(exc)[:500])
             log.warn("delta of release {r} from release {b} failed: {why}", r=release_id,
                      b=base_id, why=str(exc))

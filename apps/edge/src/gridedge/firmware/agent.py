@@ -6,7 +6,8 @@ decision (which offer, when to ask for a chunk, what a bad chunk costs, when to 
 the tests drive them all with ``task.Clock``, real bundles and a stand-in for the unit's two
 slots.  Its outside world is four things: the uplink connection (:class:`Port`, attached on
 Welcome and detached when the connection goes), the download store on /data, the bundle
-tools (``rauc info``, ``zstd``), and the slots (``rauc status``/``install``, reboot).
+tools (``rauc info``, ``zstd`` and the hash tree put back for a delta), and the slots
+(``rauc status``/``install``, reboot).
 
 Rules (docs/updates.md, "The unit"):
 

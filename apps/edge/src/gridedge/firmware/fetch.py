@@ -9,7 +9,8 @@ block of each is checked against the tree as it arrives: a bad chunk is never st
 
 A delta (:class:`DeltaFetch`) is a ``zstd --patch-from`` blob with no inner structure: its
 chunks are fetched in order into a running sha256, checked against the offer's when the last
-one is in (and the rebuilt bundle against the target's hash before install).
+one is in (and the rebuilt bundle, its hash tree put back by gridedge.firmware.delta, against
+the target's hash before install).
 
 Tests: tests/edge/test_firmware_verity.py, tests/edge/test_firmware_agent.py.
 """

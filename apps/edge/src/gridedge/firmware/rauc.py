@@ -1,11 +1,12 @@
 """RAUC, zstd and sha256sum as the agent uses them, run through Twisted's process API.
 
 Why two parts: :class:`BundleTools` only reads bundles (``rauc info`` checks a signature
-against the keyring, ``zstd --patch-from`` rebuilds a bundle from a delta, ``sha256sum``
-hashes a large file without blocking the reactor); it runs the same on a build host, and the
-tests use it as it is.  :class:`Slots` is the part that needs the unit's boot loader and rauc
-service (``rauc status``, ``rauc install``, reboot): the real one is :class:`RaucSlots`;
-tests stand in for a BeagleBone's two slots with a fake behind the same interface.
+against the keyring, ``zstd --patch-from`` and the hash tree put back rebuild a bundle from
+a delta, ``sha256sum`` hashes a large file without blocking the reactor); it runs the same
+on a build host, and the tests use it as it is.  :class:`Slots` is the part that needs the
+unit's boot loader and rauc service (``rauc status``, ``rauc install``, reboot): the real
+one is :class:`RaucSlots`; tests stand in for a BeagleBone's two slots with a fake behind
+the same interface.
 
 Every failure becomes an exception whose message is the tool's own reason (its last line of
 error output), short enough for a FirmwareStatus detail.
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.utils import getProcessOutputAndValue
+
+from gridedge.firmware.delta import DeltaError, insert_tree
 
 __all__ = ["BundleInfo", "BundleRefused", "BundleTools", "RaucSlots", "SlotStatus", "Slots",
            "ToolError"]
@@ -110,12 +113,17 @@ class BundleTools:
         return BundleInfo(compatible, version, signer)
 
     def patch(self, base: Path, patch: Path, out: Path) -> defer.Deferred[None]:
-        """Rebuild ``out`` from ``base`` and a ``zstd --patch-from`` ``patch``."""
+        """Rebuild ``out`` from ``base`` and a delta ``patch``: ``zstd -d --patch-from``,
+        then the hash tree put back (:mod:`gridedge.firmware.delta`)."""
         return defer.Deferred.fromCoroutine(self._patch(base, patch, out))
 
     async def _patch(self, base: Path, patch: Path, out: Path) -> None:
         await run([self._zstd, "-d", "-q", "-f", "--long=27", f"--patch-from={base}",
                    str(patch), "-o", str(out)])
+        try:  # the output is the bundle without its hash tree: put the tree back
+            await task.cooperate(insert_tree(out)).whenDone()
+        except (DeltaError, OSError) as exc:
+            raise ToolError(str(exc)) from None
 
     def sha256(self, path: Path) -> defer.Deferred[str]:
         return defer.Deferred.fromCoroutine(self._sha256(path))

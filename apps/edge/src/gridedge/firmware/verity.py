@@ -14,6 +14,12 @@ levels are stored top level first, each level padded with zeros to whole blocks;
 is ``sha256(salt + block)``, 128 to a block; the root hash is that of the top level's one
 block.
 
+:class:`TreeBuilder` makes that tree from the data, byte for byte as ``rauc bundle`` writes
+it: a delta carries the bundle without its tree (docs/updates.md, "Deltas": the tree changes
+from the first changed block on and does not compress), and the unit puts it back.  It is
+fed the data piece by piece, so a bundle's SquashFS is never held in memory: only the
+hashes are, 32 bytes per 4096 (about 400 KiB for a 52 MB SquashFS).
+
 Tests: tests/edge/test_firmware_verity.py.
 """
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-__all__ = ["BLOCK", "VerityError", "VerityTree"]
+__all__ = ["BLOCK", "TreeBuilder", "VerityError", "VerityTree", "tree_size"]
 
 BLOCK = 4096
 _DIGEST = 32
@@ -93,3 +99,40 @@ class VerityTree:
             if self._hash(block) != self._leaves[index * _DIGEST:(index + 1) * _DIGEST]:
                 return offset + start
         return None
+
+
+class TreeBuilder:
+    """The hash tree of data fed to :meth:`update` in pieces of any size; :meth:`finish`
+    returns it as RAUC stores it (top level first, levels padded to whole blocks)."""
+
+    def __init__(self, salt: bytes) -> None:
+        self.salt = salt
+        self.data_size = 0
+        self._pending = b""
+        self._leaves: list[bytes] = []
+
+    def _hash(self, block: bytes) -> bytes:
+        return hashlib.sha256(self.salt + block).digest()
+
+    def update(self, data: bytes) -> None:
+        """Hash the whole blocks of ``data`` (after any bytes left from the last call)."""
+        view = self._pending + data if self._pending else data
+        whole = len(view) - len(view) % BLOCK
+        self._leaves.extend(self._hash(view[i:i + BLOCK]) for i in range(0, whole, BLOCK))
+        self._pending = bytes(view[whole:])
+        self.data_size += len(data)
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """(tree, root hash); VerityError when the data was empty or not whole blocks."""
+        if self._pending or not self._leaves:
+            raise VerityError(f"data size {self.data_size} is not a positive multiple of "
+                              f"{BLOCK}")
+        levels = []
+        level = b"".join(self._leaves)
+        while True:
+            level += bytes(-len(level) % BLOCK)
+            levels.append(level)
+            if len(level) == BLOCK:
+                break
+            level = b"".join(self._hash(level[i:i + BLOCK]) for i in range(0, len(level), BLOCK))
+        return b"".join(reversed(levels)), self._hash(levels[-1])
