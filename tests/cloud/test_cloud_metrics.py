@@ -198,12 +198,13 @@ async def test_serve_samples_commands_by_state_and_the_pipeline_lag(
 
 
 def test_grafana_dashboard_asks_only_for_metrics_the_processes_export() -> None:
-    """Every metric name in deploy/grafana/gridcloud.json is one ``serve`` or ``api`` exports
-    (a renamed metric would leave a panel silently empty)."""
+    """Every metric name in deploy/grafana/gridcloud.json is one ``serve``, ``api`` or
+    ``pipeline`` exports (a renamed metric would leave a panel silently empty)."""
     import json
     import re
 
     from gridcloud.metrics import ApiMetrics, DatabaseGauges, ServeMetrics
+    from gridcloud.pipeline.metrics import PipelineMetrics
 
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana"
                             / "gridcloud.json").read_text())
@@ -211,7 +212,9 @@ def test_grafana_dashboard_asks_only_for_metrics_the_processes_export() -> None:
     pool = type("Pool", (), {"min": 1, "connections": [], "available": True})()
     from gridcloud.metrics import pool_gauges
 
-    for metrics, prefix in ((ServeMetrics(), "gridcloud"), (ApiMetrics(), "gridcloud_api")):
+    pipeline = PipelineMetrics({}, {}, lambda: (0, 0))
+    for metrics, prefix in ((ServeMetrics(), "gridcloud"), (ApiMetrics(), "gridcloud_api"),
+                            (pipeline, "gridcloud_pipeline")):
         pool_gauges(metrics.registry, prefix, pool)
         if isinstance(metrics, ServeMetrics):
             metrics.sessions(lambda: 0)

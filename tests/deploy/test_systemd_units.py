@@ -20,6 +20,7 @@ import pytest
 from gridcloud.api.config import load_api_config
 from gridcloud.cli import build_parser
 from gridcloud.config import load_config
+from gridcloud.pipeline import load_pipeline_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
@@ -98,7 +99,8 @@ def test_units_are_hardened(source: str, local_units: Path) -> None:
     assert float(score.group(1)) < 2.0, out.stdout
 
 
-@pytest.mark.parametrize("source", ["gridcloud-serve.service", "gridcloud-api@.service"])
+@pytest.mark.parametrize("source", ["gridcloud-serve.service", "gridcloud-api@.service",
+                                    "gridcloud-pipeline.service"])
 def test_execstart_parses_and_its_config_loads(source: str) -> None:
     """The ExecStart command line is one the CLI accepts, and the example config it names
     (deploy/etc/gridcloud) loads; the serve key is read from the unit's credential."""
@@ -113,6 +115,8 @@ def test_execstart_parses_and_its_config_loads(source: str) -> None:
         assert "server.key:" + "/etc/gridcloud/pki/server.key" in found["LoadCredential"]
         assert config.listen.startswith("haproxy:")  # behind HAProxy with PROXY v2
         assert config.metrics_listen
+    elif args.command == "pipeline":
+        assert load_pipeline_config(config_file).metrics_listen
     else:
         assert load_api_config(config_file).metrics_listen
 

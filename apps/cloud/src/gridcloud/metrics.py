@@ -1,4 +1,4 @@
-"""Prometheus metrics and the health check of a cloud process (``serve`` and ``api``).
+"""Prometheus metrics and the health check of a cloud process (``serve``, ``api``, ``pipeline``).
 
 Why a registry per service and not prometheus-client's global one: tests run
 several services in one process, and each must count only its own.  Why our
@@ -21,6 +21,9 @@ commands by state and the pipeline's lag, sampled with one query every
 ``interval`` seconds (not at scrape time: the exposition is synchronous, and a
 scrape must not wait for the database).  Every serve node samples the same
 numbers; dashboards take ``max()`` over the nodes.
+
+``gridcloud pipeline`` has its own registry (gridcloud.pipeline.metrics) and
+uses :class:`MetricsListener` and :func:`pool_gauges` from here.
 
 The names are documented in docs/operations.md ("Reading the metrics").
 
@@ -313,7 +316,8 @@ class MetricsListener(service.Service):
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
             self._reactor, self._description)
         self.port = await endpoint.listen(self._site)
-        log.info("metrics and health on http://{address.host}:{address.port}/metrics",
+        # {address}, not host:port: a Unix socket's address has neither
+        log.info("metrics and health on {address} (/metrics, /healthz)",
                  address=self.port.getHost())
         return self.port
 

@@ -35,6 +35,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "alarm_days",
             "demand_days",
             "trim_batch",
+            "metrics_listen",
         }
     ),
     "database": frozenset({"dsn", "pool_size", "migrate"}),
@@ -83,6 +84,9 @@ class PipelineConfig:
     demand_days: int = 62
     #: Rows of each table deleted per sweep, at most (short transactions).
     trim_batch: int = 10_000
+    #: Twisted endpoint serving /metrics and /healthz (plain HTTP; keep it on a private
+    #: interface, as serve's and api's); empty: none.
+    metrics_listen: str = ""
 
     def validate(self) -> PipelineConfig:
         """Return self if complete and sensible, else raise ConfigError naming the key."""

@@ -28,9 +28,11 @@ The Broadway shape, over PostgreSQL:
   starts no new one, and then closes the connections.
 
 Counters per stage are logged every ``report_interval`` seconds and kept in
-:attr:`PipelineService.counters`.
+:attr:`PipelineService.counters`; with ``metrics_listen`` set they are also served to
+Prometheus (:mod:`.metrics`), with ``/healthz``.
 
-Tests: tests/pipeline/test_pipeline_service.py, tests/pipeline/test_pipeline_correctness.py.
+Tests: tests/pipeline/test_pipeline_service.py, tests/pipeline/test_pipeline_correctness.py,
+tests/pipeline/test_pipeline_metrics.py.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ from txpostgres import txpostgres
 from txpostgres.reconnection import DeadConnectionDetector
 
 from ..connection import StoreUnavailable
+from ..metrics import MetricsListener, pool_gauges
 from ..pool import CONNECTION_ERRORS, DatabasePool, QuietConnection
 from .config import PipelineConfig
+from .metrics import STAGES, PipelineMetrics
 
 log = Logger(namespace="gridcloud.pipeline")
 
@@ -63,8 +67,7 @@ SWEEP_SQL = "SELECT raised, cleared FROM pipeline_sweep(%s, %s)"
 TRIM_SQL = "SELECT feed, alarms, demand FROM pipeline_trim(%s, %s, %s, %s)"
 
 #: Counter names of pipeline_process()'s result columns, in order.
-STAGE_COUNTERS = ("readings", "aggregate_rows", "ledger_rows", "relay_requests",
-                  "alarms_raised", "alarms_cleared", "evictions")
+STAGE_COUNTERS = STAGES
 
 #: Errors that say "try again", not "this record is bad".
 TRANSIENT = (psycopg2.errors.TransactionRollbackError, StoreUnavailable, *CONNECTION_ERRORS)
@@ -91,6 +94,30 @@ class PipelineService(service.Service):
         self._sweeper: task.LoopingCall | None = None
         self._reporter: task.LoopingCall | None = None
         self._reported: Counter[str] = Counter()
+        #: the claim of each processor's transaction in flight (filled in by the transaction)
+        self._claims: dict[int, Claim] = {}
+        #: Prometheus metrics of this process (served when ``config.metrics_listen`` is set)
+        self.metrics = PipelineMetrics(self.counters, self.seconds, self._claimed)
+        pool_gauges(self.metrics.registry, "gridcloud_pipeline", self.pool)
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics_listen:
+            self.metrics_listener = MetricsListener(
+                reactor, config.metrics_listen, self.metrics.registry, self.health)
+
+    def _claimed(self) -> tuple[int, int]:
+        """(edges, records) claimed by the transactions in flight."""
+        claims = [c for claim in self._claims.values() for c in claim]
+        return len(claims), sum(upto - start for _, start, upto, _ in claims)
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/healthz``: processing, and PostgreSQL reachable."""
+        if not self.running or self._stopping:
+            return False, "stopping"
+        if not self.ready.called or not self._loops:
+            return False, "starting"
+        if not self.pool.available:
+            return False, "PostgreSQL unreachable"
+        return True, "ok"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -100,6 +127,8 @@ class PipelineService(service.Service):
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
     async def _start(self) -> None:
+        if self.metrics_listener is not None:  # first: /healthz says "starting" meanwhile
+            await self.metrics_listener.listen()
         await self.pool.start()
         await self._listen()
         if self._stopping:
@@ -140,11 +169,14 @@ class PipelineService(service.Service):
         self.wake()
         loops = list(self._loops)
 
-        def close(_: object) -> None:
+        def close(_: object) -> Any:
             self._report()
             if self._listener is not None:
                 self._listener.close()
             self.pool.close()
+            if self.metrics_listener is not None:  # last: scraped until the drain is done
+                return self.metrics_listener.stopService()
+            return None
 
         d: defer.Deferred[Any] = defer.DeferredList(loops, consumeErrors=True)
         d.addCallback(close)
@@ -179,7 +211,7 @@ class PipelineService(service.Service):
             claim: Claim = []
             started = time.perf_counter()
             try:
-                result = await self.pool.runInteraction(self._transaction, claim)
+                result = await self._in_flight(slot, claim)
             except TRANSIENT as exc:
                 if isinstance(exc.__cause__ or exc, psycopg2.errors.TransactionRollbackError):
                     self.counters["conflicts"] += 1  # a deadlock: again at once
@@ -195,15 +227,25 @@ class PipelineService(service.Service):
                 await self._failed(claim, exc)
                 continue
             backoff = self.config.retry_backoff
-            self.seconds["process" if claim else "claim"] += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.seconds["process" if claim else "claim"] += elapsed
             if not claim:
                 await self._idle(self.config.poll_interval)
                 continue
+            self.metrics.batch_seconds.observe(elapsed)
             self.counters["batches"] += 1
             for name, value in zip(STAGE_COUNTERS, result, strict=True):
                 self.counters[name] += value
             if any(upto - start >= self.config.batch_size for _, start, upto, _ in claim):
                 self.wake()  # more is waiting: let the idle loops help
+
+    async def _in_flight(self, slot: int, claim: Claim) -> Any:
+        """The transaction, its claim counted as in flight until it commits or rolls back."""
+        self._claims[slot] = claim
+        try:
+            return await self.pool.runInteraction(self._transaction, claim)
+        finally:
+            del self._claims[slot]
 
     def _transaction(self, cursor: Any, claim: Claim) -> defer.Deferred[Any]:
         """Claim and process one batch in the pool's transaction (``claim`` is filled in)."""
