@@ -225,10 +225,11 @@ async def test_progress_held_back_is_written_when_the_interval_is_over(
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_delta_leaves_the_full_offer_and_a_failure_is_final(
-        ota: Ota, kit: dict[str, Any]) -> None:
+        ota: Ota, kit: dict[str, Any], logs: LogCapture) -> None:
     """FAILED for the delta offer is no failure of the unit: it stays offered and its next
     connection gets the full bundle alone.  FAILED for the full offer is final: a late
-    DOWNLOADING (a unit retrying) does not reopen it, and no offer comes again."""
+    DOWNLOADING (a unit retrying) does not reopen it, and no offer comes again.  The log
+    names the rollout in each step (one grep follows a rollout)."""
     ota.upload(kit["v1"])
     v2 = ota.deltas_ready(ota.upload(kit["v2"])["id"])
     await disconnect(await ota.unit("u1", "1.0.0"))
@@ -253,6 +254,9 @@ async def test_a_failed_delta_leaves_the_full_offer_and_a_failure_is_final(
     await sleep(reactor(), 0.5)
     assert unit_state(ota.dsn, "u1") == "failed"
     assert ota.units(rollout["id"])["u1"]["detail"] == "chunk 3 failed verification"
+    rid = rollout["id"]
+    assert logs.matching("edge u1: rollout", f"rollout {rid}: offered 1.1.0 as offer")
+    assert logs.matching(f"rollout {rid}: unit", "now failed (chunk 3 failed verification)")
     await disconnect(again)
     third = await ota.unit("u1", "1.0.0")
     await sleep(reactor(), 1.0)

@@ -95,7 +95,7 @@ STATES: dict[int, str] = {
 
 OFFERS_SQL = f"""
 SELECT u.id, u.state, rel.version, rel.size, rel.sha256, rel.file,
-       d.size, d.sha256, d.file, b.sha256
+       d.size, d.sha256, d.file, b.sha256, u.rollout_id
   FROM rollout_units u
   JOIN rollouts o ON o.id = u.rollout_id
   JOIN releases rel ON rel.id = o.release_id
@@ -110,7 +110,11 @@ SELECT u.id, u.state, rel.version, rel.size, rel.sha256, rel.file,
 
 EDGES_SQL = "SELECT edge_id FROM rollout_units WHERE rollout_id = %s"
 
-REPORT_SQL = "SELECT rollout_unit_report(%s, %s, %s, %s, %s, %s)"
+#: The unit's state after the report (NULL: ignored) and its rollout, for the log.
+REPORT_SQL = """
+SELECT rollout_unit_report(%s, %s, %s, %s, %s, %s),
+       (SELECT rollout_id FROM rollout_units WHERE id = %s)
+"""
 
 VERSION_SQL = """
 SELECT rel.version FROM rollout_units u JOIN rollouts o ON o.id = u.rollout_id
@@ -330,8 +334,10 @@ class FirmwareServer(service.Service):
         folder = self._config.folder
         assert folder is not None and c.edge_id is not None
         offers: dict[int, tuple[FirmwareOffer, _Blob]] = {}
+        rollouts: dict[int, int] = {}
         for (unit, state, version, size, sha256, file, d_size, d_sha256, d_file,
-             base_sha256) in rows:
+             base_sha256, rollout) in rows:
+            rollouts[2 * unit] = rollouts[2 * unit + 1] = rollout
             if version == c.firmware_version:
                 if state in ("pending", "offered"):  # it runs the release already
                     self._report(serving, unit, "healthy", 0, None,
@@ -361,8 +367,9 @@ class FirmwareServer(service.Service):
                           id=offer_id, why=str(exc))
                 continue
             serving.offers[offer_id] = blob
-            log.info("edge {edge}: offered {version} as offer {id} ({size} bytes{delta})",
-                     edge=c.edge_id, version=offer.version, id=offer_id, size=offer.size,
+            log.info("edge {edge}: rollout {rollout_id}: offered {version} as offer {id} "
+                     "({size} bytes{delta})", edge=c.edge_id, rollout_id=rollouts[offer_id],
+                     version=offer.version, id=offer_id, size=offer.size,
                      delta=", delta" if offer.is_delta else "")
         if serving.again:
             self._look(serving)
@@ -474,8 +481,11 @@ class FirmwareServer(service.Service):
             serving.writing = False
             if rows and rows[0][0] is None:
                 log.info("edge {edge}: report {state} for rollout unit {unit} ignored "
-                         "(not its unit, healthy already, or cancelled)",
-                         edge=edge, state=state, unit=unit)
+                         "(not its unit, or final already)", edge=edge, state=state, unit=unit)
+            elif rows and state != "downloading":
+                log.info("edge {edge}: rollout {rollout_id}: unit {unit} now {state} ({detail})",
+                         edge=edge, rollout_id=rows[0][1], unit=unit, state=rows[0][0],
+                         detail=detail)
             self._write_next(serving)
 
         def failed(failure: Failure) -> None:
@@ -486,5 +496,5 @@ class FirmwareServer(service.Service):
             self._written.pop(unit, None)
             self._write_next(serving)
 
-        self._query(REPORT_SQL, (unit, edge, state, received, size, detail[:500])
+        self._query(REPORT_SQL, (unit, edge, state, received, size, detail[:500], unit)
                      ).addCallbacks(done, failed)
