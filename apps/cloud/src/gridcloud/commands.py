@@ -40,9 +40,8 @@ Tests: tests/cloud/test_cloud_commands.py, tests/system/test_commands_e2e.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from gridwire import (
     COMMAND_ACTIONS,
@@ -59,6 +58,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .connection import EdgeConnection
+from .pool import Database
 from .sessions import SessionRegistry
 
 log = Logger(namespace="gridcloud.commands")
@@ -109,19 +109,6 @@ UPDATE commands
  WHERE state IN ('queued', 'sent') AND expires_at <= now()
 RETURNING id
 """
-
-
-class Database(Protocol):
-    """What delivery needs of PostgreSQL (gridcloud.ingest.IngestStore fits)."""
-
-    def run(self, sql: str, params: Any = None) -> defer.Deferred[list[tuple[Any, ...]]]: ...
-
-    def listen(
-        self,
-        channel: str,
-        observer: Callable[[str], object],
-        recovered: Callable[[], defer.Deferred[None]] | None = None,
-    ) -> Any: ...
 
 
 @dataclass(slots=True, eq=False)

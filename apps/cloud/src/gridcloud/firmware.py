@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gridwire import (
     ChunkRequest,
@@ -62,6 +61,7 @@ from twisted.python.failure import Failure
 
 from .config import ReleasesConfig
 from .connection import EdgeConnection
+from .pool import Database
 from .sessions import SessionRegistry
 
 log = Logger(namespace="gridcloud.firmware")
@@ -122,19 +122,6 @@ SELECT rel.version FROM rollout_units u JOIN rollouts o ON o.id = u.rollout_id
 """
 
 COUNTS_SQL = "SELECT state, count(*) FROM rollout_units GROUP BY state"
-
-
-class Database(Protocol):
-    """What firmware serving needs of PostgreSQL (gridcloud.ingest.IngestStore fits)."""
-
-    def run(self, sql: str, params: Any = None) -> defer.Deferred[list[tuple[Any, ...]]]: ...
-
-    def listen(
-        self,
-        channel: str,
-        observer: Callable[[str], object],
-        recovered: Callable[[], defer.Deferred[None]] | None = None,
-    ) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

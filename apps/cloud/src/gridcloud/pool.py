@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
 from twisted.internet import defer
@@ -52,6 +52,20 @@ RETRY_AFTER_MAX = 300
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, ConnectionDead)
 
 log = Logger(namespace="gridcloud.pool")
+
+
+class Database(Protocol):
+    """What a service of ``gridcloud serve`` needs of PostgreSQL: statements and LISTEN
+    (command delivery, firmware serving; gridcloud.ingest.IngestStore fits)."""
+
+    def run(self, sql: str, params: Any = None) -> defer.Deferred[list[tuple[Any, ...]]]: ...
+
+    def listen(
+        self,
+        channel: str,
+        observer: Callable[[str], object],
+        recovered: Callable[[], defer.Deferred[None]] | None = None,
+    ) -> Any: ...
 
 
 def _reconnection_delays() -> Iterator[float]:
