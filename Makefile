@@ -48,8 +48,10 @@ $(VENV)/.stamp: requirements/constraints.txt requirements/dev.txt $(foreach a,$(
 	@touch $@
 	@echo "venv: $(VENV) ready"
 
+# The OTA fleet test (marker "fleet", ~25 min of emulation) runs in a pytest session of its
+# own beside the others (tools/suite.py): on 2 cores the suite then takes about as long as it.
 test: setup lint $(TEST_PREREQUISITES) ## lint, then run the whole test suite against a throwaway PostgreSQL
-	$(PGCLUSTER) run -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PGCLUSTER) run -- $(PY) tools/suite.py $(PYTEST_ARGS)
 
 test-fast: setup ## run the tests that need no firmware image
 	$(PGCLUSTER) run -- $(PY) -m pytest -m "not qemu" $(PYTEST_ARGS)

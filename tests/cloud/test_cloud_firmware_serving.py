@@ -132,13 +132,15 @@ async def test_chunks_are_byte_exact_and_offers_come_again_after_a_reconnect(
     stored = next(ota.folder.glob("deltas/*.zst")).read_bytes()
     assert delta_bytes == stored and len(delta_bytes) == patch.size
     # Within the progress interval of the last write (also across the reconnect): held back,
-    # and dropped when the next state comes first.
-    again.send(status(full, FirmwareState.DOWNLOADING, len(bundle)))
-    again.send(status(full, FirmwareState.DOWNLOADED))
-    again.send(status(full, FirmwareState.VERIFYING))
-    again.send(status(full, FirmwareState.INSTALLING))
-    await wait_until(reactor(), lambda: unit_state(ota.dsn, "u1") == "installing", "installing")
+    # and dropped when the next state comes first; DOWNLOADED shows every byte received.
+    again.send(status(full, FirmwareState.DOWNLOADING, len(bundle) - 1))
+    await sleep(reactor(), 0.5)
     assert ota.units(rollout["id"])["u1"]["received"] == len(first)
+    again.send(status(full, FirmwareState.DOWNLOADED, len(bundle)))
+    again.send(status(full, FirmwareState.VERIFYING, len(bundle)))
+    again.send(status(full, FirmwareState.INSTALLING, len(bundle)))
+    await wait_until(reactor(), lambda: unit_state(ota.dsn, "u1") == "installing", "installing")
+    assert ota.units(rollout["id"])["u1"]["received"] == len(bundle)
     await disconnect(again)
 
 

@@ -5,10 +5,11 @@ with debugfs (the image has no ext4 journal, so an offline edit is safe), e.g. a
 string or a gridedge that never becomes healthy. Bundles are verity bundles, the only format
 the image's system.conf accepts, signed with a key from board/qemu-ci/mk-test-keys.
 
-The unit downloads them from a plain HTTP server on the host's loopback (10.0.2.2 in the
-guest), as it would fetch an update from the cloud.
+The cloud of the OTA test serves them to the units over gridwire; for the updates by hand, a
+plain HTTP server on the host's loopback (10.0.2.2 in the guest) serves them to the console,
+as a technician's laptop would.
 
-Tests: this is a helper of tests/qemu/test_qemu_update.py.
+Tests: this is a helper of tests/qemu/test_qemu_ota.py.
 """
 
 from __future__ import annotations

@@ -101,6 +101,18 @@ def make_release(ci_image: Path, folder: Path, version: str, *,
     return Release(version, rootfs, job)
 
 
+def broken_gridedge_files(ci_image: Path) -> dict[str, tuple[bytes, int]]:
+    """A gridedge that never gets healthy, and mark-good's health timeout cut to 10 s (each of
+    the three boots of a broken slot then takes well under a minute)."""
+    platform = (ci_image / "rootfs/etc/gridedge/platform.conf").read_bytes()
+    broken = (b"#!/bin/sh\n# Broken on purpose (OTA test): never healthy.\n"
+              b'case "$1" in run) exec sleep 100000 ;; *) exit 1 ;; esac\n')
+    return {
+        "/usr/bin/gridedge": (broken, 0o755),
+        "/etc/gridedge/platform.conf": (platform + b"GRIDEDGE_HEALTH_TIMEOUT=10\n", 0o644),
+    }
+
+
 def sha256_file(path: Path, limit: int | None = None, offset: int = 0) -> str:
     """sha256 of ``limit`` bytes of ``path`` from ``offset`` (all of it by default)."""
     digest = hashlib.sha256()
@@ -234,6 +246,22 @@ class OtaCloud:
                 return dict(row)
         raise Problem(f"{edge_id} is not in rollout {rollout_id}")
 
+    def wait_for_delta(self, release_id: int, base_version: str, timeout: float,
+                       units: Sequence[Unit]) -> dict[str, Any]:
+        """Wait until the API has made the release's delta from ``base_version`` (in the
+        background, minutes for a big bundle), as an operator waits before rolling out."""
+        found: list[dict[str, Any]] = []
+
+        def ready() -> bool:
+            release = self.call("GET", f"/v1/releases/{release_id}")
+            found[:] = [d for d in release["deltas"] if d["base_version"] == base_version]
+            assert found, f"no delta from {base_version} planned: {release}"
+            assert found[0]["state"] in ("making", "ready"), found[0]
+            return bool(found[0]["state"] == "ready")
+
+        wait(f"the delta of release {release_id} from {base_version}", ready, timeout, units)
+        return found[0]
+
     def wait_for_edges(self, edge_ids: Sequence[str], timeout: float, units: Sequence[Unit]
                        ) -> None:
         """Wait until the cloud has admitted every unit (an edge exists from its first
@@ -248,10 +276,15 @@ class OtaCloud:
 
         wait(f"the cloud to admit {', '.join(edge_ids)}", known, timeout, units)
 
+    def edge(self, edge_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.call("GET", f"/v1/edges/{edge_id}")
+        return answer
+
     def wait_for_unit(self, rollout_id: int, edge_id: str, states: set[str], timeout: float,
-                      units: Sequence[Unit]) -> dict[str, Any]:
-        """Poll the rollout until ``edge_id`` is in one of ``states``, idling ``units``
-        meanwhile. Returns the rollout's row for the unit."""
+                      units: Sequence[Unit], *, or_halted: Unit | None = None) -> dict[str, Any]:
+        """Poll the rollout until ``edge_id`` is in one of ``states`` (or until ``or_halted``
+        has reset itself: a unit that reboots may do it before its last status is through),
+        idling ``units`` meanwhile. Returns the rollout's row for the unit."""
         seen: list[dict[str, Any]] = [{}]
 
         def reached() -> bool:
@@ -260,7 +293,7 @@ class OtaCloud:
                 progress.info("rollout %s, %s: %s", rollout_id, edge_id,
                               {k: row.get(k) for k in ("state", "received", "size", "detail")})
                 seen.append(row)
-            return bool(row["state"] in states)
+            return row["state"] in states or (or_halted is not None and or_halted.halted)
 
         wait(f"{edge_id} to be {' or '.join(sorted(states))} in rollout {rollout_id} "
              f"(states seen: {[r.get('state') for r in seen[1:]]})", reached, timeout, units)
@@ -308,6 +341,10 @@ class OtaUnit:
         config = edge_config(self.proxy.port) + firmware_config()
         provision_unit(self.unit, self.tls, config)
 
+    def firmware_files(self) -> set[str]:
+        """The names in the unit's firmware folder on /data (empty before any offer)."""
+        status, output = self.unit.run(f"ls -1 {FIRMWARE} 2>/dev/null")
+        return set(output.split()) if status == 0 else set()
 
 
 def make_ota_unit(root: Path, ci_image: Path, pki_dir: Path, edge_id: str,
@@ -319,8 +356,9 @@ def make_ota_unit(root: Path, ci_image: Path, pki_dir: Path, edge_id: str,
     disk = copy_disk(ci_image / "disk.img", folder / "disk.img")
     with disk.open("r+b") as f:
         f.truncate(CARD_BYTES)
+    # Field serials (sparse, from the seed): each unit's meters are its own.
     sim = edge_harness.Sim(folder, folder / "radio", meters=4, speed=300, duration="30d",
-                           seed=seed).start()
+                           seed=seed, extra=("--fleet", "field")).start()
     proxy = FaultProxy("127.0.0.1", cloud_port, seed=seed).start()
     unit = Unit(disk, folder / "console.log", radio=sim.port)
     return OtaUnit(edge_id, unit, sim, proxy, tls)

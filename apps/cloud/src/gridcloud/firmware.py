@@ -409,6 +409,11 @@ class FirmwareServer(service.Service):
             # A delta that did not rebuild the bundle: the full one is offered instead
             # (the unit takes it at its next connection), not a failure of the unit.
             state = "delta_failed"
+        elif status.state == FirmwareState.DOWNLOADED:
+            # The whole offer is in: the rollout shows all its bytes received (progress
+            # comes every few per cent, so a small delta might otherwise show none).
+            self._report(serving, unit, "downloading", status.received, size, detail,
+                         force=True)
         self._report(serving, unit, state, status.received, size, detail)
 
     def _check_healthy(self, serving: _Serving, unit: int, detail: str) -> None:

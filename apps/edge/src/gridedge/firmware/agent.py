@@ -120,6 +120,7 @@ class Agent:
         #: idle, waiting (slot not good yet), downloading, checking, installing, window,
         #: rebooting, booted (checking the new slot), failed
         self.phase = "idle"
+        self._waiting_for = ""  #: why the phase is "waiting", logged once
         self.last_status: FirmwareStatus | None = None
         self.version: str | None = None  #: the version being fetched or installed
         self._port: Port | None = None
@@ -298,6 +299,7 @@ class Agent:
     async def _slot_good(self) -> bool:
         """True when the running slot is marked good; else wait (phase "waiting") and decide
         again later on this connection's offers."""
+        wait = self.retry_after
         try:
             status = await self.slots.status()
         except ToolError as exc:
@@ -306,10 +308,14 @@ class Agent:
             if status.good:
                 self._compatible = status.compatible
                 return True
+            # mark-good judges the slot within minutes of the boot: look again soon, as the
+            # judging of a new slot does, rather than sit out a whole retry period
+            wait = self.retry_after / 6
             why = f"running slot {status.booted} not marked good yet"
-        self.log.info("firmware: {why}; asking again in {s:g} s", why=why, s=self.retry_after)
-        self.phase = "waiting"
-        self._later(self.retry_after, self._decide)
+        if (self.phase, self._waiting_for) != ("waiting", why):
+            self.log.info("firmware: {why}; asking again every {s:g} s", why=why, s=wait)
+        self.phase, self._waiting_for = "waiting", why
+        self._later(wait, self._decide)
         return False
 
     # -- fetching ----------------------------------------------------------------------------
