@@ -48,7 +48,7 @@ $(VENV)/.stamp: requirements/constraints.txt requirements/dev.txt $(foreach a,$(
 	@touch $@
 	@echo "venv: $(VENV) ready"
 
-# The OTA fleet test (marker "fleet", ~25 min of emulation) runs in a pytest session of its
+# The OTA fleet test (marker "fleet", ~18 min of emulation) runs in a pytest session of its
 # own beside the others (tools/suite.py): on 2 cores the suite then takes about as long as it.
 test: setup lint $(TEST_PREREQUISITES) ## lint, then run the whole test suite against a throwaway PostgreSQL
 	$(PGCLUSTER) run -- $(PY) tools/suite.py $(PYTEST_ARGS)

@@ -3,7 +3,7 @@
 in one, everything else in the other.
 
 Why: the OTA fleet test (tests/qemu/test_qemu_ota.py) follows two emulated units through a
-whole rollout, reboots and a rollback, about 25 minutes in which QEMU keeps one core busy.
+whole rollout, reboots and a rollback, about 18 minutes in which QEMU keeps one core busy.
 Run after the rest of the suite it would double the time of ``make test``; beside it, on a
 2-core machine, the two sessions take little more than the longer of the two. Each session is
 an ordinary pytest run over the same PostgreSQL cluster (each test makes its own database,

@@ -126,7 +126,7 @@ def readings_grow(dsn: str, u: OtaUnit, what: str, units: tuple[Unit, ...]) -> N
          lambda: edge_harness.stored(dsn, u.edge_id).rows > before, 180, units)
 
 
-# About 25 minutes on a 2-core machine: twelve boots, two full downloads, three installs.
+# About 18 minutes on a 2-core machine: ten boots, two full downloads, three installs.
 @pytest.mark.timeout(3600)
 def test_a_fleet_refuses_bad_releases_takes_v2_in_waves_through_cuts_and_rolls_back_v3(
     make_cloud: Callable[..., OtaCloud],
