@@ -7,9 +7,12 @@ Run under ``tools/pgcluster.py run`` (GRIDEDGE_PG_DSN names a throwaway cluster)
    generated straight into PostgreSQL (``INSERT ... SELECT generate_series``) into the
    daily partitions, with the edges' and meters' rows as ingest leaves them; ANALYZE.
 2. ``gridcloud api`` runs as its own process (pool of 4).  Each scenario is driven open
-   loop at ``--rate`` requests/s for ``--duration`` seconds by a Twisted client with
-   persistent (keep-alive) connections, after 20 unmeasured requests; latency is from
-   sending to the last body byte.
+   loop at ``--rate`` requests/s for ``--duration`` seconds, after 20 unmeasured requests,
+   by a lean HTTP/1.1 client in the reactor (bench/http_client.py: request bytes formatted
+   before the clock runs, four keep-alive connections per side opened ahead and more when
+   all are busy, status and whole body checked); latency is from sending to the last body
+   byte.  Not twisted.web's ``Agent`` + ``readBody``: their own Python per request was
+   about a millisecond here, counted against every HTTP side and not against the SQL.
    - meter-day: ``GET /v1/meters/{m}/readings?from=D&to=D+1`` (random meter and day; 96 rows)
    - edge-list: ``GET /v1/edges``
 3. The same statements (the API's own SQL, from gridcloud.api.resources) run directly,
@@ -24,8 +27,8 @@ Run under ``tools/pgcluster.py run`` (GRIDEDGE_PG_DSN names a throwaway cluster)
    API's own answer to that scenario (fetched from it before the measurements; no key, no
    parameters, no database): "web", a bare twisted.web resource (no Klein), and "klein", a
    bare Klein app.  They are what an HTTP round trip costs this client and server with
-   twisted.web alone and with Klein on top; API minus floor minus SQL is what the API's own
-   code adds.  When the twisted.web floor alone is above 2x the SQL, no API served by
+   twisted.web alone and with Klein on top; API minus Klein floor minus SQL is what the
+   API's own code adds.  When the twisted.web floor alone is above 2x the SQL, no API served by
    twisted.web can meet the ratio target in that run: the report says so.
 6. ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add
    /tmp/base main``) runs that revision's ``gridcloud api`` in the same run, beside this
