@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import requests
 import treq
@@ -117,15 +118,19 @@ async def test_serve_health_is_503_while_postgresql_is_unreachable(
         await service.stopService()
 
 
-def test_api_counts_requests_by_resource_and_status(module_dsn: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("access_log", [True, False])
+def test_api_counts_requests_by_resource_and_status(
+    module_dsn: str, tmp_path: Path, access_log: bool
+) -> None:
     """``gridcloud api`` counts each answered request by method, resource and status, with its
-    latency; unknown paths are one "other" series."""
+    latency; unknown paths are one "other" series.  Both are recorded just after the answer
+    is sent, with the access log line, and without it when ``access_log = false``."""
     from gridcloud import migrations
 
     migrations.migrate(module_dsn)
     metrics_port = _free_port()
     base = f"http://127.0.0.1:{metrics_port}"
-    for api in running_api(module_dsn, tmp_path / "api.log",
+    for api in running_api(module_dsn, tmp_path / "api.log", access_log=access_log,
                            metrics_listen=f"tcp:{metrics_port}:interface=127.0.0.1"):
         wait_until(lambda: requests.get(base + "/healthz", timeout=5).status_code == 200, 20,
                    "the API's /healthz to say ok", (tmp_path / "api.log",))
@@ -140,6 +145,8 @@ def test_api_counts_requests_by_resource_and_status(module_dsn: str, tmp_path: P
         assert got['gridcloud_api_request_seconds_count{resource="edges"}'] == 1
         assert got["gridcloud_api_db_up"] == 1
         assert got["gridcloud_api_db_pool_size"] == 4
+    lines = (tmp_path / "api.log").read_text()
+    assert ('"GET /no/such/thing/123 HTTP/1.1" 404' in lines) is access_log
 
 
 def _free_port() -> int:

@@ -52,9 +52,10 @@ class ApiConfig:
     rate_limit: float = 50.0
     #: Requests a key may make at once before the rate applies.
     rate_burst: int = 100
-    #: One log line per request (twisted.web's combined log format); can be off behind a load
-    #: balancer that logs requests already (formatting and writing it was 3-6% of the API
-    #: process's busy time in bench/bench_api.py's profile).
+    #: One log line per request (twisted.web's combined log format), written after the answer
+    #: has been sent; can be off behind a load balancer that logs requests already (it is
+    #: about a tenth of the API process's CPU time per request in bench/bench_api.py's
+    #: profile of the edge list).
     access_log: bool = True
     #: Twisted endpoint serving /metrics and /healthz (keep it private); empty: none.
     metrics_listen: str = ""

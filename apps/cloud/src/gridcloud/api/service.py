@@ -57,18 +57,37 @@ class _TimedRequest(Request):
 
 
 class _CountingSite(Site):
-    """A Site that counts every finished request in ApiMetrics (Site.log is called once each)."""
+    """A Site that counts every finished request in ApiMetrics and writes its access log line
+    (``access_log``), once the answer has been sent.
 
-    def __init__(self, resource: Any, metrics: ApiMetrics, releases: ReleasesConfig) -> None:
-        super().__init__(resource, requestFactory=_TimedRequest)  # type: ignore[no-untyped-call]
+    Why after: twisted.web calls ``Site.log`` from ``Request.finish``, before the reactor
+    writes the buffered answer to the socket (when it next polls).  Formatting and writing
+    the log line and the metrics there made every answer wait for them.  They are recorded
+    two reactor turns later (two ``callLater(0)`` hops), which is after that write whether
+    ``finish`` ran in a turn's timed calls (an answer after a query: txpostgres hands results
+    over with ``callLater(0)``) or in its I/O callbacks (an answer given at once, e.g. a 401):
+    a timed call made during a turn runs in the next turn's timed calls, and each turn polls
+    (and writes) after its timed calls.  The latency observed is still arrival to finish,
+    taken at once.
+    """
+
+    def __init__(self, resource: Any, metrics: ApiMetrics, releases: ReleasesConfig, *,
+                 reactor: Any, access_log: bool) -> None:
+        super().__init__(resource, requestFactory=_TimedRequest,  # type: ignore[no-untyped-call]
+                         reactor=reactor)
         self._metrics = metrics
+        self._access_log = access_log
         #: where bundle uploads are spooled (read by _TimedRequest)
         self.releases = releases
 
     def log(self, request: Any) -> None:
-        super().log(request)
         arrived = getattr(request, "arrived", None)
         seconds = time.monotonic() - arrived if arrived is not None else 0.0
+        self.reactor.callLater(0, self.reactor.callLater, 0, self._record, request, seconds)
+
+    def _record(self, request: Any, seconds: float) -> None:
+        if self._access_log:
+            super().log(request)
         self._metrics.observe(request.method, request.uri, request.code, seconds)
 
 
@@ -121,10 +140,9 @@ class ApiService(service.MultiService):
         self.deltas.start()
         if self.config.releases.folder is not None:
             upload.sweep(self.config.releases.folder)
-        site = _CountingSite(self.api.resource(), self.metrics, self.config.releases)
+        site = _CountingSite(self.api.resource(), self.metrics, self.config.releases,
+                             reactor=self._reactor, access_log=self.config.access_log)
         site.displayTracebacks = False
-        if not self.config.access_log:
-            site.log = _no_access_log  # type: ignore[method-assign]
         endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
             self._reactor, self.config.listen
         )
@@ -141,6 +159,3 @@ class ApiService(service.MultiService):
         yield self.deltas.stop()
         self.db.close()
 
-
-def _no_access_log(request: Any) -> None:
-    """Site.log when ``access_log = false``: no line per request."""
