@@ -391,10 +391,10 @@ class Agent:
         assert self._download is not None
         fetches = dict(self._download.fetches)
         fetches[key] = fetches.get(key, 0) + 1
+        if fetches[key] > MAX_REFETCH:  # logged with the failure
+            raise UpdateFailed(FirmwareState.FAILED, f"{reason}, {MAX_REFETCH} re-fetches")
         self.log.warn("firmware: {reason} (re-fetch {n} of {max})", reason=reason,
                       n=fetches[key], max=MAX_REFETCH)
-        if fetches[key] > MAX_REFETCH:
-            raise UpdateFailed(FirmwareState.FAILED, f"{reason}, {MAX_REFETCH} re-fetches")
         self._download = replace(self._download, fetches=fetches)
         self.store.save(self._download)
 
