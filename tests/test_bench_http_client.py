@@ -9,15 +9,12 @@ connection.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import endpoints, reactor
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,14 +61,26 @@ def test_the_parser_refuses_what_it_cannot_delimit() -> None:
         http_client.ResponseParser().feed(CHUNKED.replace(b"hello\r\n", b"hellox\r\n"))
 
 
-class _Answers(Resource):
+#: The pool against a real twisted.web server, in a Python of its own: its own reactor, so
+#: that nothing an earlier test left in this process's reactor can stall it.
+POOL_CHECK = """
+import sys
+from twisted.internet import defer, endpoints, task
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+sys.path.insert(0, sys.argv[1])
+import http_client
+
+
+class Answers(Resource):
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self):
         super().__init__()
-        self.clients: set[Any] = set()
+        self.clients = set()
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request):
         self.clients.add(request.getClientAddress().port)
         if request.path == b"/sized":
             request.setHeader(b"content-length", b"4")
@@ -83,9 +92,8 @@ class _Answers(Resource):
         return NOT_DONE_YET
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_pool_keeps_its_connection_and_reads_both_framings() -> None:
-    answers = _Answers()
+async def main(reactor):
+    answers = Answers()
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         Site(answers))
     number = port.getHost().port
@@ -94,8 +102,20 @@ async def test_the_pool_keeps_its_connection_and_reads_both_framings() -> None:
         await pool.open("127.0.0.1", number, 1)
         for path, body in [("/sized", b"abcd"), ("/chunked", b"x" * 70_000 + b"y")] * 2:
             request = http_client.get_request("127.0.0.1", path, {"Accept": "*/*"})
-            assert await pool.get("127.0.0.1", number, request) == (200, body)
-        assert len(answers.clients) == 1  # every request on the one connection opened
+            answer = await pool.get("127.0.0.1", number, request)
+            assert answer == (200, body), (path, answer[0], len(answer[1]))
+        # every request on the one connection opened
+        assert len(answers.clients) == 1, answers.clients
     finally:
         pool.close()
         await port.stopListening()
+    print("pool ok")
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+"""
+
+
+def test_the_pool_keeps_its_connection_and_reads_both_framings() -> None:
+    done = subprocess.run([sys.executable, "-c", POOL_CHECK, str(ROOT / "bench")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "pool ok" in done.stdout, done.stdout + done.stderr

@@ -211,10 +211,14 @@ def test_credit_runs_out_offline_and_a_topup_closes_the_relay_after_reconnect(
                and w.truth(meter)[-1].interval_end > first_open.interval_end, 30,
                "readings with the relay closed", w.logs)
 
-    # The unit's decisions reached the cloud as events and as its own commands.
-    events = w.sql("SELECT kind, detail FROM events WHERE meter_id = %s AND kind IN (%s, %s) "
-                   "ORDER BY seq", (meter, int(AlarmKind.CREDIT_RELAY_OPENED),
-                                    int(AlarmKind.CREDIT_RELAY_CLOSED)))
+    # The unit's decisions reached the cloud as events (the closing one rides the unit's next
+    # upload, which may come a moment after the command's result) and as its own commands.
+    def credit_events() -> list[tuple[Any, ...]]:
+        return w.sql("SELECT kind, detail FROM events WHERE meter_id = %s AND kind IN (%s, %s) "
+                     "ORDER BY seq", (meter, int(AlarmKind.CREDIT_RELAY_OPENED),
+                                      int(AlarmKind.CREDIT_RELAY_CLOSED)))
+    wait_until(lambda: len(credit_events()) >= 2, 30, "the unit's credit events", w.logs)
+    events = credit_events()
     assert [k for k, _ in events] == [AlarmKind.CREDIT_RELAY_OPENED,
                                       AlarmKind.CREDIT_RELAY_CLOSED], events
     assert f"generation={generation} " in events[0][1]
