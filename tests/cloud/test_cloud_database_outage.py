@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from gridcloud.ingest import IngestStore
 from gridcloud.server import CloudService
 from gridedge import loadgen
 from gridedge.uplink.tls import ResumingCreator
@@ -26,6 +27,7 @@ from support.cloud_harness import (
     make_pki,
     sleep,
     start_cloud,
+    wait_until,
     within,
 )
 
@@ -104,3 +106,27 @@ async def test_point6_postgresql_restart_refuses_with_a_hint_and_resumes_promptl
         assert not logs.matching("failed: ")  # an empty reason ("failed: ") was logged before
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listener_closed_while_postgresql_is_down_reconnects_no_more(
+    cluster: Any,
+) -> None:
+    """A LISTEN connection found dead keeps reconnecting until it is closed, and not after:
+    txpostgres' own loop went on for ever, its sockets coming and going in the reactor of
+    whatever ran next (the test session's shared one)."""
+    store = IngestStore(reactor(), cluster.dsn(), 1)
+    await store.start()
+    await store.listen("anything", lambda _payload: None)
+    listener = store._listeners[0]
+    await threads.deferToThread(cluster.stop, "immediate")
+    await wait_until(reactor(), lambda: listener.detector.connectionIsDead, "the listener dead")
+    attempts: list[object] = []
+    connect = listener.connect
+    listener.connect = lambda *a, **kw: attempts.append(a) or connect(*a, **kw)
+    await wait_until(reactor(), lambda: bool(attempts), "a reconnection attempt")
+    store.close()
+    attempts.clear()
+    await sleep(reactor(), 3.0)  # txpostgres' loop tries again after 1 s, then 2.7 s
+    assert attempts == []
+    assert listener not in reactor().getReaders() + reactor().getWriters()

@@ -46,7 +46,12 @@ def samples(text: str) -> dict[str, float]:
 
 
 async def scrape(url: str) -> tuple[int, str]:
-    response = await treq.get(url)
+    # A connection of its own, closed after the answer: treq's shared pool would keep it open
+    # (both ends of it in this process's reactor) long after the test.
+    from twisted.web.client import HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor(), persistent=False)
+    response = await treq.get(url, pool=pool)
     return response.code, (await treq.text_content(response))
 
 

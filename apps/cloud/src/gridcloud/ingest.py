@@ -48,11 +48,9 @@ from gridwire import (
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
-from txpostgres import txpostgres
-from txpostgres.reconnection import DeadConnectionDetector
 
 from .connection import EdgeInfo, EdgeRefused
-from .pool import DatabasePool, QuietConnection
+from .pool import DatabasePool, QuietConnection, StoppableDetector
 
 log = Logger(namespace="gridcloud.ingest")
 
@@ -158,7 +156,7 @@ class IngestStore:
         self._reactor = reactor
         self._dsn = dsn
         self._pool = DatabasePool(reactor, dsn, pool_size)
-        self._listeners: list[txpostgres.Connection] = []
+        self._listeners: list[QuietConnection] = []
 
     @property
     def pool(self) -> DatabasePool:
@@ -173,7 +171,7 @@ class IngestStore:
     def close(self) -> None:
         self._pool.close()
         for listener in self._listeners:
-            listener.close()
+            listener.shut()  # and its reconnection, if PostgreSQL was down
         self._listeners = []
 
     @defer.inlineCallbacks
@@ -189,7 +187,7 @@ class IngestStore:
         then calls ``recovered()``: whatever was notified while it was down is
         lost, and the caller must look at the tables instead.
         """
-        detector = DeadConnectionDetector(reactor=self._reactor)
+        detector = StoppableDetector(self._reactor)
         conn = QuietConnection(self._reactor, detector=detector)
         self._listeners.append(conn)
         yield conn.connect(self._dsn)

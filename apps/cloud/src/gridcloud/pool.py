@@ -18,13 +18,16 @@ Here:
 - dead connections retry every :data:`RECONNECT_MAX` seconds at most, so
   commits resume within about that long after PostgreSQL is back;
 - a dead idle connection is closed quietly (no traceback), and closing the pool
-  stops every reconnection loop.
+  stops every reconnection loop; so does shutting a connection of its own
+  (:meth:`QuietConnection.shut`: the LISTEN connections of ingest and the pipeline,
+  presence's), which txpostgres' own detector would reconnect for ever.
 
 Tests: tests/cloud/test_cloud_database_outage.py, tests/cloud/test_cloud_server.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -76,32 +79,68 @@ def _reconnection_delays() -> Iterator[float]:
     return delays
 
 
-class _Detector(DeadConnectionDetector):  # type: ignore[misc]
-    """txpostgres' detector, reporting loss and recovery to the pool, and stoppable."""
+class StoppableDetector(DeadConnectionDetector):  # type: ignore[misc]
+    """txpostgres' detector whose reconnection loop ends when its connection is shut.
 
-    def __init__(self, reactor: IReactorTime, pool: DatabasePool) -> None:
-        super().__init__(reconnectionIterator=_reconnection_delays, reactor=reactor)
-        self._pool = pool
+    txpostgres' own loop has no end: a connection closed while it was dead (a LISTEN
+    connection when its service stops during an outage) would go on reconnecting for ever,
+    its sockets coming and going in the reactor of whatever runs next (the test session's
+    shared one: tests/test_reactor_guard.py).
+    """
+
+    def __init__(self, reactor: Any,
+                 reconnection_delays: Callable[[], Iterator[float]] | None = None) -> None:
+        # reactor: its time (the callers hold the whole reactor, typed for what else they use)
+        super().__init__(reconnectionIterator=reconnection_delays, reactor=reactor)
         self._retrying: defer.Deferred[Any] | None = None
+        self._stopped = False
 
     def startReconnecting(self, f: Failure) -> None:
-        self._pool.connection_lost(f)
+        if self._stopped:
+            return
         call = retrying.RetryingCall(self.reconnect)
         call.reactor = self.reactor
         self._retrying = call.start(self.reconnectionIterator())
-        self._retrying.addCallbacks(self._recovered, _stopped)
+        self._retrying.addCallbacks(self._recovered, self._ended)
 
     def _recovered(self, _: object) -> Any:
         self._retrying = None
-        d = self.connectionRecovered()
-        self._pool.connection_back()
-        return d
+        return self.connectionRecovered()
+
+    def _ended(self, failure: Failure) -> None:
+        """The loop only ends by stop(): cancelled, or its attempt in flight failing after."""
+        self._retrying = None
+        if not self._stopped:
+            failure.trap(defer.CancelledError)  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
-        """Stop reconnecting (the pool is closing)."""
+        """Reconnect no more (the connection is being closed for good)."""
+        self._stopped = True
         retrying_call, self._retrying = self._retrying, None
         if retrying_call is not None:
-            retrying_call.cancel()
+            # An attempt in flight refuses to be cancelled (txpostgres' _CancelInProgress);
+            # the loop is marked cancelled all the same, and closing the connection fails
+            # that attempt, which ends it.
+            with contextlib.suppress(Exception):
+                retrying_call.cancel()
+
+
+class _Detector(StoppableDetector):
+    """The pool's detector: reports loss and recovery to the pool, retries quickly."""
+
+    def __init__(self, reactor: IReactorTime, pool: DatabasePool) -> None:
+        super().__init__(reactor, _reconnection_delays)
+        self._pool = pool
+
+    def startReconnecting(self, f: Failure) -> None:
+        if not self._stopped:
+            self._pool.connection_lost(f)
+        super().startReconnecting(f)
+
+    def _recovered(self, _: object) -> Any:
+        d = super()._recovered(_)
+        self._pool.connection_back()
+        return d
 
 
 class QuietConnection(txpostgres.Connection):  # type: ignore[misc]
@@ -117,6 +156,14 @@ class QuietConnection(txpostgres.Connection):  # type: ignore[misc]
             # ValueError: after a failed reconnection attempt txpostgres re-registers a
             # connection that has no socket (descriptor -1).
             return exc
+
+    def shut(self) -> None:
+        """Close for good: its detector's reconnection loop (if any) ends too."""
+        detector = getattr(self, "detector", None)
+        if isinstance(detector, StoppableDetector):
+            detector.stop()
+        if self._connection is not None:
+            self.close()
 
 
 class DatabasePool(txpostgres.ConnectionPool):  # type: ignore[misc]
@@ -196,11 +243,6 @@ class DatabasePool(txpostgres.ConnectionPool):  # type: ignore[misc]
         if failure.check(*CONNECTION_ERRORS):  # type: ignore[no-untyped-call]
             raise self.unavailable(_reason(failure)) from failure.value
         return failure
-
-
-def _stopped(failure: Failure) -> None:
-    """A reconnection loop cancelled by closing the pool ends quietly."""
-    failure.trap(defer.CancelledError)  # type: ignore[no-untyped-call]
 
 
 def _reason(failure: Failure) -> str:

@@ -29,10 +29,8 @@ from typing import Any, TypeVar
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
-from txpostgres import txpostgres
-from txpostgres.reconnection import DeadConnectionDetector
 
-from .pool import QuietConnection
+from .pool import QuietConnection, StoppableDetector
 from .sessions import Replaceable, SessionRegistry
 
 log = Logger(namespace="gridcloud.presence")
@@ -55,7 +53,7 @@ class PresenceRegistry(SessionRegistry[S], service.Service):
         self.node = uuid.uuid4().hex[:12] + "/"
         self._numbers = itertools.count(1)
         self._tokens: dict[int, str] = {}
-        self._conn: txpostgres.Connection | None = None
+        self._conn: QuietConnection | None = None
         self._tail: defer.Deferred[Any] = defer.succeed(None)
         self._stopped = False
 
@@ -81,7 +79,7 @@ class PresenceRegistry(SessionRegistry[S], service.Service):
 
     def _close(self, _: object) -> None:
         if self._conn is not None:
-            self._conn.close()
+            self._conn.shut()
             self._conn = None
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
@@ -95,15 +93,13 @@ class PresenceRegistry(SessionRegistry[S], service.Service):
 
         self._tail = self._tail.addCallback(run).addErrback(failed)
 
-    def _connection(self) -> defer.Deferred[txpostgres.Connection]:
+    def _connection(self) -> defer.Deferred[QuietConnection]:
         if self._conn is not None:
             return defer.succeed(self._conn)
-        conn = QuietConnection(
-            self._reactor, detector=DeadConnectionDetector(reactor=self._reactor)
-        )
-        d: defer.Deferred[txpostgres.Connection] = conn.connect(self._dsn)
+        conn = QuietConnection(self._reactor, detector=StoppableDetector(self._reactor))
+        d: defer.Deferred[QuietConnection] = conn.connect(self._dsn)
 
-        def opened(_: object) -> txpostgres.Connection:
+        def opened(_: object) -> QuietConnection:
             self._conn = conn
             return conn
 

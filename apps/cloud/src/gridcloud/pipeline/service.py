@@ -46,12 +46,10 @@ import psycopg2.errors
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from txpostgres import txpostgres
-from txpostgres.reconnection import DeadConnectionDetector
 
 from ..connection import StoreUnavailable
 from ..metrics import MetricsListener, pool_gauges
-from ..pool import CONNECTION_ERRORS, DatabasePool, QuietConnection
+from ..pool import CONNECTION_ERRORS, DatabasePool, QuietConnection, StoppableDetector
 from .config import PipelineConfig
 from .metrics import STAGES, PipelineMetrics
 
@@ -90,7 +88,7 @@ class PipelineService(service.Service):
         self._stopping = False
         self._loops: list[defer.Deferred[None]] = []
         self._wakers: list[defer.Deferred[None]] = []
-        self._listener: txpostgres.Connection | None = None
+        self._listener: QuietConnection | None = None
         self._sweeper: task.LoopingCall | None = None
         self._reporter: task.LoopingCall | None = None
         self._reported: Counter[str] = Counter()
@@ -147,8 +145,7 @@ class PipelineService(service.Service):
                  size=self.config.batch_size)
 
     async def _listen(self) -> None:
-        listener = QuietConnection(self.reactor,
-                                   detector=DeadConnectionDetector(reactor=self.reactor))
+        listener = QuietConnection(self.reactor, detector=StoppableDetector(self.reactor))
         try:
             await listener.connect(self.config.dsn)
             listener.addNotifyObserver(lambda _notify: self.wake())
@@ -156,6 +153,7 @@ class PipelineService(service.Service):
         except psycopg2.Error as exc:  # polling still works
             log.warn("cannot LISTEN ({why}): polling every {s} s only",
                      why=str(exc).strip(), s=self.config.poll_interval)
+            listener.shut()  # not left open (nor reconnecting) in the reactor
             return
         self._listener = listener
 
@@ -172,7 +170,7 @@ class PipelineService(service.Service):
         def close(_: object) -> Any:
             self._report()
             if self._listener is not None:
-                self._listener.close()
+                self._listener.shut()  # and its reconnection, if PostgreSQL was down
             self.pool.close()
             if self.metrics_listener is not None:  # last: scraped until the drain is done
                 return self.metrics_listener.stopService()
