@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from gridcloud.api.database import Database
+from gridcloud.api.feed import FeedHub
 from gridcloud.ingest import IngestStore
 from gridcloud.server import CloudService
 from gridedge import loadgen
@@ -108,24 +110,36 @@ async def test_point6_postgresql_restart_refuses_with_a_hint_and_resumes_promptl
         await service.stopService()
 
 
+async def _listening(kind: str, dsn: str) -> tuple[Any, Any]:
+    """(the LISTEN connection, what closes it) of ingest, or of the API's live feed."""
+    if kind == "ingest":
+        store = IngestStore(reactor(), dsn, 1)
+        await store.start()
+        await store.listen("anything", lambda _payload: None)
+        return store._listeners[0], store.close
+    db = Database(reactor(), dsn, 1)
+    await db.start()
+    hub = FeedHub(db)
+    await hub.start()
+    return hub._conn, lambda: (hub.stop(), db.close())
+
+
+@pytest.mark.parametrize("kind", ["ingest", "api-feed"])
 @pytest_twisted.ensureDeferred
 async def test_a_listener_closed_while_postgresql_is_down_reconnects_no_more(
-    cluster: Any,
+    cluster: Any, kind: str
 ) -> None:
     """A LISTEN connection found dead keeps reconnecting until it is closed, and not after:
     txpostgres' own loop went on for ever, its sockets coming and going in the reactor of
     whatever ran next (the test session's shared one)."""
-    store = IngestStore(reactor(), cluster.dsn(), 1)
-    await store.start()
-    await store.listen("anything", lambda _payload: None)
-    listener = store._listeners[0]
+    listener, close = await _listening(kind, cluster.dsn())
     await threads.deferToThread(cluster.stop, "immediate")
     await wait_until(reactor(), lambda: listener.detector.connectionIsDead, "the listener dead")
     attempts: list[object] = []
     connect = listener.connect
     listener.connect = lambda *a, **kw: attempts.append(a) or connect(*a, **kw)
     await wait_until(reactor(), lambda: bool(attempts), "a reconnection attempt")
-    store.close()
+    close()
     attempts.clear()
     await sleep(reactor(), 3.0)  # txpostgres' loop tries again after 1 s, then 2.7 s
     assert attempts == []

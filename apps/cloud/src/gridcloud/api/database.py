@@ -18,10 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from txpostgres import txpostgres
-from txpostgres.reconnection import DeadConnectionDetector
 
-from gridcloud.pool import DatabasePool, QuietConnection
+from gridcloud.pool import DatabasePool, QuietConnection, StoppableDetector
 
 
 class Database:
@@ -55,8 +53,7 @@ class Database:
         """Run ``work(cursor, *args)`` in one transaction on one connection."""
         return self._pool.runInteraction(work, *args)  # type: ignore[no-any-return]
 
-    def listener(self) -> txpostgres.Connection:
-        """A connection of its own (for LISTEN), not part of the pool, not yet connected."""
-        return QuietConnection(
-            self._reactor, detector=DeadConnectionDetector(reactor=self._reactor)
-        )
+    def listener(self) -> QuietConnection:
+        """A connection of its own (for LISTEN), not part of the pool, not yet connected; it
+        reconnects after an outage until :meth:`QuietConnection.shut`."""
+        return QuietConnection(self._reactor, detector=StoppableDetector(self._reactor))

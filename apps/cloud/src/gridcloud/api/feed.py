@@ -139,7 +139,7 @@ class FeedHub:
         for stream in list(self._streams):
             stream.close()
         if self._conn is not None:
-            self._conn.close()
+            self._conn.shut()  # and its reconnection, if PostgreSQL is down
             self._conn = None
 
     def wake_all(self) -> None:
