@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 from gridedge.journal import EVENT_JOURNAL_QUARANTINED
 
-from support import edge_harness
+from support import edge_harness, waiting
 from support.qemu_unit import Unit
 from support.qemu_world import (
     DATA,
@@ -183,8 +183,14 @@ def test_point8_corrupt_journal_is_quarantined_and_the_slot_stays(
     assert "rauc.slot=A" in unit.value("cat /proc/cmdline")
     unit.check("ls /data/gridedge/journal.db.unreadable-*")
     wait_for_rows(w, before + 8, 240)
-    with contextlib.closing(psycopg2.connect(w.dsn)) as db, db.cursor() as cur:
-        cur.execute("SELECT detail FROM events WHERE edge_id = %s AND kind = %s",
-                    (edge_harness.EDGE_ID, int(EVENT_JOURNAL_QUARANTINED)))
-        (detail,), = cur.fetchall()
+
+    def quarantined() -> list[tuple[str]]:
+        with contextlib.closing(psycopg2.connect(w.dsn)) as db, db.cursor() as cur:
+            cur.execute("SELECT detail FROM events WHERE edge_id = %s AND kind = %s",
+                        (edge_harness.EDGE_ID, int(EVENT_JOURNAL_QUARANTINED)))
+            return cur.fetchall()
+
+    # The event may ride a later upload than the first readings of the new journal.
+    waiting.wait_until(lambda: bool(quarantined()), 120, "the JOURNAL_QUARANTINED event")
+    (detail,), = quarantined()
     assert "journal.db.unreadable-" in detail

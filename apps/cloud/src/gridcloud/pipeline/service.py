@@ -88,6 +88,8 @@ class PipelineService(service.Service):
         self._stopping = False
         self._loops: list[defer.Deferred[None]] = []
         self._wakers: list[defer.Deferred[None]] = []
+        #: wake-ups so far: a loop busy when one came looks again instead of going idle
+        self._wakes = 0
         self._listener: QuietConnection | None = None
         self._sweeper: task.LoopingCall | None = None
         self._reporter: task.LoopingCall | None = None
@@ -181,14 +183,20 @@ class PipelineService(service.Service):
         return d
 
     def wake(self) -> None:
-        """Something new may be there (NOTIFY, a full batch, stopping): every idle loop looks."""
+        """Something new may be there (NOTIFY, a full batch, a batch's retry time, stopping):
+        every idle loop looks, and a busy one looks again before it goes idle."""
+        self._wakes += 1
         wakers, self._wakers = self._wakers, []
         for waker in wakers:
             if not waker.called:
                 waker.callback(None)
 
-    async def _idle(self, seconds: float) -> None:
-        """Wait for a wake-up or ``seconds``, whichever comes first."""
+    async def _idle(self, seconds: float, since: int | None = None) -> None:
+        """Wait for a wake-up or ``seconds``, whichever comes first; not at all if a wake-up
+        came after the count ``since`` (it would be lost: e.g. a failed batch's retry time
+        passing while every loop was claiming, before that time, and found nothing)."""
+        if since is not None and self._wakes != since:
+            return
         waker: defer.Deferred[None] = defer.Deferred()
         self._wakers.append(waker)
 
@@ -207,6 +215,7 @@ class PipelineService(service.Service):
         backoff = self.config.retry_backoff
         while not self._stopping:
             claim: Claim = []
+            wakes = self._wakes
             started = time.perf_counter()
             try:
                 result = await self._in_flight(slot, claim)
@@ -228,7 +237,7 @@ class PipelineService(service.Service):
             elapsed = time.perf_counter() - started
             self.seconds["process" if claim else "claim"] += elapsed
             if not claim:
-                await self._idle(self.config.poll_interval)
+                await self._idle(self.config.poll_interval, since=wakes)
                 continue
             self.metrics.batch_seconds.observe(elapsed)
             self.counters["batches"] += 1
